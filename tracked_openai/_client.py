@@ -1,0 +1,166 @@
+"""Drop-in clients: the SDK's own classes with one choke point, ``request()``, observed.
+
+Every REST call of every resource (``create``, ``parse``, ``.stream()`` helpers, raw and streaming
+response wrappers, ``beta.responses``) ends in ``request()``; ``_send_request()`` runs once per HTTP
+attempt, so retries are counted there. ``copy()``/``with_options()`` rebuild the client through
+``self.__class__``, so copies stay tracked. Other clients in the process are untouched.
+"""
+
+from __future__ import annotations
+
+from contextvars import Token
+from typing import Any
+
+import openai
+
+from . import _runtime
+from ._errors import internal_errors
+from ._instrument import Call, _active, begin, observe_async, observe_sync
+
+__all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
+
+
+def _note_attempt(call: Call | None, response: Any, exc: BaseException | None) -> None:
+    if call is None:
+        return
+    with internal_errors("attempt"):
+        record = call.record
+        record.attempts += 1
+        if response is not None:
+            request_id = response.headers.get("x-request-id")
+            if request_id:
+                record.request_ids.append(request_id)
+
+
+def _tracked_sync(client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
+    call: Call | None = None
+    with internal_errors("begin"):
+        call, options = begin(client, options, stream)
+    if call is None:
+        return request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    token: Token[Call | None] = _active.set(call)
+    try:
+        result = request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    except BaseException as exc:
+        _active.reset(token)
+        with internal_errors("record error"):
+            call.fail(exc)
+        raise
+    _active.reset(token)
+    with internal_errors("observe"):
+        observe_sync(call, result)
+    return result
+
+
+async def _tracked_async(
+    client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
+) -> Any:
+    call: Call | None = None
+    with internal_errors("begin"):
+        call, options = begin(client, options, stream)
+    if call is None:
+        return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    token: Token[Call | None] = _active.set(call)
+    try:
+        result = await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    except BaseException as exc:
+        _active.reset(token)
+        with internal_errors("record error"):
+            call.fail(exc)
+        raise
+    _active.reset(token)
+    with internal_errors("observe"):
+        observe_async(call, result)
+    return result
+
+
+class OpenAI(openai.OpenAI):
+    """``openai.OpenAI`` with every paid call recorded. Same arguments, results and errors."""
+
+    def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
+        if not _runtime.settings.enabled:
+            return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
+
+    def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
+        call = _active.get()
+        if call is None:
+            return super()._send_request(request, stream=stream, **kwargs)
+        try:
+            response = super()._send_request(request, stream=stream, **kwargs)
+        except BaseException as exc:
+            _note_attempt(call, None, exc)
+            raise
+        _note_attempt(call, response, None)
+        return response
+
+
+class AsyncOpenAI(openai.AsyncOpenAI):
+    """``openai.AsyncOpenAI`` with every paid call recorded. Same arguments, results and errors."""
+
+    async def request(  # type: ignore[override]
+        self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
+        if not _runtime.settings.enabled:
+            return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
+
+    async def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
+        call = _active.get()
+        if call is None:
+            return await super()._send_request(request, stream=stream, **kwargs)
+        try:
+            response = await super()._send_request(request, stream=stream, **kwargs)
+        except BaseException as exc:
+            _note_attempt(call, None, exc)
+            raise
+        _note_attempt(call, response, None)
+        return response
+
+
+class AzureOpenAI(openai.AzureOpenAI):
+    """``openai.AzureOpenAI``, tracked; records keep the deployment name and the served model."""
+
+    def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
+        if not _runtime.settings.enabled:
+            return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
+
+    def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
+        call = _active.get()
+        if call is None:
+            return super()._send_request(request, stream=stream, **kwargs)
+        try:
+            response = super()._send_request(request, stream=stream, **kwargs)
+        except BaseException as exc:
+            _note_attempt(call, None, exc)
+            raise
+        _note_attempt(call, response, None)
+        return response
+
+
+class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
+    """``openai.AsyncAzureOpenAI``, tracked."""
+
+    async def request(  # type: ignore[override]
+        self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
+    ) -> Any:
+        if not _runtime.settings.enabled:
+            return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
+
+    async def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
+        call = _active.get()
+        if call is None:
+            return await super()._send_request(request, stream=stream, **kwargs)
+        try:
+            response = await super()._send_request(request, stream=stream, **kwargs)
+        except BaseException as exc:
+            _note_attempt(call, None, exc)
+            raise
+        _note_attempt(call, response, None)
+        return response
+
+
+TrackedOpenAI = OpenAI
+AsyncTrackedOpenAI = AsyncOpenAI

@@ -1,0 +1,275 @@
+"""Which feature and operation a call belongs to: ``track()`` and the scope stack behind it.
+
+The current scope lives in one ``ContextVar``, so it is isolated per thread and per asyncio task
+and nests: an inner ``track`` wins while it runs and the outer scope is restored with
+``ContextVar.reset`` when it ends, even on error.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import time
+import traceback as _traceback
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar, cast, overload
+
+from . import _runtime
+from ._errors import internal_errors
+from .records import OperationRecord, new_record_id
+
+__all__ = ["Operation", "track", "current_scope"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MAX_TRACEBACK = 8_000
+_MAX_MESSAGE = 2_000
+
+MetricsFn = Callable[[Any], Mapping[str, float]]
+
+
+class Operation:
+    """One running ``track`` block: the scope calls inside it are attributed to.
+
+    Returned by ``with track(...) as op``; ``op.log_metrics(...)``, ``op.log_params(...)`` and
+    ``op.set_tags(...)`` add to the operation's record.
+    """
+
+    __slots__ = ("record", "_t0", "_token", "_metrics_fn", "_finished")
+
+    def __init__(self, record: OperationRecord, metrics_fn: MetricsFn | None) -> None:
+        self.record = record
+        self._t0 = 0.0
+        self._token: Token[Operation | None] | None = None
+        self._metrics_fn = metrics_fn
+        self._finished = False
+
+    @property
+    def feature(self) -> str:
+        return self.record.feature
+
+    @property
+    def operation(self) -> str | None:
+        return self.record.operation
+
+    @property
+    def record_id(self) -> str:
+        return self.record.record_id
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.record.tags
+
+    def log_metrics(self, metrics: Mapping[str, float] | None = None, **kw: float) -> None:
+        """Add numeric metrics to this operation's record (non-numbers are ignored)."""
+        with internal_errors("log_metrics"):
+            for key, value in {**(metrics or {}), **kw}.items():
+                number = _as_number(value)
+                if number is not None:
+                    self.record.metrics[_metric_name(key)] = number
+
+    def log_params(self, params: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        with internal_errors("log_params"):
+            self.record.params.update({**(params or {}), **kw})
+
+    def set_tags(self, tags: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        with internal_errors("set_tags"):
+            self.record.tags.update({k: str(v) for k, v in {**(tags or {}), **kw}.items()})
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._t0 = time.perf_counter()
+        self.record.started_at = time.time()
+        self._token = _current.set(self)
+
+    def _finish(self, exc: BaseException | None, result: Any = None, has_result: bool = False) -> None:
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:
+                # Exited in another context (e.g. a generator finished elsewhere): nothing to restore.
+                pass
+            self._token = None
+        if self._finished:
+            return
+        self._finished = True
+        with internal_errors("track.finish"):
+            rec = self.record
+            rec.duration_s = time.perf_counter() - self._t0
+            if exc is not None:
+                rec.status = "error"
+                rec.error_type = type(exc).__name__
+                rec.error_message = str(exc)[:_MAX_MESSAGE]
+                rec.traceback = "".join(
+                    _traceback.format_exception(type(exc), exc, exc.__traceback__)
+                )[-_MAX_TRACEBACK:]
+            elif has_result and self._metrics_fn is not None:
+                self.log_metrics(self._metrics_fn(result))
+            _runtime.submit(rec)
+
+
+_current: ContextVar[Operation | None] = ContextVar("tracked_openai_operation", default=None)
+
+
+def current_scope() -> Operation | None:
+    """The innermost running operation in this thread/task, or ``None``."""
+    return _current.get()
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        f = float(value)
+        return f if f == f and f not in (float("inf"), float("-inf")) else None
+    return None
+
+
+def _metric_name(key: str) -> str:
+    return "confidence_score" if key in ("confidence", "confidence_score") else str(key)
+
+
+class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(...)`
+    """Attribute the OpenAI calls inside a block or function to a feature and operation.
+
+    Works as a sync or async context manager and as a decorator of sync or async functions. Each
+    block or decorated call produces one operation record that rolls up its calls.
+
+    Args:
+        feature: Product feature key (``"pid_verification"``). ``None`` inherits the enclosing
+            block's feature (or the configured default).
+        operation: Operation name; for decorators, defaults to the function's name.
+        **tags: Extra string tags for every record inside (merged with enclosing tags).
+    """
+
+    __slots__ = ("_feature", "_operation", "_tags", "_metrics_fn", "_function", "_op")
+
+    def __init__(
+        self,
+        feature: str | None = None,
+        operation: str | None = None,
+        *,
+        _metrics_fn: MetricsFn | None = None,
+        _function: str | None = None,
+        **tags: Any,
+    ) -> None:
+        self._feature = feature
+        self._operation = operation
+        self._tags = {k: str(v) for k, v in tags.items()}
+        self._metrics_fn = _metrics_fn
+        self._function = _function
+        self._op: Operation | None = None
+
+    def _new_operation(self, function: str | None) -> Operation | None:
+        if not _runtime.settings.enabled:
+            return None
+        parent = _current.get()
+        feature = self._feature
+        if feature is None:
+            feature = parent.feature if parent is not None else _runtime.settings.default_feature
+        tags = {**parent.tags, **self._tags} if parent is not None else dict(self._tags)
+        record = OperationRecord(
+            record_id=new_record_id(),
+            parent_id=parent.record_id if parent is not None else None,
+            feature=feature,
+            operation=self._operation if self._operation is not None else function,
+            function=function or self._function,
+            tags=tags,
+        )
+        return Operation(record, self._metrics_fn)
+
+    # -- context manager ---------------------------------------------------------------------
+    def __enter__(self) -> Operation | None:
+        return self._enter(2)
+
+    def _enter(self, depth: int) -> Operation | None:
+        op = None
+        with internal_errors("track.enter"):
+            op = self._new_operation(self._function or _caller_name(depth))
+            if op is not None:
+                op._start()
+        self._op = op
+        return op
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        op, self._op = self._op, None
+        if op is not None:
+            op._finish(exc)
+
+    async def __aenter__(self) -> Operation | None:
+        return self._enter(2)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- decorator ---------------------------------------------------------------------------
+    @overload
+    def __call__(self, func: F) -> F: ...
+    @overload
+    def __call__(self, func: Any) -> Any: ...
+    def __call__(self, func: Any) -> Any:
+        if not _runtime.settings.enabled:
+            # Disabled at decoration time: hand back the function itself, zero overhead.
+            return func
+        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+        make = self._new_operation
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                op = None
+                with internal_errors("track.enter"):
+                    op = make(name)
+                    if op is not None:
+                        op._start()
+                if op is None:
+                    return await func(*args, **kwargs)
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException as exc:
+                    op._finish(exc)
+                    raise
+                op._finish(None, result, True)
+                return result
+
+            return async_wrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            op = None
+            with internal_errors("track.enter"):
+                op = make(name)
+                if op is not None:
+                    op._start()
+            if op is None:
+                return func(*args, **kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                op._finish(exc)
+                raise
+            op._finish(None, result, True)
+            return result
+
+        return cast(F, wrapper)
+
+
+def _caller_name(depth: int) -> str | None:
+    # The function containing the `with track(...)` statement, `depth` frames above _enter.
+    frame = sys._getframe(depth + 1)
+    name = frame.f_code.co_qualname
+    return None if name == "<module>" else name

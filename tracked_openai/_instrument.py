@@ -1,0 +1,576 @@
+"""Around one ``request()``: capture the call, observe the result, finish the record once.
+
+The caller gets exactly what the SDK returns. Typed results are read in place; anything that
+carries an HTTP body the caller will read later (streams, raw and streaming responses) is observed
+at the byte level: the response's byte stream is swapped for a pass-through tee that feeds an
+incremental parser and finishes the record when the stream closes, with a ``weakref.finalize``
+backstop for streams that are dropped unclosed. Every step here runs inside ``internal_errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import httpx2
+from openai import AsyncStream, Stream
+from openai._legacy_response import HttpxBinaryResponseContent, LegacyAPIResponse
+from openai._response import BaseAPIResponse
+from openai.lib.azure import AsyncAzureOpenAI, AzureOpenAI
+
+from . import _runtime
+from ._context import _current as _current_op
+from ._errors import internal_errors, logger
+from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
+from .records import CallRecord, Usage, new_record_id
+
+__all__ = ["Call", "active_call", "begin", "observe_async", "observe_sync"]
+
+_RAW_HEADER = "X-Stainless-Raw-Response"
+_MAX_MESSAGE = 2_000
+_MAX_JSON_BODY = 64 * 1024 * 1024
+_MAX_KEPT_EVENTS_BYTES = 8 * 1024 * 1024
+_ESTIMABLE = frozenset({"chat.completions", "completions", "responses"})
+_STREAM_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+try:  # a caller may pass a legacy ``httpx`` client as ``http_client``
+    import httpx
+except ImportError:  # pragma: no cover - httpx is optional
+    httpx = None  # type: ignore[assignment]
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError,) + (
+    (httpx.TransportError,) if httpx is not None else ()
+)
+
+
+class Call:
+    """In-flight state of one tracked call; ``finish`` runs exactly once."""
+
+    __slots__ = (
+        "record",
+        "endpoint",
+        "t0",
+        "op",
+        "request",
+        "injected",
+        "_done",
+        "_lock",
+        "events",
+        "events_bytes",
+        "saw_usage",
+        "__weakref__",
+    )
+
+    def __init__(self, record: CallRecord, endpoint: str, op: Any, request: dict[str, Any]) -> None:
+        self.record = record
+        self.endpoint = endpoint
+        self.t0 = time.perf_counter()
+        self.op = op
+        self.request = request
+        self.injected = False
+        self._done = False
+        self._lock = threading.Lock()
+        self.events: list[bytes] | None = None
+        self.events_bytes = 0
+        self.saw_usage = False
+
+    def fail(self, exc: BaseException) -> None:
+        rec = self.record
+        rec.status = "error"
+        rec.error_type = type(exc).__name__
+        rec.error_message = str(exc)[:_MAX_MESSAGE]
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            rec.http_status = status
+        completion = getattr(exc, "completion", None)
+        if completion is not None:
+            # LengthFinishReasonError & co come after a billed 200: keep its usage.
+            apply_body(rec, self.endpoint, completion)
+        self.finish()
+
+    def finish(self, stream_end: str | None = None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        rec = self.record
+        rec.duration_s = time.perf_counter() - self.t0
+        if stream_end is not None:
+            rec.stream_end = stream_end
+        if rec.usage_source == "none" and not rec.usage.is_empty():
+            rec.usage_source = "response"
+        if (
+            rec.usage_source == "none"
+            and rec.stream
+            and self.endpoint in _ESTIMABLE
+            and rec.status == "success"
+        ):
+            rec.pending = _make_estimator(self.endpoint, self.request, self.events or [])
+        self.request = {}
+        self.events = None
+        op = self.op
+        if op is not None:
+            op.record.children.append(rec)
+        _runtime.submit(rec)
+
+
+_active: ContextVar[Call | None] = ContextVar("tracked_openai_call", default=None)
+
+
+def active_call() -> Call | None:
+    return _active.get()
+
+
+def _make_estimator(
+    endpoint: str, request: dict[str, Any], events: list[bytes]
+) -> Callable[[CallRecord], None]:
+    def estimate(record: CallRecord) -> None:
+        from ._estimate import estimate_stream_usage
+
+        model = record.response_model or record.model
+        prompt, output = estimate_stream_usage(endpoint, request, model, events)
+        record.usage.input_tokens = prompt
+        record.usage.output_tokens = output
+        record.usage_source = "estimated"
+
+    return estimate
+
+
+# -- begin -------------------------------------------------------------------------------------
+
+
+def _is_openai_host(client: Any) -> bool:
+    if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)):
+        return True
+    host = str(client.base_url.host)
+    return (
+        host == "api.openai.com"
+        or host.endswith(".openai.com")
+        or host.endswith(".openai.azure.com")
+        or host.endswith(".cognitiveservices.azure.com")
+    )
+
+
+def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
+    """Start a record for a paid call; ``(None, options)`` for anything we do not track."""
+    if options.method.lower() != "post":
+        return None, options
+    url: str = options.url
+    query = url.find("?")
+    if query >= 0:
+        url = url[:query]
+    endpoint = ENDPOINTS.get(url)
+    if endpoint is None:
+        return None, options
+    request = options.json_data if isinstance(options.json_data, dict) else {}
+    headers = options.headers
+    raw = headers.get(_RAW_HEADER) if isinstance(headers, dict) else None
+    op = _current_op.get()
+    settings = _runtime.settings
+    model = request.get("model")
+    record = CallRecord(
+        record_id=new_record_id(),
+        parent_id=op.record.record_id if op is not None else None,
+        started_at=time.time(),
+        feature=op.record.feature if op is not None else settings.default_feature,
+        operation=op.record.operation if op is not None else None,
+        function=op.record.function if op is not None else None,
+        tags=op.record.tags if op is not None else {},
+        endpoint=endpoint,
+        provider="azure" if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)) else "openai",
+        model=model if isinstance(model, str) else None,
+        params=params_of(request),
+        stream=bool(stream or request.get("stream")),
+    )
+    if endpoint == "audio.speech" and isinstance(request.get("input"), str):
+        record.usage = Usage(characters=len(request["input"]))
+    if settings.capture_content:
+        record.content = {
+            "request": {
+                k: request[k]
+                for k in ("messages", "input", "prompt", "instructions")
+                if k in request
+            }
+        }
+    call = Call(record, endpoint, op, request)
+    if (
+        record.stream
+        and endpoint in ("chat.completions", "completions")
+        and settings.inject_stream_usage
+        and raw is None
+    ):
+        options = _maybe_inject_usage(client, options, request, call)
+    return call, options
+
+
+def _maybe_inject_usage(client: Any, options: Any, request: dict[str, Any], call: Call) -> Any:
+    stream_options = request.get("stream_options")
+    extra = options.extra_json
+    if isinstance(stream_options, dict) and "include_usage" in stream_options:
+        return options
+    if isinstance(extra, dict) and "stream_options" in extra:
+        return options
+    if not _is_openai_host(client):
+        # Other OpenAI-compatible servers may reject the field; estimate instead.
+        return options
+    merged = dict(stream_options) if isinstance(stream_options, dict) else {}
+    merged["include_usage"] = True
+    new_options = options.model_copy()
+    new_options.json_data = {**request, "stream_options": merged}
+    call.injected = True
+    return new_options
+
+
+# -- observing results -------------------------------------------------------------------------
+
+
+def observe_sync(call: Call, result: Any) -> None:
+    _observe(call, result, is_async=False)
+
+
+def observe_async(call: Call, result: Any) -> None:
+    _observe(call, result, is_async=True)
+
+
+def _observe(call: Call, result: Any, is_async: bool) -> None:
+    if isinstance(result, (Stream, AsyncStream)):
+        _observe_http(call, result.response, is_async)
+        if call.injected:
+            _hide_usage_chunk(result)
+    elif isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
+        _observe_http(call, result.http_response, is_async)
+    elif isinstance(result, HttpxBinaryResponseContent):
+        _observe_http(call, result.response, is_async)
+    else:
+        if result is not None and not isinstance(result, (str, bytes)):
+            apply_body(call.record, call.endpoint, result)
+            if call.record.content is not None:
+                call.record.content["response"] = _output_of(result)
+        call.finish()
+
+
+def _output_of(result: Any) -> Any:
+    text = _get(result, "output_text")
+    if isinstance(text, str):
+        return text
+    choices = _get(result, "choices")
+    if isinstance(choices, list):
+        return [_get(_get(c, "message"), "content") or _get(c, "text") for c in choices]
+    return None
+
+
+def _is_usage_only(chunk: Any) -> bool:
+    return getattr(chunk, "choices", None) == [] and getattr(chunk, "usage", None) is not None
+
+
+def _hide_usage_chunk(stream: Any) -> None:
+    """Drop the usage-only chunk we asked for, so the caller sees exactly its own chunks."""
+    inner = stream._iterator
+    if isinstance(stream, AsyncStream):
+
+        async def afilter() -> AsyncIterator[Any]:
+            async for chunk in inner:
+                if not _is_usage_only(chunk):
+                    yield chunk
+
+        stream._iterator = afilter()
+    else:
+
+        def sfilter() -> Iterator[Any]:
+            for chunk in inner:
+                if not _is_usage_only(chunk):
+                    yield chunk
+
+        stream._iterator = sfilter()
+
+
+def _observe_http(call: Call, response: Any, is_async: bool) -> None:
+    record = call.record
+    record.http_status = response.status_code
+    content_type = response.headers.get("content-type", "")
+    kind = "sse" if "event-stream" in content_type else "json" if "json" in content_type else "other"
+    if hasattr(response, "_content"):
+        # Body already read (with_raw_response on a non-stream call, binary speech): parse now.
+        observer = _BodyObserver(call, kind, None)
+        if kind != "other":
+            observer.feed(response.content)
+        observer.close("complete")
+        return
+    decoder = _decoder_for(response)
+    if decoder is False:
+        kind = "other"
+        decoder = None
+    observer = _BodyObserver(call, kind, decoder)
+    inner = response.stream
+    module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
+    base: type[Any] = module.AsyncByteStream if is_async else module.SyncByteStream
+    response.stream = _make_tee(base, inner, observer, is_async)
+    # Backstop for a stream the caller drops without closing; the observer holds no reference
+    # to the response, so this does not keep it alive.
+    weakref.finalize(response, observer.close, "abandoned")
+
+
+def _decoder_for(response: Any) -> Any:
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    codings = [c.strip() for c in encoding.split(",") if c.strip() and c.strip() != "identity"]
+    try:
+        module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
+        supported = module._decoders.SUPPORTED_DECODERS  # type: ignore[attr-defined]
+        decoders = [supported[c]() for c in reversed(codings)]
+    except Exception:
+        decoders = []
+        for coding in reversed(codings):
+            if coding == "gzip":
+                decoders.append(_ZlibDecoder(zlib.MAX_WBITS | 16))
+            elif coding == "deflate":
+                decoders.append(_ZlibDecoder(zlib.MAX_WBITS))
+            else:
+                logger.warning("tracked_openai: cannot read %r-encoded bodies; usage not recorded", coding)
+                return False
+    return _Chain(decoders)
+
+
+class _ZlibDecoder:
+    def __init__(self, wbits: int) -> None:
+        self._d = zlib.decompressobj(wbits)
+
+    def decode(self, data: bytes) -> bytes:
+        return self._d.decompress(data)
+
+    def flush(self) -> bytes:
+        return self._d.flush()
+
+
+class _Chain:
+    def __init__(self, decoders: list[Any]) -> None:
+        self.decoders = decoders
+
+    def decode(self, data: bytes) -> bytes:
+        for d in self.decoders:
+            data = d.decode(data)
+        return data
+
+    def flush(self) -> bytes:
+        data = b""
+        for d in self.decoders:
+            data = d.decode(data) + d.flush() if data else d.flush()
+        return data
+
+
+def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bool) -> Any:
+    if is_async:
+
+        class AsyncTee(base):  # type: ignore[misc, valid-type]
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in inner:
+                        observer.feed_safe(chunk)
+                        yield chunk
+                except _TRANSPORT_ERRORS as exc:
+                    observer.transport_error(exc)
+                    raise
+
+            async def aclose(self) -> None:
+                try:
+                    await inner.aclose()
+                finally:
+                    observer.close("closed")
+
+        return AsyncTee()
+
+    class SyncTee(base):  # type: ignore[misc, valid-type]
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                for chunk in inner:
+                    observer.feed_safe(chunk)
+                    yield chunk
+            except _TRANSPORT_ERRORS as exc:
+                observer.transport_error(exc)
+                raise
+
+        def close(self) -> None:
+            try:
+                inner.close()
+            finally:
+                observer.close("closed")
+
+    return SyncTee()
+
+
+class _BodyObserver:
+    """Incremental reader of a response body: SSE events or a JSON document."""
+
+    __slots__ = ("call", "kind", "decoder", "buf", "data", "event", "body", "body_size", "seen_first", "done")
+
+    def __init__(self, call: Call, kind: str, decoder: Any) -> None:
+        self.call: Call | None = call
+        self.kind = kind
+        self.decoder = decoder
+        self.buf = b""
+        self.data: list[bytes] = []
+        self.event = b""
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.seen_first = False
+        self.done = False  # [DONE] or a terminal event arrived
+
+    def feed_safe(self, chunk: bytes) -> None:
+        with internal_errors("stream observer"):
+            self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.call is None or self.kind == "other":
+            return
+        if self.decoder is not None:
+            chunk = self.decoder.decode(chunk)
+        if self.kind == "json":
+            self.body_size += len(chunk)
+            if self.body_size <= _MAX_JSON_BODY:
+                self.body.append(chunk)
+            return
+        buf = self.buf + chunk if self.buf else chunk
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = buf[start:nl]
+            start = nl + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._line(line)
+        self.buf = buf[start:]
+
+    def _line(self, line: bytes) -> None:
+        if not line:
+            if self.data:
+                data = b"\n".join(self.data)
+                self.data = []
+                self._event(data)
+            self.event = b""
+            return
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self.data.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            self.event = line[6:].strip()
+
+    def _event(self, data: bytes) -> None:
+        call = self.call
+        if call is None:
+            return
+        if data.startswith(b"[DONE]"):
+            self.done = True
+            return
+        record = call.record
+        parsed: Any = None
+        if not self.seen_first:
+            self.seen_first = True
+            parsed = _loads(data)
+            self._identity(parsed)
+        if b'"usage"' in data and b'"usage":null' not in data:
+            parsed = parsed if parsed is not None else _loads(data)
+            self._usage_event(parsed)
+        elif b'"error"' in data:
+            parsed = parsed if parsed is not None else _loads(data)
+            if isinstance(parsed, dict) and (parsed.get("error") or parsed.get("type") == "error"):
+                err = parsed.get("error") if isinstance(parsed.get("error"), dict) else parsed
+                record.status = "error"
+                record.error_type = str(err.get("type") or err.get("code") or "APIError")
+                record.error_message = str(err.get("message") or "")[:_MAX_MESSAGE]
+        if not call.saw_usage and call.endpoint in _ESTIMABLE and call.events_bytes < _MAX_KEPT_EVENTS_BYTES:
+            if call.events is None:
+                call.events = []
+            call.events.append(data)
+            call.events_bytes += len(data)
+
+    def _identity(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            return
+        record = self.call.record  # type: ignore[union-attr]
+        body = event.get("response") if isinstance(event.get("response"), dict) else event
+        model = body.get("model")
+        if isinstance(model, str) and model:
+            record.response_model = model
+        tier = body.get("service_tier")
+        if isinstance(tier, str) and tier:
+            record.service_tier = tier
+
+    def _usage_event(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            return
+        call = self.call
+        assert call is not None
+        record = call.record
+        kind = event.get("type")
+        if kind in _STREAM_TERMINAL and isinstance(event.get("response"), dict):
+            body = event["response"]
+            apply_body(record, call.endpoint, body)
+            self.done = True
+            if kind == "response.failed":
+                error = body.get("error") or {}
+                record.status = "error"
+                record.error_type = str(error.get("code") or "response.failed")
+                record.error_message = str(error.get("message") or "")[:_MAX_MESSAGE]
+        else:
+            usage = usage_from_body(call.endpoint, event)
+            if usage is None:
+                return
+            if record.usage.characters is not None:
+                usage.characters = record.usage.characters
+            record.usage = usage
+            record.usage_source = "response"
+            tier = event.get("service_tier")
+            if isinstance(tier, str) and tier:
+                record.service_tier = tier
+        if record.usage_source == "response":
+            call.saw_usage = True
+            call.events = None
+
+    def transport_error(self, exc: BaseException) -> None:
+        with internal_errors("stream observer"):
+            call = self.call
+            if call is not None:
+                call.record.status = "error"
+                call.record.error_type = type(exc).__name__
+                call.record.error_message = str(exc)[:_MAX_MESSAGE]
+                self.close("error")
+
+    def close(self, how: str) -> None:
+        with internal_errors("stream observer close"):
+            call, self.call = self.call, None
+            if call is None:
+                return
+            if self.kind == "json" and self.body:
+                raw = b"".join(self.body)
+                if self.decoder is not None:
+                    raw += self.decoder.flush()
+                self.body = []
+                if self.body_size <= _MAX_JSON_BODY:
+                    body = _loads(raw)
+                    if isinstance(body, dict):
+                        apply_body(call.record, call.endpoint, body)
+            elif self.kind == "sse" and self.buf:
+                # A body that ended without a trailing blank line still dispatches its last event.
+                self.call = call
+                self.feed(b"\n\n")
+                self.call = None
+            if how == "closed" and self.kind == "sse" and not self.done and call.record.status == "success":
+                how = "closed_early"
+            elif how == "closed":
+                how = "complete"
+            call.finish(how if call.record.stream else None)
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

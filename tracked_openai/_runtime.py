@@ -1,0 +1,183 @@
+"""Process-wide state: settings, the exporter and its sinks; ``configure``/``flush``/``shutdown``.
+
+The exporter is built lazily on the first record, so a disabled library (or one never used)
+starts no thread and opens no store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from ._config import Settings, load_settings
+from ._errors import internal_error_count, internal_errors, logger
+from ._exporter import Exporter
+from .records import CallRecord, OperationRecord, Record
+
+__all__ = ["configure", "flush", "prepare", "settings", "shutdown", "stats", "submit"]
+
+settings: Settings = load_settings()
+
+_exporter: Exporter | None = None
+_sinks: list[Any] | None = None
+_lock = threading.Lock()
+
+
+def _default_sinks() -> list[Any]:
+    try:
+        from .sinks.mlflow import MlflowSink
+    except Exception as exc:  # mlflow missing or broken: keep the host running, say why once.
+        logger.warning("tracked_openai: MLflow sink unavailable (%s); records are not persisted", exc)
+        return []
+    return [MlflowSink()]
+
+
+def _get_exporter() -> Exporter:
+    global _exporter, _sinks
+    exporter = _exporter
+    if exporter is not None:
+        return exporter
+    with _lock:
+        if _exporter is None:
+            if _sinks is None:
+                _sinks = _default_sinks()
+            _exporter = _make_exporter(_sinks)
+        return _exporter
+
+
+def _make_exporter(sinks: list[Any]) -> Exporter:
+    return Exporter(
+        sinks,
+        prepare=prepare,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        flush_interval=settings.flush_interval,
+        exit_timeout=settings.exit_timeout,
+    )
+
+
+def submit(record: Record) -> None:
+    """Hand a finished record to the exporter (O(1), never raises)."""
+    exporter = _exporter
+    if exporter is None:
+        with internal_errors("exporter.start"):
+            exporter = _get_exporter()
+    if exporter is not None:
+        exporter.submit(record)
+
+
+def prepare(record: Record) -> None:
+    """Fill derived fields on the exporter thread: estimated usage, cost, operation roll-ups."""
+    if isinstance(record, CallRecord):
+        pending, record.pending = record.pending, None
+        if pending is not None:
+            with internal_errors("usage estimate"):
+                pending(record)
+        if record.cost_status == "pending":
+            with internal_errors("pricing"):
+                from .pricing import price_record
+
+                price_record(record)
+            if record.cost_status == "pending":
+                record.cost_status = "error"
+    elif isinstance(record, OperationRecord):
+        children, record.children = record.children, []
+        if children:
+            _roll_up(record, children)
+
+
+_ROLLUP_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
+
+
+def _roll_up(op: OperationRecord, children: Iterable[CallRecord]) -> None:
+    total = Decimal(0)
+    priced = False
+    for call in children:
+        op.call_count += 1
+        for key in _ROLLUP_KEYS:
+            value = getattr(call.usage, key)
+            if value is not None:
+                setattr(op.usage, key, (getattr(op.usage, key) or 0) + value)
+        if call.cost is not None:
+            total += call.cost.total_usd
+            priced = True
+        elif call.status == "success" or call.usage_source != "none":
+            op.unpriced_calls += 1
+    if priced:
+        op.cost_usd = total
+
+
+def configure(
+    *,
+    sinks: Iterable[Any] | None = None,
+    enabled: bool | None = None,
+    inject_stream_usage: bool | None = None,
+    capture_content: bool | None = None,
+    default_feature: str | None = None,
+    features: Mapping[str, str] | None = None,
+    pricing: Any = None,
+    **exporter_options: Any,
+) -> None:
+    """Change settings at run time. ``sinks`` replaces the sinks (the old exporter is flushed).
+
+    Args:
+        sinks: Sinks to export to (default: one ``MlflowSink``).
+        enabled: Turn tracking on or off (``MLFLOW_ENABLED`` / ``TRACKED_OPENAI_ENABLED``).
+        inject_stream_usage: Ask OpenAI/Azure for the usage chunk on chat streams.
+        capture_content: Store prompts and outputs in call records (off by default).
+        default_feature: Feature key for calls made outside any ``track`` block.
+        features: Extra ``{feature key: experiment name}`` entries for the MLflow sink.
+        pricing: A pricing file or folder (or a loaded price book) overriding the shipped tables.
+        **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
+            ``spool_dir``.
+    """
+    global _exporter, _sinks
+    if enabled is not None:
+        settings.enabled = enabled
+    if inject_stream_usage is not None:
+        settings.inject_stream_usage = inject_stream_usage
+    if capture_content is not None:
+        settings.capture_content = capture_content
+    if default_feature is not None:
+        settings.default_feature = default_feature
+    if features:
+        settings.features.update(features)
+    for key, value in exporter_options.items():
+        if not hasattr(settings, key):
+            raise TypeError(f"configure() got an unexpected keyword argument {key!r}")
+        setattr(settings, key, value)
+    if pricing is not None:
+        from .pricing import use_pricing
+
+        use_pricing(pricing)
+    if sinks is not None or exporter_options:
+        with _lock:
+            old = _exporter
+            _exporter = None
+            if sinks is not None:
+                _sinks = list(sinks)
+        if old is not None:
+            old.shutdown(settings.exit_timeout)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until every record so far reached the sinks; ``False`` if ``timeout`` ran out."""
+    exporter = _exporter
+    return True if exporter is None else exporter.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush and stop the exporter; a later record starts a fresh one."""
+    global _exporter
+    with _lock:
+        exporter, _exporter = _exporter, None
+    return True if exporter is None else exporter.shutdown(timeout)
+
+
+def stats() -> dict[str, int]:
+    """Exporter counters (submitted, exported, dropped, …) and internal errors."""
+    exporter = _exporter
+    counters = exporter.stats() if exporter is not None else {}
+    return {**counters, "internal_errors": internal_error_count()}

@@ -1,0 +1,277 @@
+"""What tracked-openai records: one :class:`CallRecord` per paid API call, one
+:class:`OperationRecord` per ``track`` block or decorated function.
+
+Records are plain slotted dataclasses so building one on the caller's path costs a few
+microseconds. Derived fields (cost, estimated usage, an operation's roll-up) are filled by
+:func:`tracked_openai._runtime.prepare` on the exporter's thread, before any sink sees the record.
+``to_dict()`` gives JSON-safe data; ``record_from_dict()`` reads it back (the spool uses both).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+__all__ = [
+    "CallRecord",
+    "Cost",
+    "OperationRecord",
+    "Record",
+    "Usage",
+    "USAGE_KEYS",
+    "new_record_id",
+    "record_from_dict",
+]
+
+USAGE_KEYS = (
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "images",
+    "seconds",
+    "characters",
+)
+
+
+def new_record_id() -> str:
+    """A random 32-hex-digit id; sinks use it to make exports idempotent."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Usage:
+    """Billable quantities of one call, read from the response (``None`` = not reported).
+
+    Token fields follow OpenAI's inclusive convention: ``input_tokens`` already includes cached,
+    audio and image input tokens; ``output_tokens`` already includes reasoning and audio output.
+    """
+
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    audio_input_tokens: int | None = None
+    audio_output_tokens: int | None = None
+    image_input_tokens: int | None = None
+    image_output_tokens: int | None = None
+    images: int | None = None
+    seconds: float | None = None
+    characters: int | None = None
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, k) is None for k in USAGE_KEYS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in USAGE_KEYS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage:
+        data = data or {}
+        return cls(**{k: data.get(k) for k in USAGE_KEYS})
+
+
+@dataclass(slots=True, frozen=True)
+class Cost:
+    """Cost of a call in USD, exact (``Decimal``)."""
+
+    input_usd: Decimal
+    output_usd: Decimal
+    total_usd: Decimal
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "input_usd": float(self.input_usd),
+            "output_usd": float(self.output_usd),
+            "total_usd": float(self.total_usd),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Cost | None:
+        if not data:
+            return None
+        return cls(
+            input_usd=Decimal(str(data["input_usd"])),
+            output_usd=Decimal(str(data["output_usd"])),
+            total_usd=Decimal(str(data["total_usd"])),
+        )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+def _from_iso(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
+Status = Literal["success", "error"]
+
+
+@dataclass(slots=True, eq=False)
+class CallRecord:
+    """One paid OpenAI API call."""
+
+    record_id: str = field(default_factory=new_record_id)
+    parent_id: str | None = None
+    started_at: float = 0.0
+    duration_s: float | None = None
+    feature: str = "default"
+    operation: str | None = None
+    function: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    endpoint: str = ""
+    provider: str = "openai"
+    model: str | None = None
+    response_model: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    usage: Usage = field(default_factory=Usage)
+    usage_source: Literal["response", "estimated", "none"] = "none"
+    service_tier: str | None = None
+    cost: Cost | None = None
+    cost_status: str = "pending"
+    pricing_version: str | None = None
+    pricing_rule: str | None = None
+    status: Status = "success"
+    error_type: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    request_ids: list[str] = field(default_factory=list)
+    stream_end: str | None = None
+    content: dict[str, Any] | None = None
+    # Filled on the caller's path, consumed on the exporter thread; never serialised.
+    pending: Any = None
+
+    kind: Literal["call"] = "call"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "call",
+            "record_id": self.record_id,
+            "parent_id": self.parent_id,
+            "started_at": _iso(self.started_at),
+            "duration_s": self.duration_s,
+            "feature": self.feature,
+            "operation": self.operation,
+            "function": self.function,
+            "tags": dict(self.tags),
+            "endpoint": self.endpoint,
+            "provider": self.provider,
+            "model": self.model,
+            "response_model": self.response_model,
+            "params": dict(self.params),
+            "stream": self.stream,
+            "usage": self.usage.to_dict(),
+            "usage_source": self.usage_source,
+            "service_tier": self.service_tier,
+            "cost": self.cost.to_dict() if self.cost is not None else None,
+            "cost_status": self.cost_status,
+            "pricing_version": self.pricing_version,
+            "pricing_rule": self.pricing_rule,
+            "status": self.status,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "http_status": self.http_status,
+            "attempts": self.attempts,
+            "request_ids": list(self.request_ids),
+            "stream_end": self.stream_end,
+            "content": self.content,
+        }
+
+
+@dataclass(slots=True, eq=False)
+class OperationRecord:
+    """One tracked unit of work (a ``track`` block or a decorated function) and its calls."""
+
+    record_id: str = field(default_factory=new_record_id)
+    parent_id: str | None = None
+    started_at: float = 0.0
+    duration_s: float | None = None
+    feature: str = "default"
+    operation: str | None = None
+    function: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: Status = "success"
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    # Roll-up of the calls made inside the block (filled when the record is prepared).
+    call_count: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal | None = None
+    unpriced_calls: int = 0
+    children: list[CallRecord] = field(default_factory=list)
+
+    kind: Literal["operation"] = "operation"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "operation",
+            "record_id": self.record_id,
+            "parent_id": self.parent_id,
+            "started_at": _iso(self.started_at),
+            "duration_s": self.duration_s,
+            "feature": self.feature,
+            "operation": self.operation,
+            "function": self.function,
+            "tags": dict(self.tags),
+            "params": dict(self.params),
+            "metrics": dict(self.metrics),
+            "status": self.status,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "traceback": self.traceback,
+            "call_count": self.call_count,
+            "usage": self.usage.to_dict(),
+            "cost_usd": float(self.cost_usd) if self.cost_usd is not None else None,
+            "unpriced_calls": self.unpriced_calls,
+        }
+
+
+Record = CallRecord | OperationRecord
+
+_CALL_FIELDS = {f.name for f in fields(CallRecord)} - {"pending", "kind", "usage", "cost", "started_at"}
+_OP_FIELDS = {f.name for f in fields(OperationRecord)} - {
+    "children",
+    "kind",
+    "usage",
+    "cost_usd",
+    "started_at",
+}
+
+
+def record_from_dict(data: dict[str, Any]) -> Record:
+    """Rebuild a record from :meth:`to_dict` output (used to replay the spool)."""
+    if data.get("kind") == "operation":
+        op = OperationRecord(**{k: data[k] for k in _OP_FIELDS if k in data})
+        op.started_at = _from_iso(data.get("started_at", 0.0))
+        op.usage = Usage.from_dict(data.get("usage"))
+        cost = data.get("cost_usd")
+        op.cost_usd = Decimal(str(cost)) if cost is not None else None
+        return op
+    call = CallRecord(**{k: data[k] for k in _CALL_FIELDS if k in data})
+    call.started_at = _from_iso(data.get("started_at", 0.0))
+    call.usage = Usage.from_dict(data.get("usage"))
+    call.cost = Cost.from_dict(data.get("cost"))
+    return call
