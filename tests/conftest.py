@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+os.environ.pop("OPENAI_API_KEY", None)
+
+import tracked_openai  # noqa: E402
+from tracked_openai.testing import TrackedRecords  # noqa: E402
+
+from .fakeopenai import FakeOpenAI  # noqa: E402
+
+API_KEY = "sk-test-hardcoded"  # hardcoded so a key in the environment is never used
+
+# No test writes to a default store by accident: tests that need MLflow configure their own sink.
+tracked_openai.configure(sinks=[])
+
+
+@pytest.fixture
+def records(tracked_records: TrackedRecords) -> TrackedRecords:
+    """Records of this test (in memory); swallowed internal errors fail the test."""
+    return tracked_records
+
+
+@pytest.fixture
+def fake() -> FakeOpenAI:
+    return FakeOpenAI()
+
+
+@pytest.fixture
+def client(fake: FakeOpenAI, records: TrackedRecords) -> Iterator[tracked_openai.OpenAI]:
+    c = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+async def aclient(fake: FakeOpenAI, records: TrackedRecords) -> AsyncIterator[tracked_openai.AsyncOpenAI]:
+    c = tracked_openai.AsyncOpenAI(api_key=API_KEY, http_client=fake.async_client(), max_retries=0)
+    yield c
+    await c.close()
