@@ -38,10 +38,13 @@ class Operation:
     ``op.set_tags(...)`` add to the operation's record.
     """
 
-    __slots__ = ("record", "_t0", "_token", "_metrics_fn", "_finished")
+    __slots__ = ("record", "parent", "_t0", "_token", "_metrics_fn", "_finished")
 
-    def __init__(self, record: OperationRecord, metrics_fn: MetricsFn | None) -> None:
+    def __init__(
+        self, record: OperationRecord, metrics_fn: MetricsFn | None, parent: Operation | None = None
+    ) -> None:
         self.record = record
+        self.parent = parent
         self._t0 = 0.0
         self._token: Token[Operation | None] | None = None
         self._metrics_fn = metrics_fn
@@ -179,7 +182,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
             function=function or self._function,
             tags=tags,
         )
-        return Operation(record, self._metrics_fn)
+        return Operation(record, self._metrics_fn, parent)
 
     # -- context manager ---------------------------------------------------------------------
     def __enter__(self) -> Operation | None:

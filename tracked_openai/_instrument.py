@@ -113,9 +113,12 @@ class Call:
             rec.pending = _make_estimator(self.endpoint, self.request, self.events or [])
         self.request = {}
         self.events = None
+        # Every enclosing operation rolls up this call, so an operation's totals include its
+        # nested operations' calls and summing top-level runs never counts a call twice.
         op = self.op
-        if op is not None:
+        while op is not None:
             op.record.children.append(rec)
+            op = op.parent
         _runtime.submit(rec)
 
 
