@@ -242,8 +242,8 @@ def observe_async(call: Call, result: Any) -> None:
 
 def _observe(call: Call, result: Any, is_async: bool) -> None:
     if isinstance(result, (Stream, AsyncStream)):
-        _observe_http(call, result.response, is_async)
-        if call.injected:
+        filtered = _observe_http(call, result.response, is_async, drop_usage_chunk=call.injected)
+        if call.injected and not filtered:
             _hide_usage_chunk(result)
     elif isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
         _observe_http(call, result.http_response, is_async)
@@ -292,7 +292,9 @@ def _hide_usage_chunk(stream: Any) -> None:
         stream._iterator = sfilter()
 
 
-def _observe_http(call: Call, response: Any, is_async: bool) -> None:
+def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: bool = False) -> bool:
+    """Observe ``response``'s body; returns True when the injected usage chunk is dropped from
+    the bytes themselves (the SDK then never parses it, which is cheaper than hiding the object)."""
     record = call.record
     record.http_status = response.status_code
     content_type = response.headers.get("content-type", "")
@@ -303,12 +305,15 @@ def _observe_http(call: Call, response: Any, is_async: bool) -> None:
         if kind != "other":
             observer.feed(response.content)
         observer.close("complete")
-        return
+        return False
     decoder = _decoder_for(response)
     if decoder is False:
         kind = "other"
         decoder = None
     observer = _BodyObserver(call, kind, decoder)
+    # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
+    filtering = drop_usage_chunk and kind == "sse" and decoder is None
+    observer.filtering = filtering
     inner = response.stream
     module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
     base: type[Any] = module.AsyncByteStream if is_async else module.SyncByteStream
@@ -316,6 +321,7 @@ def _observe_http(call: Call, response: Any, is_async: bool) -> None:
     # Backstop for a stream the caller drops without closing; the observer holds no reference
     # to the response, so this does not keep it alive.
     weakref.finalize(response, observer.close, "abandoned")
+    return filtering
 
 
 def _decoder_for(response: Any) -> Any:
@@ -374,8 +380,12 @@ def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bo
             async def __aiter__(self) -> AsyncIterator[bytes]:
                 try:
                     async for chunk in inner:
-                        observer.feed_safe(chunk)
-                        yield chunk
+                        out = observer.pass_through(chunk)
+                        if out:
+                            yield out
+                    rest = observer.remainder()
+                    if rest:
+                        yield rest
                 except _TRANSPORT_ERRORS as exc:
                     observer.transport_error(exc)
                     raise
@@ -392,8 +402,12 @@ def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bo
         def __iter__(self) -> Iterator[bytes]:
             try:
                 for chunk in inner:
-                    observer.feed_safe(chunk)
-                    yield chunk
+                    out = observer.pass_through(chunk)
+                    if out:
+                        yield out
+                rest = observer.remainder()
+                if rest:
+                    yield rest
             except _TRANSPORT_ERRORS as exc:
                 observer.transport_error(exc)
                 raise
@@ -410,7 +424,21 @@ def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bo
 class _BodyObserver:
     """Incremental reader of a response body: SSE events or a JSON document."""
 
-    __slots__ = ("call", "kind", "decoder", "buf", "data", "event", "body", "body_size", "seen_first", "done")
+    __slots__ = (
+        "call",
+        "kind",
+        "decoder",
+        "buf",
+        "data",
+        "event",
+        "body",
+        "body_size",
+        "seen_first",
+        "done",
+        "filtering",
+        "pending",
+        "drop",
+    )
 
     def __init__(self, call: Call, kind: str, decoder: Any) -> None:
         self.call: Call | None = call
@@ -423,10 +451,44 @@ class _BodyObserver:
         self.body_size = 0
         self.seen_first = False
         self.done = False  # [DONE] or a terminal event arrived
+        self.filtering = False
+        self.pending = b""  # filtering: bytes not yet handed to the caller
+        self.drop = False
 
-    def feed_safe(self, chunk: bytes) -> None:
-        with internal_errors("stream observer"):
-            self.feed(chunk)
+    def pass_through(self, chunk: bytes) -> bytes:
+        """Observe ``chunk``; return the bytes the caller gets (``chunk`` itself unless filtering).
+
+        When filtering, bytes are released one complete SSE event at a time and the injected
+        usage-only event is withheld. Any internal fault releases the event unfiltered.
+        """
+        if not self.filtering:
+            with internal_errors("stream observer"):
+                self.feed(chunk)
+            return chunk
+        pending = self.pending + chunk if self.pending else chunk
+        out: list[bytes] = []
+        while True:
+            lf = pending.find(b"\n\n")
+            crlf = pending.find(b"\r\n\r\n")
+            if lf < 0 and crlf < 0:
+                break
+            end = lf + 2 if crlf < 0 or (0 <= lf < crlf) else crlf + 4
+            block, pending = pending[:end], pending[end:]
+            self.drop = False
+            with internal_errors("stream observer"):
+                self.feed(block)
+            if not self.drop:
+                out.append(block)
+        self.pending = pending
+        return b"".join(out)
+
+    def remainder(self) -> bytes:
+        """Bytes still withheld when the body ends (an unterminated last event)."""
+        rest, self.pending = self.pending, b""
+        if rest:
+            with internal_errors("stream observer"):
+                self.feed(rest)
+        return rest
 
     def feed(self, chunk: bytes) -> None:
         if self.call is None or self.kind == "other":
@@ -478,9 +540,17 @@ class _BodyObserver:
             self.seen_first = True
             parsed = _loads(data)
             self._identity(parsed)
-        if b'"usage"' in data and b'"usage":null' not in data:
+        if _has_usage_object(data):
             parsed = parsed if parsed is not None else _loads(data)
             self._usage_event(parsed)
+            if (
+                self.filtering
+                and isinstance(parsed, dict)
+                and parsed.get("choices") == []
+                and isinstance(parsed.get("usage"), dict)
+            ):
+                # The usage-only chunk we asked for: the caller never asked, so never sees it.
+                self.drop = True
         elif b'"error"' in data:
             parsed = parsed if parsed is not None else _loads(data)
             if isinstance(parsed, dict) and (parsed.get("error") or parsed.get("type") == "error"):
@@ -570,6 +640,21 @@ class _BodyObserver:
             elif how == "closed":
                 how = "complete"
             call.finish(how if call.record.stream else None)
+
+
+def _has_usage_object(data: bytes) -> bool:
+    """True when some ``"usage":`` key in the event holds an object (not ``null``)."""
+    start = 0
+    while True:
+        i = data.find(b'"usage":', start)
+        if i < 0:
+            return False
+        j = i + 8
+        while j < len(data) and data[j] in b" \t\r\n":
+            j += 1
+        if data[j : j + 1] == b"{":
+            return True
+        start = j
 
 
 def _loads(data: bytes) -> Any:

@@ -9,7 +9,8 @@ microseconds. Derived fields (cost, estimated usage, an operation's roll-up) are
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -42,9 +43,24 @@ USAGE_KEYS = (
 )
 
 
+_id_prefix = os.urandom(8).hex()
+_id_counter = itertools.count()
+
+
+def _reseed_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    _id_counter = itertools.count()
+
+
+# A forked child must not repeat its parent's ids.
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_record_id() -> str:
-    """A random 32-hex-digit id; sinks use it to make exports idempotent."""
-    return uuid.uuid4().hex
+    """A unique 32-hex-digit id (random per-process prefix + counter); sinks use it to make
+    exports idempotent. Cheaper than ``uuid4()``, which costs a system call per record."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
 
 
 @dataclass(slots=True)

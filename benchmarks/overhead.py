@@ -1,0 +1,145 @@
+"""Added latency per call: plain SDK vs tracked vs tracked-disabled, same process.
+
+All three clients talk to the same in-process fake transport (no sockets), so the figures isolate
+the SDK's own work from ours. Rounds are interleaved so drift (CPU frequency, GC) hits every client
+alike; we report the median per-call time of each client and its ratio to the plain SDK.
+
+    python benchmarks/overhead.py [--calls 300] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tracked_openai  # noqa: E402
+from tracked_openai import _runtime  # noqa: E402
+from tracked_openai.records import Record  # noqa: E402
+
+CHAT_BODY = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1755597880,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Benchmark reply.", "refusal": None},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 12,
+            "completion_tokens": 4,
+            "total_tokens": 16,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        },
+        "service_tier": "default",
+    }
+).encode()
+
+
+def _sse(include_usage: bool) -> bytes:
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini-2024-07-18"}
+    chunks: list[dict[str, Any]] = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in ("Bench", "mark", " reply", ".")]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if include_usage:
+        for c in chunks:
+            c["usage"] = None
+        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}})
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+SSE_PLAIN, SSE_USAGE = _sse(False), _sse(True)
+
+
+def handler(request: httpx2.Request) -> httpx2.Response:
+    body = json.loads(request.content)
+    if body.get("stream"):
+        data = SSE_USAGE if (body.get("stream_options") or {}).get("include_usage") else SSE_PLAIN
+        return httpx2.Response(200, headers={"content-type": "text/event-stream", "x-request-id": "req_b"}, content=data)
+    return httpx2.Response(200, headers={"content-type": "application/json", "x-request-id": "req_b"}, content=CHAT_BODY)
+
+
+class CountingSink:
+    """Counts records: the benchmark measures our hot path and exporter, not a store."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, records: Sequence[Record]) -> None:
+        self.count += len(records)
+
+
+MESSAGES = [{"role": "user", "content": "Say something short."}]
+
+
+def chat(client: Any) -> None:
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+
+def chat_stream(client: Any) -> None:
+    for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+        pass
+
+
+def time_calls(fn: Callable[[Any], None], client: Any, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(client)
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+
+    sink = CountingSink()
+    tracked_openai.configure(sinks=[sink])
+    transport = httpx2.MockTransport(handler)
+    clients = {
+        "plain": openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
+        "tracked": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
+        "disabled": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
+    }
+    print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.rounds} rounds x {args.calls} calls")
+    for name, fn in (("chat", chat), ("chat stream", chat_stream)):
+        samples: dict[str, list[float]] = {k: [] for k in clients}
+        for client in clients.values():  # warm-up: imports, caches, the exporter thread
+            with tracked_openai.track("bench", "warmup"):
+                time_calls(fn, client, 50)
+        for _ in range(args.rounds):
+            for key, client in clients.items():
+                _runtime.settings.enabled = key != "disabled"
+                gc.collect()
+                samples[key].append(time_calls(fn, client, args.calls))
+            _runtime.settings.enabled = True
+        medians = {k: statistics.median(v) for k, v in samples.items()}
+        base = medians["plain"]
+        print(f"\n{name}: median per call")
+        for key, value in medians.items():
+            added = value - base
+            print(f"  {key:<9} {value * 1e6:8.1f} µs   ratio {value / base:5.3f}   added {added * 1e6:+7.1f} µs ({added / base:+.1%})")
+    tracked_openai.flush()
+    print(f"\nrecords exported by the tracked client: {sink.count}")
+
+
+if __name__ == "__main__":
+    main()
