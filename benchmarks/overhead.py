@@ -24,9 +24,9 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tracked_openai  # noqa: E402
-from tracked_openai import _runtime  # noqa: E402
-from tracked_openai.records import Record  # noqa: E402
+import tracked_openai
+from tracked_openai import _runtime
+from tracked_openai.records import Record
 
 CHAT_BODY = json.dumps(
     {

@@ -7,10 +7,10 @@ import pytest
 
 os.environ.pop("OPENAI_API_KEY", None)
 
-import tracked_openai  # noqa: E402
-from tracked_openai.testing import TrackedRecords  # noqa: E402
+import tracked_openai
+from tracked_openai.testing import TrackedRecords
 
-from .fakeopenai import FakeOpenAI  # noqa: E402
+from .fakeopenai import FakeOpenAI
 
 API_KEY = "sk-test-hardcoded"  # hardcoded so a key in the environment is never used
 

@@ -118,7 +118,8 @@ class FakeOpenAI:
         key = (request.method, self._route_path(request.url.path))
         responder = self.routes.get(key)
         if responder is None:
-            return httpx2.Response(404, json={"error": {"message": f"no fake route {key}", "type": "invalid_request_error"}})
+            error = {"message": f"no fake route {key}", "type": "invalid_request_error"}
+            return httpx2.Response(404, json={"error": error})
         if isinstance(responder, list):
             spec = responder.pop(0) if len(responder) > 1 else responder[0]
         elif callable(responder):

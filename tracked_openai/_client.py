@@ -32,7 +32,9 @@ def _note_attempt(call: Call | None, response: Any, exc: BaseException | None) -
                 record.request_ids.append(request_id)
 
 
-def _tracked_sync(client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
+def _tracked_sync(
+    client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
+) -> Any:
     call: Call | None = None
     with internal_errors("begin"):
         call, options = begin(client, options, stream)

@@ -15,7 +15,7 @@ import traceback as _traceback
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, overload
 
 from . import _runtime
 from ._errors import internal_errors
@@ -38,7 +38,7 @@ class Operation:
     ``op.set_tags(...)`` add to the operation's record.
     """
 
-    __slots__ = ("record", "parent", "_t0", "_token", "_metrics_fn", "_finished")
+    __slots__ = ("_finished", "_metrics_fn", "_t0", "_token", "parent", "record")
 
     def __init__(
         self, record: OperationRecord, metrics_fn: MetricsFn | None, parent: Operation | None = None
@@ -148,7 +148,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
         **tags: Extra string tags for every record inside (merged with enclosing tags).
     """
 
-    __slots__ = ("_feature", "_operation", "_tags", "_metrics_fn", "_function", "_op")
+    __slots__ = ("_feature", "_function", "_metrics_fn", "_op", "_operation", "_tags")
 
     def __init__(
         self,
@@ -268,7 +268,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
             op._finish(None, result, True)
             return result
 
-        return cast(F, wrapper)
+        return wrapper
 
 
 def _caller_name(depth: int) -> str | None:

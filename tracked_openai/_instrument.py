@@ -52,18 +52,18 @@ class Call:
     """In-flight state of one tracked call; ``finish`` runs exactly once."""
 
     __slots__ = (
-        "record",
-        "endpoint",
-        "t0",
-        "op",
-        "request",
-        "injected",
+        "__weakref__",
         "_done",
         "_lock",
+        "endpoint",
         "events",
         "events_bytes",
+        "injected",
+        "op",
+        "record",
+        "request",
         "saw_usage",
-        "__weakref__",
+        "t0",
     )
 
     def __init__(self, record: CallRecord, endpoint: str, op: Any, request: dict[str, Any]) -> None:
@@ -151,11 +151,8 @@ def _is_openai_host(client: Any) -> bool:
     if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)):
         return True
     host = str(client.base_url.host)
-    return (
-        host == "api.openai.com"
-        or host.endswith(".openai.com")
-        or host.endswith(".openai.azure.com")
-        or host.endswith(".cognitiveservices.azure.com")
+    return host == "api.openai.com" or host.endswith(
+        (".openai.com", ".openai.azure.com", ".cognitiveservices.azure.com")
     )
 
 
@@ -425,19 +422,19 @@ class _BodyObserver:
     """Incremental reader of a response body: SSE events or a JSON document."""
 
     __slots__ = (
-        "call",
-        "kind",
-        "decoder",
-        "buf",
-        "data",
-        "event",
         "body",
         "body_size",
-        "seen_first",
+        "buf",
+        "call",
+        "data",
+        "decoder",
         "done",
-        "filtering",
-        "pending",
         "drop",
+        "event",
+        "filtering",
+        "kind",
+        "pending",
+        "seen_first",
     )
 
     def __init__(self, call: Call, kind: str, decoder: Any) -> None:
@@ -554,7 +551,7 @@ class _BodyObserver:
         elif b'"error"' in data:
             parsed = parsed if parsed is not None else _loads(data)
             if isinstance(parsed, dict) and (parsed.get("error") or parsed.get("type") == "error"):
-                err = parsed.get("error") if isinstance(parsed.get("error"), dict) else parsed
+                err: dict[str, Any] = parsed["error"] if isinstance(parsed.get("error"), dict) else parsed
                 record.status = "error"
                 record.error_type = str(err.get("type") or err.get("code") or "APIError")
                 record.error_message = str(err.get("message") or "")[:_MAX_MESSAGE]
@@ -568,7 +565,7 @@ class _BodyObserver:
         if not isinstance(event, dict):
             return
         record = self.call.record  # type: ignore[union-attr]
-        body = event.get("response") if isinstance(event.get("response"), dict) else event
+        body: dict[str, Any] = event["response"] if isinstance(event.get("response"), dict) else event
         model = body.get("model")
         if isinstance(model, str) and model:
             record.response_model = model
