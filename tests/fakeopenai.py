@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx2
 
-RECORDED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "recorded"
+# Real responses recorded by other public projects (provenance in each file and the README there).
+RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"
+# Bodies we wrote from the SDK's types and OpenAI's docs (each says so in its `notes`).
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
