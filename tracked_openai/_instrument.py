@@ -28,7 +28,7 @@ from . import _runtime
 from ._context import _current as _current_op
 from ._errors import internal_errors, logger
 from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
-from .records import CallRecord, Usage, new_record_id
+from .records import USAGE_KEYS, CallRecord, Usage, new_record_id
 
 __all__ = ["Call", "active_call", "begin", "observe_async", "observe_sync"]
 
@@ -180,7 +180,7 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
         feature=op.record.feature if op is not None else settings.default_feature,
         operation=op.record.operation if op is not None else None,
         function=op.record.function if op is not None else None,
-        tags=op.record.tags if op is not None else {},
+        tags=dict(op.record.tags) if op is not None else {},
         endpoint=endpoint,
         provider="azure" if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)) else "openai",
         model=model if isinstance(model, str) else None,
@@ -595,6 +595,11 @@ class _BodyObserver:
                 return
             if record.usage.characters is not None:
                 usage.characters = record.usage.characters
+            if call.endpoint.startswith("images.") and str(event.get("type", "")).endswith(".completed"):
+                # A streamed generation sends one `*.completed` event (with its usage) per image.
+                previous = record.usage if record.usage_source == "response" else Usage(images=0)
+                usage = _add_usage(previous, usage)
+                usage.images = (previous.images or 0) + 1
             record.usage = usage
             record.usage_source = "response"
             tier = event.get("service_tier")
@@ -637,6 +642,14 @@ class _BodyObserver:
             elif how == "closed":
                 how = "complete"
             call.finish(how if call.record.stream else None)
+
+
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    total = Usage()
+    for key in USAGE_KEYS:
+        x, y = getattr(a, key), getattr(b, key)
+        setattr(total, key, y if x is None else x if y is None else x + y)
+    return total
 
 
 def _has_usage_object(data: bytes) -> bool:
