@@ -14,8 +14,9 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -62,6 +63,7 @@ class Call:
         "op",
         "record",
         "request",
+        "result",
         "saw_usage",
         "t0",
     )
@@ -72,6 +74,7 @@ class Call:
         self.t0 = time.perf_counter()
         self.op = op
         self.request = request
+        self.result: Any = None
         self.injected = False
         self._done = False
         self._lock = threading.Lock()
@@ -94,6 +97,8 @@ class Call:
         self.finish()
 
     def finish(self, stream_end: str | None = None) -> None:
+        """Hand the record to the exporter. Only timing happens here: reading usage off the
+        response, params and estimates are deferred to the exporter thread (``_resolve``)."""
         with self._lock:
             if self._done:
                 return
@@ -102,17 +107,13 @@ class Call:
         rec.duration_s = time.perf_counter() - self.t0
         if stream_end is not None:
             rec.stream_end = stream_end
-        if rec.usage_source == "none" and not rec.usage.is_empty():
-            rec.usage_source = "response"
-        if (
-            rec.usage_source == "none"
-            and rec.stream
-            and self.endpoint in _ESTIMABLE
-            and rec.status == "success"
-        ):
-            rec.pending = _make_estimator(self.endpoint, self.request, self.events or [])
+        events = None
+        if rec.stream and not self.saw_usage and self.endpoint in _ESTIMABLE:
+            events = self.events or []
+        rec.pending = partial(_resolve, self.endpoint, self.request, self.result, events)
         self.request = {}
         self.events = None
+        self.result = None
         # Every enclosing operation rolls up this call, so an operation's totals include its
         # nested operations' calls and summing top-level runs never counts a call twice.
         op = self.op
@@ -122,26 +123,32 @@ class Call:
         _runtime.submit(rec)
 
 
+def _resolve(
+    endpoint: str, request: dict[str, Any], result: Any, events: list[bytes] | None, rec: CallRecord
+) -> None:
+    """Exporter-thread half of a call: params, usage of a typed result, estimate if none."""
+    rec.params = params_of(request)
+    if result is not None:
+        apply_body(rec, endpoint, result)
+        if rec.content is not None:
+            rec.content["response"] = _output_of(result)
+    if rec.usage_source == "none" and not rec.usage.is_empty():
+        rec.usage_source = "response"
+    if rec.usage_source == "none" and events is not None and rec.status == "success":
+        from ._estimate import estimate_stream_usage
+
+        model = rec.response_model or rec.model
+        prompt, output = estimate_stream_usage(endpoint, request, model, events)
+        rec.usage.input_tokens = prompt
+        rec.usage.output_tokens = output
+        rec.usage_source = "estimated"
+
+
 _active: ContextVar[Call | None] = ContextVar("tracked_openai_call", default=None)
 
 
 def active_call() -> Call | None:
     return _active.get()
-
-
-def _make_estimator(
-    endpoint: str, request: dict[str, Any], events: list[bytes]
-) -> Callable[[CallRecord], None]:
-    def estimate(record: CallRecord) -> None:
-        from ._estimate import estimate_stream_usage
-
-        model = record.response_model or record.model
-        prompt, output = estimate_stream_usage(endpoint, request, model, events)
-        record.usage.input_tokens = prompt
-        record.usage.output_tokens = output
-        record.usage_source = "estimated"
-
-    return estimate
 
 
 # -- begin -------------------------------------------------------------------------------------
@@ -184,7 +191,6 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
         endpoint=endpoint,
         provider="azure" if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)) else "openai",
         model=model if isinstance(model, str) else None,
-        params=params_of(request),
         stream=bool(stream or request.get("stream")),
     )
     if endpoint == "audio.speech" and isinstance(request.get("input"), str):
@@ -248,9 +254,7 @@ def _observe(call: Call, result: Any, is_async: bool) -> None:
         _observe_http(call, result.response, is_async)
     else:
         if result is not None and not isinstance(result, (str, bytes)):
-            apply_body(call.record, call.endpoint, result)
-            if call.record.content is not None:
-                call.record.content["response"] = _output_of(result)
+            call.result = result
         call.finish()
 
 
