@@ -1,0 +1,174 @@
+"""Reports over a seeded MLflow store, checked against aggregates computed by hand.
+
+Data set (``test_reports_helpers.seed_contract_store``), feature ``pid_verification``:
+
+======  =========  ======  =====  ====  ======  ==============================================
+run     kind       day     ok     time  cost    children
+======  =========  ======  =====  ====  ======  ==============================================
+A       operation  D1      yes    2.0   0.03    2 calls gpt-4o (100/50, 200/100+50 cached)
+B       operation  D1      no     1.0   0.005   gpt-4o-mini ok (300/20), gpt-4o-mini failed
+C       call       D2      yes    0.4   none    top-level, mystery-model, unpriced (10/5, 3 reas.)
+D       operation  D2      yes    3.0   0.002   nested operation E -> 1 call gpt-4o-mini (40/10)
+======  =========  ======  =====  ====  ======  ==============================================
+
+plus ``crs_analysis``: one top-level gpt-4o call F (0.6 s, 0.001 USD, 5/5 tokens) on D2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tracked_openai import reports
+from tracked_openai.reports import StoreUnavailableError
+
+from .test_reports_helpers import Seeded, seed_contract_store
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    yield seed_contract_store(f"sqlite:///{path}")
+
+
+def by_key(rows: list[dict], key: str) -> dict:
+    return {r["key"]: r for r in rows}[key]
+
+
+class TestFeatureMetrics:
+    def test_totals_count_each_call_once(self, seeded: Seeded) -> None:
+        """Runs are top-level runs; cost sums top-level runs (operations already include calls)."""
+        m = reports.feature_metrics("pid_verification", tracking_uri=seeded.uri)
+        assert m["total_runs"] == 4
+        assert m["success_rate"] == pytest.approx(75.0)
+        assert m["avg_execution_time"] == pytest.approx(1.6)
+        assert m["avg_confidence"] == pytest.approx(0.8)
+        assert m["total_cost"] == pytest.approx(0.037)
+        assert m["total_calls"] == 6
+        assert m["failed_calls"] == 1
+        assert m["unpriced_calls"] == 1
+        assert m["prompt_tokens"] == 650
+        assert m["completion_tokens"] == 185
+        assert m["cached_tokens"] == 50
+        assert m["reasoning_tokens"] == 3
+        assert m["p50_execution_time"] == pytest.approx(1.5)
+        assert m["p95_execution_time"] == pytest.approx(2.85)
+
+    def test_by_model_from_calls(self, seeded: Seeded) -> None:
+        m = reports.feature_metrics("pid_verification", tracking_uri=seeded.uri)
+        gpt4o = by_key(m["by_model"], "gpt-4o")
+        assert gpt4o["total_calls"] == 2
+        assert gpt4o["total_cost"] == pytest.approx(0.03)
+        assert gpt4o["prompt_tokens"] == 300
+        assert gpt4o["avg_execution_time"] == pytest.approx(0.9)
+        mini = by_key(m["by_model"], "gpt-4o-mini")
+        assert mini["total_calls"] == 3
+        assert mini["success_rate"] == pytest.approx(200 / 3)
+        assert mini["total_cost"] == pytest.approx(0.007)
+        mystery = by_key(m["by_model"], "mystery-model")
+        assert mystery["unpriced_calls"] == 1
+        assert mystery["total_cost"] == 0
+        assert mystery["avg_cost_per_call"] is None
+        # Ordered by cost, most expensive first.
+        assert [r["key"] for r in m["by_model"]] == ["gpt-4o", "gpt-4o-mini", "mystery-model"]
+
+    def test_by_operation_and_day(self, seeded: Seeded) -> None:
+        m = reports.feature_metrics("pid_verification", tracking_uri=seeded.uri)
+        img = by_key(m["by_operation"], "image_analysis")
+        assert (img["total_runs"], img["total_calls"]) == (2, 4)
+        assert img["success_rate"] == pytest.approx(50.0)
+        assert img["total_cost"] == pytest.approx(0.035)
+        # The nested operation is no run of its own, but its call is attributed to it.
+        sub = by_key(m["by_operation"], "sub")
+        assert (sub["total_runs"], sub["total_calls"]) == (0, 1)
+        assert by_key(m["by_operation"], "(none)")["total_runs"] == 1
+        days = m["by_day"]
+        assert [d["key"] for d in days] == ["2026-11-20", "2026-11-21"]
+        assert (days[0]["total_runs"], days[0]["total_cost"]) == (2, pytest.approx(0.035))
+        assert (days[1]["total_runs"], days[1]["total_cost"]) == (2, pytest.approx(0.002))
+
+    def test_all_features(self, seeded: Seeded) -> None:
+        m = reports.feature_metrics(tracking_uri=seeded.uri)
+        assert m["total_runs"] == 5
+        assert m["total_calls"] == 7
+        assert m["total_cost"] == pytest.approx(0.038)
+        crs = by_key(m["by_feature"], "crs_analysis")
+        assert (crs["total_runs"], crs["total_cost"]) == (1, pytest.approx(0.001))
+
+    def test_since_until(self, seeded: Seeded) -> None:
+        m = reports.feature_metrics("pid_verification", since="2026-11-21", tracking_uri=seeded.uri)
+        assert (m["total_runs"], m["total_calls"]) == (2, 2)
+        assert m["total_cost"] == pytest.approx(0.002)
+        # A bare date as `until` includes that whole day.
+        m = reports.feature_metrics("pid_verification", until="2026-11-20", tracking_uri=seeded.uri)
+        assert (m["total_runs"], m["total_calls"]) == (2, 4)
+
+    def test_small_pages_give_the_same_answer(self, seeded: Seeded) -> None:
+        """Paging is invisible in the result (pages of 2 runs force many round trips)."""
+        whole = reports.feature_metrics(tracking_uri=seeded.uri)
+        paged = reports.feature_metrics(tracking_uri=seeded.uri, page_size=2)
+        assert paged == whole
+
+    def test_unknown_feature_is_empty(self, seeded: Seeded) -> None:
+        m = reports.feature_metrics("nope", tracking_uri=seeded.uri)
+        assert m["total_runs"] == 0
+        assert m["success_rate"] is None
+        assert m["total_cost"] == 0
+        assert m["by_model"] == []
+
+    def test_bad_dates(self, seeded: Seeded) -> None:
+        with pytest.raises(ValueError, match="invalid date"):
+            reports.feature_metrics(since="yesterday-ish", tracking_uri=seeded.uri)
+        with pytest.raises(ValueError, match="before"):
+            reports.feature_metrics(since="2026-11-22", until="2026-11-20", tracking_uri=seeded.uri)
+
+
+class TestRecentRuns:
+    def test_newest_top_level_first(self, seeded: Seeded) -> None:
+        rows = reports.recent_runs("pid_verification", limit=10, tracking_uri=seeded.uri)
+        assert [r["run_id"] for r in rows] == [seeded.run_ids[k] for k in ("D", "C", "B", "A")]
+        first = rows[0]
+        assert first["metrics.execution_time"] == 3.0
+        assert first["metrics.confidence_score"] == 0.7
+        assert first["tags.status"] == "success"
+        assert first["tags.operation"] == "report"
+        assert rows[2]["tags.status"] == "error"
+        assert rows[1]["metrics.confidence_score"] is None
+
+    def test_limit_and_calls(self, seeded: Seeded) -> None:
+        assert len(reports.recent_runs("pid_verification", limit=2, tracking_uri=seeded.uri)) == 2
+        every = reports.recent_runs(
+            "pid_verification", limit=100, include_calls=True, tracking_uri=seeded.uri
+        )
+        assert len(every) == 10
+        with pytest.raises(ValueError):
+            reports.recent_runs("pid_verification", limit=0, tracking_uri=seeded.uri)
+
+
+class TestExperiments:
+    def test_lists_seed_features_and_found_ones(self, seeded: Seeded) -> None:
+        rows = {r["key"]: r for r in reports.experiments(tracking_uri=seeded.uri)}
+        assert rows["pid_verification"]["name"] == "P&ID Design Verification"
+        assert rows["pid_verification"]["experiment_id"] is not None
+        assert rows["crs_analysis"]["experiment_id"] is not None
+        # Registered but nothing recorded yet.
+        assert rows["visual_generation"]["experiment_id"] is None
+
+
+class TestStore:
+    def test_unreachable_server(self) -> None:
+        with pytest.raises(StoreUnavailableError, match="unreachable"):
+            reports.check_store("http://127.0.0.1:9", timeout=1)
+
+    def test_unreadable_path(self, tmp_path: Path) -> None:
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(StoreUnavailableError):
+            reports.feature_metrics(tracking_uri=f"sqlite:///{tmp_path}/file/sub/mlflow.db")
+
+    def test_parse_when(self) -> None:
+        assert reports.parse_when("2026-01-02").isoformat() == "2026-01-02T00:00:00+00:00"  # type: ignore[union-attr]
+        assert reports.parse_when("2026-01-02", end=True).isoformat() == "2026-01-03T00:00:00+00:00"  # type: ignore[union-attr]
+        assert reports.parse_when(None) is None
+        assert reports.parse_when("7d") is not None

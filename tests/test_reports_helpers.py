@@ -1,0 +1,145 @@
+"""Seed an MLflow store the way the MLflow sink writes it (the mapping contract), for report tests.
+
+``seed_contract_store`` writes a small, hand-checkable data set with :class:`MlflowClient`;
+the expected aggregates are computed by hand in ``test_reports.py``. ``seed_through_library``
+produces runs through the real pipeline (tracked client over the fake transport, decorators,
+``MlflowSink``) once that sink exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from tracked_openai.reports import FEATURE_TAG, experiment_name
+
+D1 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+D2 = datetime(2026, 11, 21, 15, 30, tzinfo=UTC)
+
+
+@dataclass
+class Seeded:
+    uri: str
+    run_ids: dict[str, str] = field(default_factory=dict)
+
+
+def _ms(when: datetime, offset_s: float = 0.0) -> int:
+    return int((when.timestamp() + offset_s) * 1000)
+
+
+class _Writer:
+    def __init__(self, uri: str) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiments: dict[str, str] = {}
+
+    def experiment(self, feature: str) -> str:
+        if feature not in self.experiments:
+            self.experiments[feature] = self.client.create_experiment(
+                experiment_name(feature), tags={FEATURE_TAG: feature}
+            )
+        return self.experiments[feature]
+
+    def run(
+        self,
+        *,
+        feature: str,
+        kind: str,
+        when: datetime,
+        status: str = "success",
+        parent: str | None = None,
+        operation: str | None = None,
+        model: str | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        offset_s: float = 0.0,
+    ) -> str:
+        all_tags = {"kind": kind, "feature": feature, "status": status, **(tags or {})}
+        if operation:
+            all_tags["operation"] = operation
+        if model:
+            all_tags["model"] = model
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        if status == "error":
+            all_tags.setdefault("error_type", "APIError")
+            all_tags.setdefault("error_message", "boom")
+        start = _ms(when, offset_s)
+        run = self.client.create_run(self.experiment(feature), start_time=start, tags=all_tags)
+        run_id: str = run.info.run_id
+        ts = start
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, 0) for k, v in (metrics or {}).items()],
+            params=[Param("model", model)] if model else [],
+            tags=[RunTag("record_id", run_id[:16])],
+        )
+        end = start + int(1000 * (metrics or {}).get("execution_time", 0.0))
+        self.client.set_terminated(run_id, "FINISHED" if status == "success" else "FAILED", end)
+        return run_id
+
+
+def seed_contract_store(uri: str) -> Seeded:
+    """The data set whose aggregates ``test_reports.py`` checks by hand."""
+    w = _Writer(uri)
+    s = Seeded(uri)
+    pid = "pid_verification"
+    a = s.run_ids["A"] = w.run(
+        feature=pid, kind="operation", when=D1, operation="image_analysis",
+        metrics={"execution_time": 2.0, "confidence_score": 0.9, "cost_usd": 0.03, "call_count": 2},
+    )
+    w.run(feature=pid, kind="call", when=D1, parent=a, operation="image_analysis", model="gpt-4o",
+          metrics={"execution_time": 0.8, "prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
+                   "cost_usd": 0.01}, tags={"cost_status": "priced", "usage_source": "response"})
+    w.run(feature=pid, kind="call", when=D1, parent=a, operation="image_analysis", model="gpt-4o",
+          metrics={"execution_time": 1.0, "prompt_tokens": 200, "completion_tokens": 100, "total_tokens": 300,
+                   "cached_tokens": 50, "cost_usd": 0.02},
+          tags={"cost_status": "priced", "usage_source": "response"})
+    b = s.run_ids["B"] = w.run(
+        feature=pid, kind="operation", when=D1, status="error", operation="image_analysis", offset_s=60,
+        metrics={"execution_time": 1.0, "cost_usd": 0.005, "call_count": 2},
+    )
+    w.run(feature=pid, kind="call", when=D1, parent=b, operation="image_analysis", model="gpt-4o-mini",
+          offset_s=60, metrics={"execution_time": 0.5, "prompt_tokens": 300, "completion_tokens": 20,
+                                "total_tokens": 320, "cost_usd": 0.005},
+          tags={"cost_status": "priced", "usage_source": "response"})
+    # A failed call that never got an answer: no usage, no cost, and not "unpriced".
+    w.run(feature=pid, kind="call", when=D1, parent=b, operation="image_analysis", model="gpt-4o-mini",
+          status="error", offset_s=61, metrics={"execution_time": 0.2},
+          tags={"usage_source": "none"})
+    # A top-level call to a model without a price.
+    s.run_ids["C"] = w.run(
+        feature=pid, kind="call", when=D2, model="mystery-model",
+        metrics={"execution_time": 0.4, "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+                 "reasoning_tokens": 3},
+        tags={"cost_status": "unpriced", "usage_source": "response"},
+    )
+    # An operation with a nested operation holding one call: D's cost already includes E1.
+    d = s.run_ids["D"] = w.run(
+        feature=pid, kind="operation", when=D2, operation="report", offset_s=60,
+        metrics={"execution_time": 3.0, "confidence_score": 0.7, "cost_usd": 0.002, "call_count": 1},
+    )
+    e = w.run(feature=pid, kind="operation", when=D2, parent=d, operation="sub", offset_s=61,
+              metrics={"execution_time": 1.5, "cost_usd": 0.002, "call_count": 1})
+    w.run(feature=pid, kind="call", when=D2, parent=e, operation="sub", model="gpt-4o-mini", offset_s=62,
+          metrics={"execution_time": 1.2, "prompt_tokens": 40, "completion_tokens": 10, "total_tokens": 50,
+                   "cost_usd": 0.002}, tags={"cost_status": "priced", "usage_source": "response"})
+    # Another feature: one top-level call.
+    s.run_ids["F"] = w.run(
+        feature="crs_analysis", kind="call", when=D2, model="gpt-4o", offset_s=120,
+        metrics={"execution_time": 0.6, "prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10,
+                 "cost_usd": 0.001}, tags={"cost_status": "priced", "usage_source": "response"},
+    )
+    return s
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
