@@ -1,0 +1,420 @@
+"""Stream edge cases: early break, mid-stream reset, SSE error event, dropped stream, caller-set
+include_usage, other base URLs, ``.stream()`` helpers, async drain. Each is recorded exactly once."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import httpx2
+import openai
+import pytest
+
+import tracked_openai
+from tests.conftest import API_KEY
+from tests.fakeopenai import FakeOpenAI, FakeResponse
+from tests.test_clients_helpers import fixture_responder, make_clients, normalize, usage_aware_stream
+
+MSG = [{"role": "user", "content": "Say this is a test"}]
+CHAT_STREAM = "chat_stream_gpt4_include_usage"
+RID = "req_c367cf360ee88481fb7cd6c5d45bf9dc"
+
+
+def _chat(fake: FakeOpenAI, **kw) -> None:
+    fake.add("POST", "/chat/completions", usage_aware_stream(CHAT_STREAM, **kw))
+
+
+def _exc_key(exc: BaseException) -> tuple[type, str]:
+    return type(exc), str(exc)
+
+
+# -- early break / drop ---------------------------------------------------------------------------
+
+
+def test_early_break_recorded_once_with_estimate(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, _ = make_clients(fake, is_async=False)
+    stream = tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    for chunk in stream:
+        first = chunk
+        break
+    stream.close()
+    stream.close()
+    assert first.choices[0].delta.role == "assistant"
+    (call,) = records.calls
+    assert call.status == "success"
+    assert call.stream is True
+    assert call.usage_source == "estimated"
+    assert (call.usage.input_tokens or 0) > 0
+    assert call.response_model == "gpt-4-0613"
+    assert call.request_ids == [RID]
+    assert call.stream_end == "closed_early"
+
+
+async def test_async_early_break_recorded_once_with_estimate(fake, records) -> None:
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=True)
+    stream = await tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    async for _chunk in stream:
+        break
+    await stream.close()
+    (call,) = records.calls
+    assert call.status == "success"
+    assert call.usage_source == "estimated"
+    assert (call.usage.input_tokens or 0) > 0
+
+
+def test_break_inside_with_block(fake, records) -> None:
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=False)
+    with tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True) as stream:
+        for _chunk in stream:
+            break
+    (call,) = records.calls
+    assert call.usage_source == "estimated"
+
+
+def test_stream_dropped_without_close_is_recorded_once_on_gc(fake, records) -> None:
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=False)
+
+    def partial_read() -> None:
+        stream = tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+        next(iter(stream))
+
+    partial_read()
+    gc.collect()
+    (call,) = records.calls
+    assert call.status == "success"
+    assert call.usage_source == "estimated"
+    gc.collect()
+    assert len(records.calls) == 1
+
+
+def test_stream_never_iterated_dropped_is_recorded_once(fake, records) -> None:
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=False)
+    tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    gc.collect()
+    (call,) = records.calls
+    assert call.stream is True
+
+
+def test_fully_read_stream_closed_twice_is_recorded_once(fake, records) -> None:
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=False)
+    stream = tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    list(stream)
+    stream.close()
+    stream.response.close()
+    del stream
+    gc.collect()
+    (call,) = records.calls
+    assert call.usage_source == "response"
+    assert call.usage.input_tokens == 12 and call.usage.output_tokens == 5
+    assert call.stream_end == "complete"
+
+
+# -- failures mid-stream ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_connection_reset_mid_stream(fake, records, is_async: bool) -> None:
+    _chat(fake, fail_after=600)
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+
+    async def consume(client) -> tuple[list, BaseException]:
+        got = []
+        with pytest.raises(Exception) as info:
+            if is_async:
+                stream = await client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+                async for chunk in stream:
+                    got.append(normalize(chunk))
+            else:
+                stream = client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+                for chunk in stream:
+                    got.append(normalize(chunk))
+        return got, info.value
+
+    got, exc = await consume(tracked)
+    want, plain_exc = await consume(plain)
+    assert got == want and len(got) >= 1
+    assert _exc_key(exc) == _exc_key(plain_exc)
+    assert isinstance(exc, (httpx2.ReadError, openai.APIConnectionError))
+    (call,) = records.calls
+    assert call.status == "error"
+    assert call.error_type in (type(exc).__name__, "ReadError")
+    assert call.request_ids == [RID]
+    assert call.stream is True
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_sse_error_event(fake, records, is_async: bool) -> None:
+    first = {
+        "id": "chatcmpl-e",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}],
+    }
+    error = {
+        "error": {"message": "The server had an error while processing your request.", "type": "server_error"}
+    }
+    sse = f"data: {json.dumps(first)}\n\ndata: {json.dumps(error)}\n\n"
+    fake.add(
+        "POST", "/chat/completions", lambda r: FakeResponse(sse=sse, headers={"x-request-id": "req_sse_err"})
+    )
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+
+    async def consume(client) -> BaseException:
+        with pytest.raises(openai.APIError) as info:
+            if is_async:
+                stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True)
+                async for _ in stream:
+                    pass
+            else:
+                for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True):
+                    pass
+        return info.value
+
+    exc = await consume(tracked)
+    plain_exc = await consume(plain)
+    assert _exc_key(exc) == _exc_key(plain_exc)
+    (call,) = records.calls
+    assert call.status == "error"
+    assert "server had an error" in (call.error_message or "")
+    assert call.request_ids == ["req_sse_err"]
+
+
+# -- include_usage ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_caller_set_include_usage_is_not_hidden(fake, records, is_async: bool) -> None:
+    _chat(fake)
+    tracked, plain, plain_fake = make_clients(fake, is_async=is_async)
+    kw = dict(model="gpt-4", messages=MSG, stream=True, stream_options={"include_usage": True})
+
+    async def consume(client) -> list:
+        if is_async:
+            return [normalize(c) async for c in await client.chat.completions.create(**kw)]
+        return [normalize(c) for c in client.chat.completions.create(**kw)]
+
+    got = await consume(tracked)
+    assert got == await consume(plain)
+    assert got[-1][2]["choices"] == [] and got[-1][2]["usage"]["prompt_tokens"] == 12
+    assert fake.bodies == plain_fake.bodies
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.output_tokens == 5
+
+
+def test_caller_set_include_usage_false_is_respected(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, plain_fake = make_clients(fake, is_async=False)
+    kw = dict(model="gpt-4", messages=MSG, stream=True, stream_options={"include_usage": False})
+    got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
+    assert got == [normalize(c) for c in plain.chat.completions.create(**kw)]
+    assert fake.bodies == plain_fake.bodies
+    (call,) = records.calls
+    assert call.usage_source == "estimated"
+
+
+def test_extra_body_stream_options_is_respected(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, plain_fake = make_clients(fake, is_async=False)
+    kw = dict(
+        model="gpt-4", messages=MSG, stream=True, extra_body={"stream_options": {"include_usage": True}}
+    )
+    got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
+    assert got == [normalize(c) for c in plain.chat.completions.create(**kw)]
+    assert fake.bodies == plain_fake.bodies
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.input_tokens == 12
+
+
+def test_existing_stream_options_are_merged(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, plain_fake = make_clients(fake, is_async=False)
+    kw = dict(model="gpt-4", messages=MSG, stream=True, stream_options={"include_obfuscation": False})
+    got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
+    assert got == [normalize(c) for c in plain.chat.completions.create(**kw)]
+    assert fake.bodies[0]["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert plain_fake.bodies[0]["stream_options"] == {"include_obfuscation": False}
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.input_tokens == 12
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_no_injection_for_other_base_urls(fake, records, is_async: bool) -> None:
+    _chat(fake)
+    tracked, plain, plain_fake = make_clients(fake, is_async=is_async, base_url="http://localhost:1234/v1")
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    if is_async:
+        got = [normalize(c) async for c in await tracked.chat.completions.create(**kw)]
+        want = [normalize(c) async for c in await plain.chat.completions.create(**kw)]
+    else:
+        got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
+        want = [normalize(c) for c in plain.chat.completions.create(**kw)]
+    assert got == want
+    assert fake.bodies == plain_fake.bodies
+    assert "stream_options" not in fake.bodies[0]
+    (call,) = records.calls
+    assert call.usage_source == "estimated"
+    assert (call.usage.input_tokens or 0) > 0 and (call.usage.output_tokens or 0) > 0
+
+
+def test_injection_can_be_turned_off(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, plain_fake = make_clients(fake, is_async=False)
+    tracked_openai.configure(inject_stream_usage=False)
+    try:
+        got = [
+            normalize(c) for c in tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+        ]
+    finally:
+        tracked_openai.configure(inject_stream_usage=True)
+    assert got == [
+        normalize(c) for c in plain.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    ]
+    assert fake.bodies == plain_fake.bodies
+    (call,) = records.calls
+    assert call.usage_source == "estimated"
+
+
+def test_completions_stream_injection_hidden(fake, records) -> None:
+    fake.add("POST", "/completions", usage_aware_stream("completions_stream_gpt35_instruct"))
+    tracked, plain, _ = make_clients(fake, is_async=False)
+    kw = dict(model="gpt-3.5-turbo-instruct", prompt="Say this is a test", stream=True)
+    got = [normalize(c) for c in tracked.completions.create(**kw)]
+    assert got == [normalize(c) for c in plain.completions.create(**kw)]
+    assert all(c[2]["choices"] for c in got)
+    (call,) = records.calls
+    assert call.usage.input_tokens == 5 and call.usage_source == "response"
+
+
+# -- .stream() helpers ----------------------------------------------------------------------------
+
+
+def test_chat_stream_helper_matches_plain(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, _ = make_clients(fake, is_async=False)
+
+    def run(client):
+        with client.chat.completions.stream(model="gpt-4", messages=MSG) as stream:
+            events = [e.type for e in stream]
+            final = stream.get_final_completion()
+        return events, final.model_dump()
+
+    got = run(tracked)
+    assert got == run(plain)
+    assert got[1]["usage"] is None  # the caller did not ask for usage
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.input_tokens == 12 and call.usage.output_tokens == 5
+    assert call.stream is True
+
+
+async def test_async_chat_stream_helper_matches_plain(fake, records) -> None:
+    _chat(fake)
+    tracked, plain, _ = make_clients(fake, is_async=True)
+
+    async def run(client):
+        async with client.chat.completions.stream(model="gpt-4", messages=MSG) as stream:
+            events = [e.type async for e in stream]
+            final = await stream.get_final_completion()
+        return events, final.model_dump()
+
+    assert await run(tracked) == await run(plain)
+    (call,) = records.calls
+    assert call.usage.input_tokens == 12 and call.status == "success"
+
+
+def test_chat_stream_helper_break_inside_with(fake, records) -> None:
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=False)
+    with tracked.chat.completions.stream(model="gpt-4", messages=MSG) as stream:
+        for _event in stream:
+            break
+    (call,) = records.calls
+    assert call.status == "success"
+    assert call.usage_source == "estimated"
+    assert (call.usage.input_tokens or 0) > 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_responses_stream_helper(fake, records, is_async: bool) -> None:
+    fake.add("POST", "/responses", fixture_responder("responses_stream_gpt41_nano"))
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+
+    async def run(client):
+        if is_async:
+            async with client.responses.stream(model="gpt-4.1-nano", input="What is 2+2?") as stream:
+                events = [e.type async for e in stream]
+                final = await stream.get_final_response()
+        else:
+            with client.responses.stream(model="gpt-4.1-nano", input="What is 2+2?") as stream:
+                events = [e.type for e in stream]
+                final = stream.get_final_response()
+        return events, final.model_dump()
+
+    assert await run(tracked) == await run(plain)
+    (call,) = records.calls
+    assert call.endpoint == "responses" and call.stream is True
+    assert call.usage.input_tokens == 14 and call.usage.output_tokens == 9
+    assert call.service_tier == "default"
+
+
+def test_responses_stream_helper_break_inside_with(fake, records) -> None:
+    fake.add("POST", "/responses", fixture_responder("responses_stream_gpt41_nano"))
+    tracked, _, _ = make_clients(fake, is_async=False)
+    with tracked.responses.stream(model="gpt-4.1-nano", input="What is 2+2?") as stream:
+        for _event in stream:
+            break
+    (call,) = records.calls
+    assert call.status == "success"
+    assert call.usage_source == "estimated"
+    assert (call.usage.input_tokens or 0) > 0
+
+
+# -- async drain ------------------------------------------------------------------------------
+
+
+async def test_async_drain_after_done_is_not_an_error(fake, records) -> None:
+    # The `records` fixture fails this test if the drain's StreamConsumed was swallowed as an
+    # internal error; the record itself must say success.
+    _chat(fake, chunk_size=5)
+    tracked, _, _ = make_clients(fake, is_async=True)
+    stream = await tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    chunks = [c async for c in stream]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    (call,) = records.calls
+    assert call.status == "success" and call.error_type is None
+    assert call.usage.input_tokens == 12
+    assert call.stream_end == "complete"
+
+
+async def test_async_responses_stream_fully_read(fake, records) -> None:
+    fake.add("POST", "/responses", fixture_responder("responses_stream_gpt4o_2025", chunk_size=3))
+    client = tracked_openai.AsyncOpenAI(api_key=API_KEY, http_client=fake.async_client(), max_retries=0)
+    stream = await client.responses.create(model="gpt-4o", input="Hello!", stream=True)
+    async for _ in stream:
+        pass
+    (call,) = records.calls
+    assert call.status == "success" and call.usage.output_tokens == 11
+
+
+def test_crlf_sse_and_one_byte_chunks(fake, records) -> None:
+    base = usage_aware_stream(CHAT_STREAM, chunk_size=1)
+
+    def crlf(request):
+        spec = base(request)
+        spec.sse = spec.sse.replace("\n", "\r\n")
+        return spec
+
+    fake.add("POST", "/chat/completions", crlf)
+    tracked, plain, _ = make_clients(fake, is_async=False)
+    got = [normalize(c) for c in tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)]
+    assert got == [
+        normalize(c) for c in plain.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    ]
+    (call,) = records.calls
+    assert call.usage.input_tokens == 12 and call.usage_source == "response"
