@@ -33,7 +33,7 @@ def _exc_key(exc: BaseException) -> tuple[type, str]:
 
 def test_early_break_recorded_once_with_estimate(fake, records) -> None:
     _chat(fake)
-    tracked, plain, _ = make_clients(fake, is_async=False)
+    tracked, _, _ = make_clients(fake, is_async=False)
     stream = tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
     for chunk in stream:
         first = chunk
