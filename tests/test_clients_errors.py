@@ -178,11 +178,12 @@ async def test_500_retries_exhausted(fake, records, is_async: bool) -> None:
     assert call.request_ids == ["req_1", "req_2", "req_3"]
 
 
-def test_should_retry_false_header_stops_retries(fake, records) -> None:
+async def test_should_retry_false_header_stops_retries(fake, records) -> None:
     tracked, plain, plain_fake = make_clients(fake, is_async=False, max_retries=2)
     _routes(fake, plain_fake, lambda: [_err(500, "req_x", **{"x-should-retry": "false"}), _ok("req_y")])
-    with pytest.raises(openai.InternalServerError):
-        CHAT(tracked)
+    exc, plain_exc = await _both(tracked, plain, CHAT, False)
+    assert isinstance(exc, openai.InternalServerError)
+    assert _exc_view(exc) == _exc_view(plain_exc)
     (call,) = records.calls
     assert call.attempts == 1 and call.request_ids == ["req_x"]
 
@@ -256,12 +257,13 @@ def test_stream_request_rejected_before_body(fake, records) -> None:
     assert call.usage_source == "none"
 
 
-def test_retry_after_too_long_is_not_retried(fake, records) -> None:
+async def test_retry_after_too_long_is_not_retried(fake, records) -> None:
     tracked, plain, plain_fake = make_clients(fake, is_async=False, max_retries=2)
     _routes(
         fake, plain_fake, lambda: [_err(429, "req_long", **{"retry-after-ms": "300000"}), _ok("req_never")]
     )
-    with pytest.raises(openai.RateLimitError):
-        CHAT(tracked)
+    exc, plain_exc = await _both(tracked, plain, CHAT, False)
+    assert isinstance(exc, openai.RateLimitError)
+    assert _exc_view(exc) == _exc_view(plain_exc)
     (call,) = records.calls
     assert call.attempts == 1 and call.request_ids == ["req_long"]
