@@ -256,7 +256,7 @@ CASES = [
         _responses_stream("gpt-4o"),
         D("0.0000675"),
         D("0.00011"),
-        "snapshot->gpt-4o",
+        "exact",
     ),
     # legacy completions, gpt-3.5-turbo-instruct 1.50 / 2.00: in 7 * 1.5 = 10.5/1M; out 5 * 2 = 10/1M
     PricedCase(

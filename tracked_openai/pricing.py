@@ -217,9 +217,8 @@ class _Loader(yaml.SafeLoader):
 
 def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     text = str(loader.construct_scalar(node)).replace("_", "")  # type: ignore[arg-type]
-    lowered = text.lower()
-    if lowered in (".inf", "+.inf", "-.inf", ".nan"):
-        return float(text)  # rejected by the schema with a line number
+    if text.lower() in (".inf", "+.inf", "-.inf", ".nan"):
+        return text  # left as text: the schema rejects it with a line number
     return Decimal(text)
 
 
