@@ -538,9 +538,10 @@ class _BodyObserver:
         record = call.record
         parsed: Any = None
         if not self.seen_first:
-            self.seen_first = True
             parsed = _loads(data)
             self._identity(parsed)
+            # Azure streams open with a prompt-filter chunk whose model is "": identity comes next.
+            self.seen_first = not (isinstance(parsed, dict) and parsed.get("model") == "")
         if _has_usage_object(data):
             parsed = parsed if parsed is not None else _loads(data)
             self._usage_event(parsed)
