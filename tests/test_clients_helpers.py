@@ -226,6 +226,7 @@ class Case:
     estimated_in: tuple[str, ...] = ()
     modes: tuple[str, ...] = MODES
     marks: tuple[Any, ...] = ()
+    azure: bool = False
 
 
 def case_params(cases: list[Case]) -> list[Any]:
@@ -250,7 +251,7 @@ def _check_bodies(case: Case, mode: str, fake: FakeOpenAI, plain_fake: FakeOpenA
 
 def check_case_sync(case: Case, mode: str, fake: FakeOpenAI, records: Any) -> None:
     fake.add(case.method, case.path, case.responder)
-    tracked, plain, plain_fake = make_clients(fake, is_async=False)
+    tracked, plain, plain_fake = make_clients(fake, is_async=False, azure=case.azure)
     try:
         got = run_sync(tracked, case.call, mode)
         want = run_sync(plain, case.call, mode)
@@ -265,7 +266,7 @@ def check_case_sync(case: Case, mode: str, fake: FakeOpenAI, records: Any) -> No
 
 async def check_case_async(case: Case, mode: str, fake: FakeOpenAI, records: Any) -> None:
     fake.add(case.method, case.path, case.responder)
-    tracked, plain, plain_fake = make_clients(fake, is_async=True)
+    tracked, plain, plain_fake = make_clients(fake, is_async=True, azure=case.azure)
     try:
         got = await run_async(tracked, case.call, mode)
         want = await run_async(plain, case.call, mode)
