@@ -20,6 +20,9 @@ _DEFAULT_QUEUE_SIZE = 10_000
 _DEFAULT_BATCH_SIZE = 256
 _DEFAULT_FLUSH_INTERVAL = 1.0
 _DEFAULT_EXIT_TIMEOUT = 5.0
+_DEFAULT_RETRY_ATTEMPTS = 5
+_DEFAULT_RETRY_INITIAL = 0.5
+_DEFAULT_RETRY_MAX = 10.0
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Settings:
     flush_interval: float = _DEFAULT_FLUSH_INTERVAL
     exit_timeout: float = _DEFAULT_EXIT_TIMEOUT
     spool_dir: str | None = None
+    retry_attempts: int = _DEFAULT_RETRY_ATTEMPTS
+    retry_initial: float = _DEFAULT_RETRY_INITIAL
+    retry_max: float = _DEFAULT_RETRY_MAX
+    overflow: str = "spool"  # "spool" (never drop) | "drop" (drop and count when the queue is full)
     pricing: str | None = None
     experiment_prefix: str = ""
     features: dict[str, str] = field(default_factory=dict)
@@ -78,6 +85,10 @@ def load_settings() -> Settings:
             enabled = value
     inject = _env_bool("TRACKED_OPENAI_INJECT_STREAM_USAGE")
     capture = _env_bool("TRACKED_OPENAI_CAPTURE_CONTENT")
+    overflow = (os.environ.get("TRACKED_OPENAI_OVERFLOW") or "spool").strip().lower()
+    if overflow not in ("spool", "drop"):
+        logger.warning("TRACKED_OPENAI_OVERFLOW=%r is not 'spool' or 'drop'; defaulting to spool", overflow)
+        overflow = "spool"
     return Settings(
         enabled=enabled,
         default_feature=os.environ.get("TRACKED_OPENAI_DEFAULT_FEATURE") or "default",
@@ -88,6 +99,10 @@ def load_settings() -> Settings:
         flush_interval=_env_number("TRACKED_OPENAI_FLUSH_INTERVAL", _DEFAULT_FLUSH_INTERVAL, float),
         exit_timeout=_env_number("TRACKED_OPENAI_EXIT_TIMEOUT", _DEFAULT_EXIT_TIMEOUT, float),
         spool_dir=os.environ.get("TRACKED_OPENAI_SPOOL_DIR") or None,
+        retry_attempts=int(_env_number("TRACKED_OPENAI_RETRY_ATTEMPTS", _DEFAULT_RETRY_ATTEMPTS, int)),
+        retry_initial=_env_number("TRACKED_OPENAI_RETRY_INITIAL", _DEFAULT_RETRY_INITIAL, float),
+        retry_max=_env_number("TRACKED_OPENAI_RETRY_MAX", _DEFAULT_RETRY_MAX, float),
+        overflow=overflow,
         pricing=os.environ.get("TRACKED_OPENAI_PRICING") or None,
         experiment_prefix=os.environ.get("TRACKED_OPENAI_EXPERIMENT_PREFIX") or "",
     )

@@ -1,28 +1,94 @@
-"""Background exporter: records leave the caller's thread in O(1) and reach sinks in batches.
+"""Background exporter: records leave the caller's thread in O(1) and reach sinks without loss.
 
-``submit()`` appends to a bounded deque and, at most, sets an event: it never blocks and never
-raises. One daemon worker thread (started lazily, restarted in a forked child) prepares records
-(pricing, roll-ups), groups them in batches and hands each batch to every sink.
+Caller side: ``submit()`` appends to a bounded deque and at most sets an event; it never blocks
+and never raises. When the queue is full the record goes to an overflow deque that a second
+daemon thread (the *spooler*) writes to the on-disk spool, so a burst larger than the queue costs
+disk space, not memory and not records (``overflow="drop"`` instead drops and counts them).
+
+Worker side (one daemon thread): take a batch, *prepare* it (pricing, roll-ups: the spool must
+hold final data), hand it to every sink. A failing sink is retried with exponential backoff and
+jitter (tenacity); when the retries run out the batch is spooled and the sink is considered down:
+later batches go straight to the spool and a single attempt probes the sink every ``retry_max``
+seconds. When a probe succeeds the spool is replayed (also at the start of the next process).
+Sinks are idempotent by ``record_id``, so a batch exported twice (retry after a partial success,
+replay of a batch that was also in flight at exit) still makes one entry per record.
+
+Lifecycle: ``flush(timeout)``, ``shutdown(timeout)``; at interpreter exit a flush with a deadline
+runs and whatever is left (queued, in flight, held) is spooled. A forked child starts with an
+empty queue and fresh threads (``os.register_at_fork`` + a pid check on submit).
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+
+from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential_jitter
 
 from ._errors import logger, report_internal_error
+from ._spool import Spool
 from .records import Record
 
-__all__ = ["Exporter"]
+__all__ = ["Exporter", "sink_key"]
+
+OverflowPolicy = Literal["spool", "drop"]
+
+
+class _AbortError(Exception):
+    """Raised from the backoff sleep to stop retrying (shutdown or exit deadline)."""
+
+
+def sink_key(sink: Any) -> str:
+    """Which spool entries belong to ``sink``: its ``spool_key`` or its class's qualified name."""
+    key = getattr(sink, "spool_key", None)
+    if isinstance(key, str) and key:
+        return key
+    cls = type(sink)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _Counter:
+    """A thread-safe counter whose increment is one C call (``next`` on itertools.count), so the
+    hot path needs no lock; the value is read back from the iterator's repr (``count(N)``)."""
+
+    __slots__ = ("_it",)
+
+    def __init__(self) -> None:
+        self._it = itertools.count()
+
+    def inc(self) -> None:
+        next(self._it)
+
+    @property
+    def value(self) -> int:
+        return int(repr(self._it)[6:-1])
 
 
 class Exporter:
-    """Bounded queue + one worker thread feeding a list of sinks."""
+    """Bounded queue + a worker thread feeding sinks, with retry, spool and replay.
+
+    Args:
+        sinks: Objects with ``export(records)`` (and optionally ``force_flush``/``shutdown``).
+        prepare: Called once per record on a background thread before it is exported or spooled.
+        queue_size: In-memory queue bound; beyond it records go to the spool (or are dropped).
+        batch_size: Records per ``export`` call.
+        flush_interval: Longest a record waits in the queue before a batch is sent.
+        exit_timeout: Deadline for the flush at interpreter exit; the rest is spooled.
+        spool_dir: Spool folder (default under the user cache dir); ``False`` disables spooling.
+        retry_attempts: Attempts per batch before it is spooled.
+        retry_initial: First backoff (seconds), doubled per attempt, plus jitter.
+        retry_max: Longest backoff, and the interval between probes of a sink that is down.
+        overflow: ``"spool"`` (default: never drop) or ``"drop"`` (drop and count when full).
+        replay: Replay spooled records owed to these sinks (including other processes' leftovers).
+    """
 
     def __init__(
         self,
@@ -33,87 +99,179 @@ class Exporter:
         batch_size: int = 256,
         flush_interval: float = 1.0,
         exit_timeout: float = 5.0,
+        spool_dir: str | os.PathLike[str] | Literal[False] | None = None,
+        retry_attempts: int = 5,
+        retry_initial: float = 0.5,
+        retry_max: float = 10.0,
+        overflow: OverflowPolicy = "spool",
+        replay: bool = True,
     ) -> None:
         self.sinks = list(sinks)
+        self._keys = [sink_key(s) for s in self.sinks]
         self._prepare = prepare
-        self._queue: deque[Record] = deque()
-        self._queue_size = queue_size
-        self._batch_size = batch_size
+        self._queue_size = max(1, int(queue_size))
+        self._batch_size = max(1, int(batch_size))
         self._interval = flush_interval
         self._exit_timeout = exit_timeout
-        self._wake = threading.Event()
-        self._idle = threading.Condition()
-        self._in_flight = 0
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._closed = False
-        self.counters: dict[str, int] = {
-            "submitted": 0,
-            "exported": 0,
-            "failed": 0,
-            "dropped": 0,
-        }
-        atexit.register(self._at_exit)
+        self._spool: Spool | None = None if spool_dir is False else Spool(spool_dir)
+        self._retry_attempts = max(1, int(retry_attempts))
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._overflow_policy: OverflowPolicy = overflow
+        self._replay = replay and bool(self.sinks) and self._spool is not None
 
-    # -- caller side -----------------------------------------------------------------------
+        self._submitted = _Counter()
+        self._dropped = _Counter()
+        self.counters: dict[str, int] = {
+            "exported": 0,
+            "retried": 0,
+            "spooled": 0,
+            "replayed": 0,
+            "internal_errors": 0,
+            "spool_errors": 0,
+            "sink_failures": 0,
+        }
+        self._init_state()
+        self._closed = False
+        atexit.register(self._at_exit)
+        ref = weakref.WeakMethod(self._after_fork_in_child)
+
+        def _after_fork() -> None:
+            method = ref()
+            if method is not None:
+                method()
+
+        os.register_at_fork(after_in_child=_after_fork)
+
+    def _init_state(self) -> None:
+        """Everything a forked child must rebuild: queues, locks, threads."""
+        self._queue: deque[Record] = deque()
+        self._overflow: deque[Record] = deque()
+        # Prepared batches that neither a sink nor the spool accepted: kept in memory, retried.
+        self._held: deque[tuple[list[Record], list[int]]] = deque()
+        self._wake = threading.Event()
+        self._spool_wake = threading.Event()
+        self._abort = threading.Event()
+        self._idle = threading.Condition()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._current: list[Record] | None = None
+        self._thread: threading.Thread | None = None
+        self._spooler: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._down_until = 0.0
+        self._down_logged = False
+        self._started_replay = False
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's threads don't exist here and its queued records are the parent's to
+        # export: start clean, lazily.
+        self._init_state()
+
+    # -- caller side -------------------------------------------------------------------------
     def submit(self, record: Record) -> None:
         """Queue ``record``; O(1), never blocks, never raises."""
         try:
-            if self._closed:
-                self._export_now([record])
-                return
-            if self._thread is None or self._pid != os.getpid():
+            if self._pid != os.getpid() or self._thread is None:
                 self._ensure_worker()
-            if len(self._queue) >= self._queue_size:
-                self.counters["dropped"] += 1
+            if self._closed:
+                self._submit_closed(record)
                 return
-            self._queue.append(record)
-            self.counters["submitted"] += 1
-            if len(self._queue) >= self._batch_size:
+            queue = self._queue
+            if len(queue) >= self._queue_size:
+                if self._overflow_policy == "drop" or self._spool is None:
+                    self._dropped.inc()
+                    return
+                self._submitted.inc()
+                self._overflow.append(record)
+                if self._spooler is None or not self._spooler.is_alive():
+                    self._ensure_spooler()
+                self._spool_wake.set()
+                return
+            self._submitted.inc()
+            queue.append(record)
+            if len(queue) == self._batch_size:
                 self._wake.set()
         except Exception as exc:  # pragma: no cover - defensive
-            report_internal_error(exc, "exporter.submit")
+            self._internal_error(exc, "exporter.submit")
+
+    def _submit_closed(self, record: Record) -> None:
+        # After shutdown (a rare race with configure()): deliver inline, once, or spool.
+        self._submitted.inc()
+        batch = [record]
+        self._prepare_batch(batch)
+        pending = self._export_once(batch, list(range(len(self.sinks))))
+        if pending:
+            self._store(batch, pending)
+        else:
+            self._count("exported", 1)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far reached the sinks. ``False`` on timeout."""
+        """Wait until every record submitted so far is exported or spooled.
+
+        Returns ``False`` if ``timeout`` ran out, or if records are held in memory because
+        neither their sink nor the spool accepted them.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._thread is None or not self._thread.is_alive():
-            # No worker (never started, or interpreter shutting down): export inline.
-            self._drain_inline()
-            return True
+        worker = self._thread
+        if worker is None or not worker.is_alive() or self._pid != os.getpid():
+            if self._queue or self._overflow or self._held:
+                self._ensure_worker()
+            worker = self._thread
+            if worker is None or not worker.is_alive():
+                # No thread can run (interpreter shutting down): do the work here.
+                self._drain(inline=True)
+                return not self._held
         self._wake.set()
+        self._spool_wake.set()
         with self._idle:
-            while self._queue or self._in_flight:
+            while self._busy():
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._wake.set()
+                self._spool_wake.set()
                 self._idle.wait(0.05 if remaining is None else min(0.05, remaining))
         for sink in self.sinks:
-            flush = getattr(sink, "force_flush", None)
-            if flush is not None:
+            force = getattr(sink, "force_flush", None)
+            if force is not None:
                 try:
-                    flush()
+                    force()
                 except Exception as exc:
-                    report_internal_error(exc, "sink.force_flush")
-        return True
+                    self._internal_error(exc, "sink.force_flush")
+        return not self._held
+
+    def _busy(self) -> bool:
+        if self._queue or self._overflow or self._in_flight:
+            return True
+        if self._down_until > time.monotonic():
+            return False  # sink down: what could not be exported is spooled (or held)
+        if self._held:
+            return True
+        return self._replay and self._spool is not None and self._spool.pending(self._keys) > 0
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Flush, stop the worker and shut the sinks down. Idempotent."""
+        """Flush, stop the threads, shut the sinks down. Idempotent. ``False`` if time ran out
+        (what was left is then spooled)."""
+        if self._closed:
+            return True
         ok = self.flush(timeout)
         self._closed = True
+        if not ok:
+            self._spool_leftovers()
+        self._abort.set()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            thread.join(timeout)
+        self._spool_wake.set()
+        for thread in (self._thread, self._spooler):
+            if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout if timeout is not None else 30.0)
         for sink in self.sinks:
             close = getattr(sink, "shutdown", None)
             if close is not None:
                 try:
                     close()
                 except Exception as exc:
-                    report_internal_error(exc, "sink.shutdown")
+                    self._internal_error(exc, "sink.shutdown")
         try:
             atexit.unregister(self._at_exit)
         except Exception:  # pragma: no cover
@@ -121,74 +279,324 @@ class Exporter:
         return ok
 
     def stats(self) -> dict[str, int]:
-        return {**self.counters, "queued": len(self._queue)}
+        """Counters: submitted, exported, retried, spooled, replayed, dropped, internal_errors,
+        plus queued/held gauges."""
+        with self._lock:
+            counters = dict(self.counters)
+        held = sum(len(batch) for batch, _ in list(self._held))
+        return {
+            "submitted": self._submitted.value,
+            **counters,
+            "dropped": self._dropped.value,
+            "queued": len(self._queue) + len(self._overflow),
+            "held": held,
+        }
 
-    # -- worker side -----------------------------------------------------------------------
+    # -- threads -------------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
         with self._lock:
-            pid = os.getpid()
-            if self._pid != pid:
-                # Forked child: the parent's thread does not exist here and its queue belongs to
-                # the parent (which exports it); start clean.
-                self._pid = pid
-                self._queue.clear()
-                self._thread = None
-                self._idle = threading.Condition()
-                self._in_flight = 0
+            if self._pid != os.getpid():
+                self._init_state_locked_fork()
             if self._thread is not None and self._thread.is_alive():
                 return
             thread = threading.Thread(target=self._run, name="tracked-openai-exporter", daemon=True)
             try:
                 thread.start()
             except RuntimeError:
-                # Interpreter shutting down: records are exported inline by flush().
+                # Interpreter shutting down: flush() does the work inline.
                 return
             self._thread = thread
+
+    def _init_state_locked_fork(self) -> None:
+        # Fork without register_at_fork having run (e.g. os.fork from C): same as the hook.
+        lock = self._lock
+        self._init_state()
+        self._lock = lock
+
+    def _ensure_spooler(self) -> None:
+        with self._lock:
+            if self._spooler is not None and self._spooler.is_alive():
+                return
+            thread = threading.Thread(target=self._run_spooler, name="tracked-openai-spooler", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                return
+            self._spooler = thread
 
     def _run(self) -> None:
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            self._drain_inline()
+            try:
+                self._drain()
+            except Exception as exc:  # the worker must survive anything
+                self._internal_error(exc, "exporter.worker")
             if self._closed and not self._queue:
                 return
 
-    def _drain_inline(self) -> None:
+    def _run_spooler(self) -> None:
         while True:
-            batch: list[Record] = []
-            with self._idle:
-                while self._queue and len(batch) < self._batch_size:
-                    batch.append(self._queue.popleft())
-                self._in_flight += len(batch)
-            if not batch:
-                with self._idle:
-                    self._idle.notify_all()
-                return
+            self._spool_wake.wait(self._interval)
+            self._spool_wake.clear()
             try:
-                self._export_now(batch)
-            finally:
-                with self._idle:
-                    self._in_flight -= len(batch)
-                    self._idle.notify_all()
+                self._drain_overflow()
+            except Exception as exc:
+                self._internal_error(exc, "exporter.spooler")
+            if self._closed and not self._overflow:
+                return
 
-    def _export_now(self, batch: list[Record]) -> None:
-        if self._prepare is not None:
-            for record in batch:
+    def _drain_overflow(self) -> None:
+        while self._overflow:
+            batch = self._take(self._overflow)
+            try:
+                self._prepare_batch(batch)
+                self._store(batch, list(range(len(self.sinks))))
+            finally:
+                self._done(batch)
+
+    def _take(self, source: deque[Record]) -> list[Record]:
+        batch: list[Record] = []
+        with self._idle:
+            while source and len(batch) < self._batch_size:
+                batch.append(source.popleft())
+            self._in_flight += len(batch)
+        return batch
+
+    def _done(self, batch: list[Record]) -> None:
+        with self._idle:
+            self._in_flight -= len(batch)
+            self._idle.notify_all()
+
+    def _drain(self, inline: bool = False) -> None:
+        """Export queued batches; when the queue is empty, retry held batches and replay."""
+        if inline:
+            self._drain_overflow()
+        if self._replay and not self._started_replay:
+            self._started_replay = True
+            self._replay_spool(limit=None)
+        while True:
+            batch = self._take(self._queue)
+            if batch:
                 try:
-                    self._prepare(record)
-                except Exception as exc:
-                    report_internal_error(exc, "prepare")
-        for sink in self.sinks:
+                    self._prepare_batch(batch)
+                    self._current = batch
+                    try:
+                        self._deliver(batch, list(range(len(self.sinks))))
+                    except Exception as exc:  # a bug of ours must not lose the batch
+                        self._internal_error(exc, "exporter.deliver")
+                        self._store(batch, list(range(len(self.sinks))))
+                finally:
+                    self._current = None
+                    self._done(batch)
+                # Keep the spool moving under sustained load too: one spooled batch per fresh one.
+                if self._sink_up():
+                    self._replay_spool(limit=1)
+                continue
+            if self._abort.is_set() or not self._sink_probe_due():
+                break
+            if self._held:
+                held, targets = self._held.popleft()
+                with self._idle:
+                    self._in_flight += len(held)
+                try:
+                    self._deliver(held, targets)
+                finally:
+                    self._done(held)
+                continue
+            if not self._replay_spool(limit=1):
+                break
+        with self._idle:
+            self._idle.notify_all()
+
+    # -- delivery ------------------------------------------------------------------------------
+    def _prepare_batch(self, batch: list[Record]) -> None:
+        if self._prepare is None:
+            return
+        for record in batch:
+            try:
+                self._prepare(record)
+            except Exception as exc:
+                self._internal_error(exc, "prepare")
+
+    def _sink_up(self) -> bool:
+        return self._down_until == 0.0
+
+    def _sink_probe_due(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _deliver(self, batch: list[Record], targets: list[int]) -> bool:
+        """Export ``batch`` to the sinks at ``targets``; spool (or hold) what still fails."""
+        if not self.sinks:
+            self._count("exported", len(batch))
+            return True
+        if not self._sink_probe_due() or self._abort.is_set():
+            self._store(batch, targets)
+            return False
+        # A sink already known to be down gets one probe attempt, not a full retry cycle.
+        attempts = 1 if not self._sink_up() else self._retry_attempts
+        pending = self._export_with_retry(batch, targets, attempts)
+        if pending:
+            self._store(batch, pending)
+            return False
+        self._count("exported", len(batch))
+        return True
+
+    def _export_with_retry(self, batch: list[Record], targets: list[int], attempts: int) -> list[int]:
+        pending = list(targets)
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(
+                multiplier=self._retry_initial, max=self._retry_max, jitter=self._retry_initial
+            ),
+            sleep=self._backoff_sleep,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self._count("retried", len(batch))
+                    pending = self._export_once(batch, pending)
+                    if pending:
+                        raise _SinkFailedError()
+        except (RetryError, _AbortError):
+            pass
+        if pending:
+            self._mark_down()
+        else:
+            self._mark_up()
+        return pending
+
+    def _export_once(self, batch: list[Record], targets: list[int]) -> list[int]:
+        """One attempt per target sink; returns the targets that failed."""
+        failed: list[int] = []
+        for index in targets:
+            sink = self.sinks[index]
             try:
                 sink.export(batch)
             except Exception as exc:
-                self.counters["failed"] += len(batch)
-                report_internal_error(exc, f"sink {type(sink).__name__}")
-        self.counters["exported"] += len(batch)
+                # An unavailable store is an expected condition, not a bug: count it and log
+                # once per outage instead of reporting an internal error.
+                failed.append(index)
+                self._count("sink_failures", 1)
+                if not self._down_logged:
+                    self._down_logged = True
+                    logger.warning(
+                        "tracked_openai: sink %s failed (%s: %s); retrying, then spooling to %s",
+                        type(sink).__name__,
+                        type(exc).__name__,
+                        str(exc)[:300],
+                        self._spool.directory if self._spool is not None else "memory",
+                    )
+        return failed
+
+    def _backoff_sleep(self, seconds: float) -> None:
+        if self._abort.wait(seconds):
+            raise _AbortError()
+
+    def _mark_down(self) -> None:
+        self._down_until = time.monotonic() + self._retry_max
+
+    def _mark_up(self) -> None:
+        if self._down_until:
+            logger.info("tracked_openai: sinks reachable again; replaying the spool")
+        self._down_until = 0.0
+        self._down_logged = False
+
+    def _store(self, batch: list[Record], targets: list[int]) -> None:
+        """Spool ``batch`` for the sinks at ``targets``; keep it in memory if the spool fails."""
+        if self._spool is not None and targets:
+            try:
+                self._spool.append(batch, [self._keys[i] for i in targets])
+            except Exception as exc:
+                self._count("spool_errors", 1)
+                self._internal_error(exc, f"spool {self._spool.directory}")
+            else:
+                self._count("spooled", len(batch))
+                return
+        self._held.append((batch, list(targets)))
+
+    def _replay_spool(self, limit: int | None) -> bool:
+        """Replay up to ``limit`` spooled files; ``True`` if any was replayed."""
+        if not self._replay or self._spool is None:
+            return False
+        replayed = False
+        count = 0
+        while limit is None or count < limit:
+            if self._abort.is_set() or not self._sink_probe_due():
+                break
+            try:
+                spooled = self._spool.claim(self._keys)
+            except Exception as exc:
+                self._internal_error(exc, "spool replay")
+                break
+            if spooled is None:
+                break
+            count += 1
+            targets = [i for i, key in enumerate(self._keys) if key in spooled.sinks]
+            attempts = 1 if not self._sink_up() else self._retry_attempts
+            with self._idle:
+                self._in_flight += len(spooled.records)
+            try:
+                pending = self._export_with_retry(spooled.records, targets, attempts)
+            finally:
+                self._done(spooled.records)
+            if pending:
+                self._spool.release(spooled)
+                break
+            self._spool.done(spooled)
+            self._count("replayed", len(spooled.records))
+            self._count("exported", len(spooled.records))
+            replayed = True
+        return replayed
+
+    # -- exit ------------------------------------------------------------------------------------
+    def _spool_leftovers(self) -> None:
+        """Spool whatever is still in memory (queue, overflow, the batch in flight, held)."""
+        self._abort.set()
+        leftovers: list[Record] = []
+        for source in (self._queue, self._overflow):
+            while source:
+                try:
+                    leftovers.append(source.popleft())
+                except IndexError:
+                    break
+        self._prepare_batch(leftovers)
+        current = self._current
+        if current is not None:
+            # May also be exported by the worker right now: the sink's idempotency absorbs it.
+            leftovers.extend(current)
+        all_targets = list(range(len(self.sinks)))
+        for start in range(0, len(leftovers), self._batch_size):
+            self._store(leftovers[start : start + self._batch_size], all_targets)
+        held = list(self._held)
+        self._held.clear()
+        for batch, targets in held:
+            self._store(batch, targets)
 
     def _at_exit(self) -> None:
         try:
             if not self.flush(self._exit_timeout):
-                logger.warning("tracked_openai: exit flush timed out with %d records queued", len(self._queue))
+                self._spool_leftovers()
+                left = sum(len(b) for b, _ in self._held)
+                if left:
+                    logger.warning("tracked_openai: exit with %d records neither exported nor spooled", left)
         except Exception as exc:  # pragma: no cover
-            report_internal_error(exc, "exporter.at_exit")
+            self._internal_error(exc, "exporter.at_exit")
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def _count(self, name: str, n: int) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    def _internal_error(self, exc: BaseException, where: str) -> None:
+        self._count("internal_errors", 1)
+        report_internal_error(exc, where)
+
+    @property
+    def spool_dir(self) -> Path | None:
+        return self._spool.directory if self._spool is not None else None
+
+
+class _SinkFailedError(Exception):
+    """At least one sink failed this attempt (tenacity retries on it)."""

@@ -55,6 +55,11 @@ def _make_exporter(sinks: list[Any]) -> Exporter:
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval,
         exit_timeout=settings.exit_timeout,
+        spool_dir=settings.spool_dir,
+        retry_attempts=settings.retry_attempts,
+        retry_initial=settings.retry_initial,
+        retry_max=settings.retry_max,
+        overflow="drop" if settings.overflow == "drop" else "spool",
     )
 
 
@@ -131,7 +136,8 @@ def configure(
         features: Extra ``{feature key: experiment name}`` entries for the MLflow sink.
         pricing: A pricing file or folder (or a loaded price book) overriding the shipped tables.
         **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
-            ``spool_dir``.
+            ``spool_dir``, ``retry_attempts``, ``retry_initial``, ``retry_max``, ``overflow``,
+            ``experiment_prefix``.
     """
     global _exporter, _sinks
     if enabled is not None:
