@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import reports
@@ -264,7 +264,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"recent runs: {args.feature or 'all features'}", title_justify="left")
-    columns = [
+    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("started (UTC)", lambda r: (r["start_time"] or "")[:19].replace("T", " ")),
         ("run id", lambda r: r["run_id"][:12]),
         ("feature", lambda r: r.get("tags.feature") or "-"),

@@ -76,8 +76,9 @@ def _reply(prompt_tokens: int, model: str, seed: str) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    deployment: str | None = None
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         # Quiet: the demo prints its own output.
         return None
 
@@ -104,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.deployment = None
         return path[3:] if path.startswith("/v1/") else path
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         route = self._route()
         if route == "/models":
             models = [{"id": m, "object": "model", "owned_by": "fake"} for m in MODEL_DELAY]
@@ -112,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, f"unknown route GET {route}", "not_found")
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:
@@ -146,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any], model: str) -> None:
         messages = body.get("messages") or []
         prompt_tokens = _words(messages)
-        text = _reply(prompt_tokens, model, json.dumps(messages, sort_keys=True)[-200:])
+        text = _reply(prompt_tokens, model, json.dumps(messages, sort_keys=True))
         completion_tokens = len(text.split())
         cached = (prompt_tokens // 1024) * 1024 if prompt_tokens >= 1024 else 0
         usage = {
@@ -253,7 +254,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _embeddings(self, body: dict[str, Any], model: str) -> None:
         inputs = body.get("input")
-        items = inputs if isinstance(inputs, list) and not all(isinstance(i, int) for i in inputs) else [inputs]
+        token_ids = isinstance(inputs, list) and all(isinstance(i, int) for i in inputs)
+        items = inputs if isinstance(inputs, list) and not token_ids else [inputs]
         dims = int(body.get("dimensions") or 8)
         data = []
         for i, item in enumerate(items):

@@ -1,0 +1,126 @@
+"""REST API through the real FastAPI app (TestClient) against a real MLflow store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the REST API needs the [api] extra")
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tracked_openai.api import PREFIX, create_app, create_router
+
+from .test_reports_helpers import Seeded, seed_contract_store
+
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens on loopback port 9
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed_contract_store(f"sqlite:///{tmp_path_factory.mktemp('api') / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def api(seeded: Seeded) -> Iterator[TestClient]:
+    with TestClient(create_app(tracking_uri=seeded.uri)) as client:
+        yield client
+
+
+class TestEndpoints:
+    def test_experiments(self, api: TestClient, seeded: Seeded) -> None:
+        r = api.get(f"{PREFIX}/experiments/")
+        assert r.status_code == 200
+        body = r.json()
+        assert body["enabled"] is True
+        assert body["tracking_uri"] == seeded.uri
+        rows = {e["key"]: e for e in body["experiments"]}
+        assert rows["pid_verification"]["name"] == "P&ID Design Verification"
+        assert rows["pid_verification"]["experiment_id"]
+        assert set(rows["crs_analysis"]) == {"key", "name", "experiment_id"}
+
+    def test_runs(self, api: TestClient, seeded: Seeded) -> None:
+        r = api.get(f"{PREFIX}/runs/", params={"feature": "pid_verification", "limit": 2})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["count"] == 2
+        first = body["runs"][0]
+        assert first["run_id"] == seeded.run_ids["D"]
+        assert first["metrics.execution_time"] == 3.0
+        assert first["metrics.confidence_score"] == 0.7
+        assert first["tags.status"] == "success"
+
+    def test_metrics_seed_fields(self, api: TestClient) -> None:
+        r = api.get(f"{PREFIX}/metrics/", params={"feature": "pid_verification"})
+        assert r.status_code == 200
+        m = r.json()
+        assert m["total_runs"] == 4
+        assert m["avg_execution_time"] == pytest.approx(1.6)
+        assert m["success_rate"] == pytest.approx(75.0)
+        assert m["avg_confidence"] == pytest.approx(0.8)
+        assert m["total_cost"] == pytest.approx(0.037)
+        assert m["total_calls"] == 6
+        assert {row["key"] for row in m["by_model"]} == {"gpt-4o", "gpt-4o-mini", "mystery-model"}
+
+    def test_metrics_all_features_and_dates(self, api: TestClient) -> None:
+        m = api.get(f"{PREFIX}/metrics/").json()
+        assert (m["total_runs"], m["total_cost"]) == (5, pytest.approx(0.038))
+        m = api.get(f"{PREFIX}/metrics/", params={"since": "2026-11-21"}).json()
+        assert m["total_runs"] == 3
+
+    def test_health(self, api: TestClient) -> None:
+        r = api.get(f"{PREFIX}/health/")
+        assert r.status_code == 200
+        body = r.json()
+        assert body["status"] == "ok"
+        assert body["store"]["reachable"] is True
+        assert "exported" in body["exporter"] or "internal_errors" in body["exporter"]
+        assert "spool" in body
+
+    def test_openapi_docs(self, api: TestClient) -> None:
+        assert api.get("/api/docs/").status_code == 200
+        paths = api.get("/api/openapi.json").json()["paths"]
+        assert {f"{PREFIX}/{name}/" for name in ("experiments", "runs", "metrics", "health")} <= set(paths)
+
+
+class TestErrors:
+    @pytest.mark.parametrize("limit", ["0", "1001", "abc"])
+    def test_bad_limit_is_422(self, api: TestClient, limit: str) -> None:
+        r = api.get(f"{PREFIX}/runs/", params={"limit": limit})
+        assert r.status_code == 422
+        body = r.json()
+        assert body["error"] == "validation_error"
+        assert "limit" in body["detail"]
+
+    def test_bad_date_is_400(self, api: TestClient) -> None:
+        r = api.get(f"{PREFIX}/metrics/", params={"since": "last tuesday"})
+        assert r.status_code == 400
+        assert r.json() == {
+            "error": "bad_request",
+            "detail": "invalid date 'last tuesday': use YYYY-MM-DD, an ISO datetime, 'today' or Nd (e.g. 7d)",
+        }
+
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    def test_unreachable_store_is_503_json(self, name: str) -> None:
+        with TestClient(create_app(tracking_uri=UNREACHABLE), raise_server_exceptions=False) as client:
+            r = client.get(f"{PREFIX}/{name}/")
+        assert r.status_code == 503
+        body = r.json()
+        assert "Traceback" not in r.text
+        if name == "health":
+            assert body["store"]["reachable"] is False
+            assert body["status"] == "unavailable"
+        else:
+            assert body["error"] == "store_unavailable"
+            assert "unreachable" in body["detail"]
+
+
+def test_router_mounts_in_any_app(seeded: Seeded) -> None:
+    """The router is a plain APIRouter: it mounts into the user's own app, under any prefix."""
+    app = FastAPI()
+    app.include_router(create_router(tracking_uri=seeded.uri, prefix="/internal/llm"))
+    with TestClient(app) as client:
+        r = client.get("/internal/llm/metrics/", params={"feature": "crs_analysis"})
+    assert r.status_code == 200
+    assert r.json()["total_runs"] == 1
