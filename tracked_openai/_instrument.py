@@ -544,15 +544,16 @@ class _BodyObserver:
             self.seen_first = not (isinstance(parsed, dict) and parsed.get("model") == "")
         if _has_usage_object(data):
             parsed = parsed if parsed is not None else _loads(data)
-            self._usage_event(parsed)
             if (
                 self.filtering
                 and isinstance(parsed, dict)
                 and parsed.get("choices") == []
                 and isinstance(parsed.get("usage"), dict)
             ):
-                # The usage-only chunk we asked for: the caller never asked, so never sees it.
+                # The usage-only chunk we asked for: the caller never asked, so never sees it,
+                # even if reading its usage below fails.
                 self.drop = True
+            self._usage_event(parsed)
         elif b'"error"' in data:
             parsed = parsed if parsed is not None else _loads(data)
             if isinstance(parsed, dict) and (parsed.get("error") or parsed.get("type") == "error"):
