@@ -440,24 +440,77 @@ _DATED = re.compile(r"^(?P<base>.+?)-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 _AZURE_FT = re.compile(r"^(?P<base>.+?)\.ft-[0-9A-Za-z_-]+$")
 
 
-class PriceBook:
-    """Shipped tables plus user overrides, compiled for pricing. Immutable once built."""
+def _lookup(layer: dict[str, _Compiled], name: str, provider: str) -> tuple[_Compiled, str] | None:
+    # A user may price a provider specifically ("azure/gpt-4o"); then the plain name.
+    if provider != "openai":
+        hit = layer.get(f"{provider}/{name}")
+        if hit is not None:
+            return hit, f"{provider}/"
+    hit = layer.get(name)
+    return (hit, "") if hit is not None else None
 
-    def __init__(self, files: Iterable[tuple[str, PriceFile]]):
+
+def _resolve_in(layer: dict[str, _Compiled], name: str, provider: str) -> tuple[_Compiled, str] | None:
+    """Exact name, then fine-tune base / Azure spelling, then the name without its date suffix."""
+    name = name.strip().removeprefix("openai/")
+    exact = _lookup(layer, name, provider)
+    if exact is not None:
+        return exact[0], f"{exact[1]}exact"
+    steps: list[str] = []
+    candidate = name
+    azure_ft = _AZURE_FT.match(candidate)
+    if candidate.startswith("ft:"):
+        # ft:<base>:<org>:<suffix>:<id>[:ckpt-step-N] is billed as ft:<base>
+        candidate = "ft:" + candidate[3:].split(":", 1)[0]
+        steps.append("fine-tune")
+    elif azure_ft is not None:
+        candidate = "ft:" + azure_ft.group("base")
+        steps.append("fine-tune")
+    if "gpt-35" in candidate:
+        candidate = candidate.replace("gpt-35", "gpt-3.5")
+        steps.append("azure-spelling")
+    for _ in range(2):  # the name as rewritten, then without its date suffix
+        hit = _lookup(layer, candidate, provider)
+        if hit is not None:
+            return hit[0], f"{hit[1]}{'+'.join(steps) or 'exact'}->{hit[0].name}"
+        m = _DATED.match(candidate)
+        if m is None:
+            break
+        candidate = m.group("base")
+        steps.append("snapshot")
+    return None
+
+
+class PriceBook:
+    """Shipped tables plus user overrides, compiled for pricing. Immutable once built.
+
+    ``files`` are the shipped tables, ``overrides`` the user's (in each list a later file's entry
+    replaces an earlier one of the same name). Resolution runs its whole rule chain over the
+    user's entries first, then over ours: a user's ``gpt-4o`` also prices ``gpt-4o-2024-08-06``
+    (a snapshot we list on its own) unless the user lists that snapshot too.
+    """
+
+    def __init__(
+        self, files: Iterable[tuple[str, PriceFile]], overrides: Iterable[tuple[str, PriceFile]] = ()
+    ) -> None:
+        shipped, user = list(files), list(overrides)
         self.models: dict[str, ModelPrice] = {}
         self.origin: dict[str, str] = {}
-        versions: list[str] = []
-        for origin, pf in files:
-            versions.append(pf.version)
+        for origin, pf in (*shipped, *user):
             for name, entry in pf.models.items():
                 self.models[name] = entry
                 self.origin[name] = origin
-        self.version = "+".join(dict.fromkeys(versions)) or "empty"
-        self._compiled: dict[str, _Compiled] = {}
-        for name, entry in self.models.items():
-            periods = [_compile_period(h, h.until) for h in entry.history]
-            periods.append(_compile_period(entry, None))
-            self._compiled[name] = _Compiled(name, tuple(periods))
+        self.version = "+".join(dict.fromkeys(pf.version for _, pf in (*shipped, *user))) or "empty"
+        self._layers: list[dict[str, _Compiled]] = []
+        for group in (user, shipped):
+            layer: dict[str, _Compiled] = {}
+            for _, pf in group:
+                for name, entry in pf.models.items():
+                    periods = [_compile_period(h, h.until) for h in entry.history]
+                    periods.append(_compile_period(entry, None))
+                    layer[name] = _Compiled(name, tuple(periods))
+            if layer:
+                self._layers.append(layer)
         self._cache: dict[tuple[str, str], tuple[_Compiled, str] | None] = {}
 
     def resolve(self, name: str, provider: str = "openai") -> tuple[str, str] | None:
@@ -471,52 +524,14 @@ class PriceBook:
             return self._cache[key]
         except KeyError:
             pass
-        found = self._resolve_uncached(name, provider)
+        found: tuple[_Compiled, str] | None = None
+        for layer in self._layers:
+            found = _resolve_in(layer, name, provider)
+            if found is not None:
+                break
         if len(self._cache) < 10_000:  # bounded: model names come from responses
             self._cache[key] = found
         return found
-
-    def _lookup(self, name: str, provider: str) -> tuple[_Compiled, str] | None:
-        # A user may price a provider specifically ("azure/gpt-4o"); then the plain name.
-        if provider != "openai":
-            hit = self._compiled.get(f"{provider}/{name}")
-            if hit is not None:
-                return hit, f"{provider}/"
-        hit = self._compiled.get(name)
-        return (hit, "") if hit is not None else None
-
-    def _resolve_uncached(self, name: str, provider: str) -> tuple[_Compiled, str] | None:
-        name = name.strip()
-        steps: list[str] = []
-        if name.startswith("openai/"):
-            name = name[len("openai/") :]
-        exact = self._lookup(name, provider)
-        if exact is not None:
-            return exact[0], f"{exact[1]}exact"
-        candidate = name
-        ft = False
-        azure_ft = _AZURE_FT.match(candidate)
-        if candidate.startswith("ft:"):
-            ft = True
-            candidate = "ft:" + candidate[3:].split(":", 1)[0]
-        elif azure_ft is not None:
-            ft = True
-            candidate = "ft:" + azure_ft.group("base")
-        if "gpt-35" in candidate:
-            candidate = candidate.replace("gpt-35", "gpt-3.5")
-            steps.append("azure-spelling")
-        if ft:
-            steps.insert(0, "fine-tune")
-        for _ in range(2):  # at most: strip a date suffix, then try once more (e.g. -preview forms)
-            hit = self._lookup(candidate, provider)
-            if hit is not None:
-                return hit[0], f"{hit[1]}{'+'.join(steps) or 'exact'}->{hit[0].name}"
-            m = _DATED.match(candidate)
-            if m is None:
-                break
-            candidate = m.group("base")
-            steps.append("snapshot")
-        return None
 
     def describe(self, key: str) -> ModelPrice | None:
         return self.models.get(key)
@@ -539,9 +554,8 @@ def _shipped_files() -> list[tuple[str, PriceFile]]:
 def load_price_book(overrides: str | Path | None = None, *, shipped: bool = True) -> PriceBook:
     """The shipped tables (unless ``shipped=False``) overridden by a user file or folder."""
     files = _shipped_files() if shipped else []
-    if overrides is not None:
-        files += [(str(p), load_price_file(p)) for p in _yaml_files(Path(overrides))]
-    return PriceBook(files)
+    user = [(str(p), load_price_file(p)) for p in _yaml_files(Path(overrides))] if overrides else []
+    return PriceBook(files, user)
 
 
 def _initial_book() -> PriceBook:
