@@ -1,0 +1,209 @@
+"""``track``: nesting (inner wins, outer restored), isolation per thread and per asyncio task,
+sync/async context manager and decorator, operation records rolling up their calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import tracked_openai
+from tests.test_clients_helpers import fixture_responder, make_clients
+from tracked_openai import current_scope, track
+
+MSG = [{"role": "user", "content": "x"}]
+
+
+@pytest.fixture
+def chat(fake):
+    fake.add("POST", "/chat/completions", fixture_responder("chat_gpt5_nano_reasoning"))
+    fake.add("POST", "/embeddings", fixture_responder("embeddings_3small_token_ids"))
+    return fake
+
+
+def _ask(client):
+    return client.chat.completions.create(model="gpt-5-nano", messages=MSG)
+
+
+def test_nesting_inner_wins_outer_restored(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=False)
+    assert current_scope() is None
+    with track("outer_feature", "outer_op", team="a") as outer:
+        _ask(client)
+        with track("inner_feature", "inner_op", step="2") as inner:
+            assert current_scope() is inner
+            _ask(client)
+            with track(None, "innermost") as innermost:
+                _ask(client)
+        assert current_scope() is outer
+        _ask(client)
+    assert current_scope() is None
+    _ask(client)
+
+    calls = records.calls
+    assert [c.feature for c in calls] == [
+        "outer_feature",
+        "inner_feature",
+        "inner_feature",  # feature=None inherits the enclosing block's
+        "outer_feature",
+        "default",
+    ]
+    assert [c.operation for c in calls] == ["outer_op", "inner_op", "innermost", "outer_op", None]
+    assert calls[0].parent_id == outer.record_id
+    assert calls[1].parent_id == inner.record_id
+    assert calls[2].parent_id == innermost.record_id
+    assert calls[3].parent_id == outer.record_id
+    assert calls[4].parent_id is None
+    assert calls[1].tags == {"team": "a", "step": "2"}
+    assert calls[0].tags == {"team": "a"}
+
+    ops = {op.operation: op for op in records.operations}
+    assert ops["inner_op"].parent_id == outer.record_id
+    assert ops["innermost"].parent_id == inner.record_id
+    # Operations roll up their own calls and those of nested operations.
+    assert ops["innermost"].call_count == 1
+    assert ops["inner_op"].call_count == 2
+    assert ops["outer_op"].call_count == 4
+    assert ops["outer_op"].usage.output_tokens == 4 * 228
+    assert ops["outer_op"].usage.reasoning_tokens == 4 * 192
+    assert ops["outer_op"].function == "test_nesting_inner_wins_outer_restored"
+    assert all(op.status == "success" and op.duration_s is not None for op in ops.values())
+
+
+def test_error_in_block_is_recorded_and_reraised(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=False)
+    err = ValueError("bad input")
+    with pytest.raises(ValueError) as info, track("outer"), track("inner", "failing"):
+        _ask(client)
+        raise err
+    assert info.value is err
+    assert current_scope() is None
+    failing = next(op for op in records.operations if op.operation == "failing")
+    assert failing.status == "error"
+    assert failing.error_type == "ValueError"
+    assert failing.error_message == "bad input"
+    assert "raise err" in (failing.traceback or "")
+    assert failing.call_count == 1
+    (call,) = records.calls
+    assert call.status == "success"  # the call itself succeeded
+
+
+async def test_async_context_manager_and_decorator(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=True)
+
+    @track("deco_feature")
+    async def summarize() -> str:
+        await client.chat.completions.create(model="gpt-5-nano", messages=MSG)
+        return "done"
+
+    async with track("async_feature", "async_op") as op:
+        assert current_scope() is op
+        assert await summarize() == "done"
+        assert current_scope() is op
+        await client.embeddings.create(model="text-embedding-3-small", input="x", encoding_format="base64")
+    assert current_scope() is None
+    calls = records.calls
+    assert [c.feature for c in calls] == ["deco_feature", "async_feature"]
+    deco = next(o for o in records.operations if o.feature == "deco_feature")
+    assert deco.operation == "test_async_context_manager_and_decorator.<locals>.summarize"
+    assert deco.parent_id == op.record_id
+    outer = next(o for o in records.operations if o.feature == "async_feature")
+    assert outer.call_count == 2
+
+
+def test_sync_decorator_keeps_signature_and_result(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=False)
+
+    @track("deco", "named_op", customer="acme")
+    def work(n: int, *, label: str = "x") -> tuple[int, str]:
+        """Docstring kept."""
+        _ask(client)
+        return n * 2, label
+
+    assert work.__name__ == "work" and work.__doc__ == "Docstring kept."
+    assert work(21, label="y") == (42, "y")
+    (op,) = records.operations
+    assert op.operation == "named_op" and op.tags == {"customer": "acme"}
+    assert op.function.endswith("work")
+    (call,) = records.calls
+    assert call.parent_id == op.record_id and call.tags == {"customer": "acme"}
+
+
+def test_threads_are_isolated(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=False)
+    barrier = threading.Barrier(4)
+
+    def worker(i: int) -> str | None:
+        with track(f"feature_{i}", f"op_{i}"):
+            barrier.wait(timeout=10)
+            _ask(client)
+            barrier.wait(timeout=10)
+            _ask(client)
+            scope = current_scope()
+            return scope.feature if scope else None
+
+    with track("main_feature"):
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(worker, range(4)))
+        assert current_scope().feature == "main_feature"
+    assert results == [f"feature_{i}" for i in range(4)]
+    calls = records.calls
+    assert len(calls) == 8
+    for i in range(4):
+        mine = [c for c in calls if c.feature == f"feature_{i}"]
+        assert len(mine) == 2 and {c.operation for c in mine} == {f"op_{i}"}
+    ops = {o.feature: o for o in records.operations}
+    # Threads do not inherit the main thread's scope: their operations are top level.
+    assert all(ops[f"feature_{i}"].parent_id is None for i in range(4))
+    assert ops["main_feature"].call_count == 0
+
+
+async def test_asyncio_tasks_are_isolated(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=True)
+
+    async def task(i: int) -> str:
+        async with track(f"task_{i}"):
+            for _ in range(2):
+                await asyncio.sleep(0)
+                await client.chat.completions.create(model="gpt-5-nano", messages=MSG)
+            await asyncio.sleep(0)
+            return current_scope().feature
+
+    async with track("parent") as parent:
+        results = await asyncio.gather(*(task(i) for i in range(5)))
+        assert current_scope() is parent
+    assert results == [f"task_{i}" for i in range(5)]
+    calls = records.calls
+    assert len(calls) == 10
+    for i in range(5):
+        assert len([c for c in calls if c.feature == f"task_{i}"]) == 2
+    ops = {o.feature: o for o in records.operations}
+    # Tasks copy the context at creation: their operations nest under the parent.
+    assert all(ops[f"task_{i}"].parent_id == parent.record_id for i in range(5))
+    assert ops["parent"].call_count == 10
+
+
+def test_operation_handle_metrics_params_tags(records) -> None:
+    with track("f", "op") as op:
+        op.log_metrics({"score": 0.5}, latency=3, bad="x")
+        op.log_params(k="v")
+        op.set_tags(env="test")
+    (rec,) = records.operations
+    assert rec.metrics == {"score": 0.5, "latency": 3.0}
+    assert rec.params == {"k": "v"}
+    assert rec.tags == {"env": "test"}
+    data = rec.to_dict()
+    assert data["kind"] == "operation" and data["call_count"] == 0
+
+
+def test_default_feature_outside_track(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=False)
+    tracked_openai.configure(default_feature="unassigned")
+    try:
+        _ask(client)
+    finally:
+        tracked_openai.configure(default_feature="default")
+    (call,) = records.calls
+    assert call.feature == "unassigned" and call.parent_id is None and call.operation is None
