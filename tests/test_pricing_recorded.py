@@ -140,23 +140,24 @@ CASES = [
         D("0.0000144"),
         "snapshot->gpt-4o-mini",
     ),
-    # gpt-5.6-sol 5 / cached 0.50 / 30 (DISPUTED: chose 5/0.5/30):
-    # in (4020 - 4012) * 5 + 4012 * 0.5 = 40 + 2006 = 2046/1M; out 4 * 30 = 120/1M
+    # gpt-5.6-sol since the 2026-08-21 cut (DISPUTED, decided as a dated cut): 4 / cached 0.40 / 20.
+    # The call is made now, so today's price applies (the recording itself is from July 2026).
+    # in (4020 - 4012) * 4 + 4012 * 0.4 = 32 + 1604.8 = 1636.8/1M; out 4 * 20 = 80/1M
     PricedCase(
         "chat_gpt56_cached_4012",
         "/chat/completions",
         _chat("gpt-5.6-sol"),
-        D("0.002046"),
-        D("0.00012"),
+        D("0.0016368"),
+        D("0.00008"),
         "exact",
     ),
-    # cache write 6.25: in (4020 - 4000) * 5 + 4000 * 6.25 = 100 + 25000 = 25100/1M; out 4 * 30
+    # cache write 5: in (4020 - 4000) * 4 + 4000 * 5 = 80 + 20000 = 20080/1M; out 4 * 20 = 80/1M
     PricedCase(
         "pricing_chat_gpt56_cache_write",
         "/chat/completions",
         _chat("gpt-5.6-sol"),
-        D("0.0251"),
-        D("0.00012"),
+        D("0.02008"),
+        D("0.00008"),
         "exact",
     ),
     # gpt-5.4, 300,000 > 272,000 input tokens: the WHOLE request at 5 / cached 0.50 / 22.5:

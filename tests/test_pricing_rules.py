@@ -296,10 +296,29 @@ def test_o3_flex_and_priority() -> None:
     assert costs(prio) == (Decimal("0.0032375"), Decimal("0.0007"), Decimal("0.0039375"))
 
 
-def test_gpt55_priority_is_the_disputed_decision_2x() -> None:
-    # DISPUTED: 10 / 1 / 60 chosen. in 1000 * 10 = 10000/1M; out 100 * 60 = 6000/1M
+def test_gpt55_priority_is_the_disputed_decision_2_5x() -> None:
+    # DISPUTED: 12.50 / 1.25 / 75 chosen. in 1000 * 12.5 = 12500/1M; out 100 * 75 = 7500/1M
     r = priced("gpt-5.5", tier="priority", input_tokens=1000, output_tokens=100)
-    assert costs(r) == (Decimal("0.01"), Decimal("0.006"), Decimal("0.016"))
+    assert costs(r) == (Decimal("0.0125"), Decimal("0.0075"), Decimal("0.02"))
+
+
+def test_gpt56_sol_before_and_after_the_2026_08_21_cut() -> None:
+    # the recorded chat_gpt56_cached_4012 call (2026-07-15): 5 / 0.50 / 30
+    # in 8 * 5 + 4012 * 0.5 = 40 + 2006 = 2046/1M; out 4 * 30 = 120/1M
+    before = priced(
+        "gpt-5.6-sol", at="2026-07-15", input_tokens=4020, cached_input_tokens=4012, output_tokens=4
+    )
+    assert costs(before) == (Decimal("0.002046"), Decimal("0.00012"), Decimal("0.002166"))
+    assert before.pricing_rule == "exact; until 2026-08-21"
+    # from 2026-08-21: 4 / 0.40 / 20 -> 8 * 4 + 4012 * 0.4 = 1636.8/1M; 4 * 20 = 80/1M
+    after = priced(
+        "gpt-5.6-sol", at="2026-08-21", input_tokens=4020, cached_input_tokens=4012, output_tokens=4
+    )
+    assert costs(after) == (Decimal("0.0016368"), Decimal("0.00008"), Decimal("0.0017168"))
+    # pre-cut flex (litellm 50%): 2.5 / 15 -> 1000 * 2.5 + 100 * 15 = 4000/1M
+    flex = priced("gpt-5.6", at="2026-08-01", tier="flex", input_tokens=1000, output_tokens=100)
+    assert costs(flex)[2] == Decimal("0.004")
+    assert flex.pricing_rule == "exact; until 2026-08-21; tier=flex"
 
 
 # ---------------------------------------------------------------- long context
@@ -322,10 +341,17 @@ def test_long_context_in_flex_scales_with_the_tier() -> None:
 
 
 def test_cache_write_long_context_gpt56() -> None:
-    # gpt-5.6 > 272k: input 10, cache write 12.5, output 45.
-    # in (300000 - 100000) * 10 + 100000 * 12.5 = 2,000,000 + 1,250,000 = 3,250,000/1M; out 10 * 45 = 450/1M
+    # gpt-5.6 > 272k (since 2026-08-21): input 8, cache write 10, output 30.
+    # in (300000 - 100000) * 8 + 100000 * 10 = 1,600,000 + 1,000,000 = 2,600,000/1M; out 10 * 30 = 300/1M
     r = priced("gpt-5.6", input_tokens=300_000, cache_write_tokens=100_000, output_tokens=10)
-    assert costs(r) == (Decimal("3.25"), Decimal("0.00045"), Decimal("3.25045"))
+    assert costs(r) == (Decimal("2.6"), Decimal("0.0003"), Decimal("2.6003"))
+
+
+def test_explicit_tier_long_context_gpt56_batch() -> None:
+    # batch > 272k, listed explicitly: 4 / 0.40 / 15. in 300000 * 4 = 1,200,000/1M; out 1000 * 15
+    r = priced("gpt-5.6", tier="batch", input_tokens=300_000, output_tokens=1000)
+    assert costs(r) == (Decimal("1.2"), Decimal("0.015"), Decimal("1.215"))
+    assert r.pricing_rule == "exact; tier=batch; long-context"
 
 
 # ---------------------------------------------------------------- other units
