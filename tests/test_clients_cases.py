@@ -231,6 +231,27 @@ RESPONSES = [
     ),
 ]
 
+RESPONSES += [
+    Case(
+        "responses-stream-incomplete",
+        "POST",
+        "/responses",
+        fixture_responder("responses_stream_incomplete"),
+        lambda c: c.responses.create(
+            model="gpt-4.1-nano", input="Tell me a story", stream=True, max_output_tokens=16
+        ),
+        Expect(
+            "responses",
+            "gpt-4.1-nano",
+            "gpt-4.1-nano-2025-04-14",
+            usage_dict(input_tokens=20, cached_input_tokens=0, output_tokens=16, reasoning_tokens=0),
+            service_tier="flex",
+            request_ids=["req_responses_stream_incomplete"],
+            stream=True,
+        ),
+    ),
+]
+
 EMBEDDINGS = [
     Case(
         "embeddings",
@@ -331,6 +352,42 @@ IMAGES = [
     ),
 ]
 
+IMAGES += [
+    Case(
+        "images-stream-n2",
+        "POST",
+        "/images/generations",
+        fixture_responder("images_stream_gpt_image_1_n2"),
+        lambda c: c.images.generate(model="gpt-image-1", prompt="two red squares", n=2, stream=True),
+        Expect(
+            "images.generate",
+            "gpt-image-1",
+            None,
+            # One `image_generation.completed` per image, each with its own usage: summed.
+            usage_dict(input_tokens=100, image_input_tokens=80, output_tokens=544, images=2),
+            request_ids=["req_images_stream_gpt_image_1_n2"],
+            stream=True,
+        ),
+    ),
+    Case(
+        "images-edit-stream",
+        "POST",
+        "/images/edits",
+        fixture_responder("images_edit_stream_gpt_image_1"),
+        lambda c: c.images.edit(
+            model="gpt-image-1", image=PNG, prompt="add a hat", stream=True, partial_images=1
+        ),
+        Expect(
+            "images.edit",
+            "gpt-image-1",
+            None,
+            usage_dict(input_tokens=340, image_input_tokens=323, output_tokens=1056, images=1),
+            request_ids=["req_images_edit_stream_gpt_image_1"],
+            stream=True,
+        ),
+    ),
+]
+
 AUDIO = [
     Case(
         "transcription-whisper-json",
@@ -405,6 +462,37 @@ AUDIO = [
             None,
             usage_dict(characters=len(SPEECH_INPUT)),
             request_ids=["req_audio_speech_tts1"],
+        ),
+    ),
+    Case(
+        "speech-sse",
+        "POST",
+        "/audio/speech",
+        fixture_responder("audio_speech_sse_gpt4o_mini_tts"),
+        lambda c: c.audio.speech.create(
+            model="gpt-4o-mini-tts", voice="alloy", input="Hello there, friend.", stream_format="sse"
+        ),
+        Expect(
+            "audio.speech",
+            "gpt-4o-mini-tts",
+            None,
+            usage_dict(input_tokens=14, output_tokens=101, characters=len("Hello there, friend.")),
+            request_ids=["req_audio_speech_sse_gpt4o_mini_tts"],
+        ),
+    ),
+    Case(
+        "transcription-stream",
+        "POST",
+        "/audio/transcriptions",
+        fixture_responder("audio_transcription_stream_gpt4o"),
+        lambda c: c.audio.transcriptions.create(model="gpt-4o-transcribe", file=WAV, stream=True),
+        Expect(
+            "audio.transcriptions",
+            "gpt-4o-transcribe",
+            None,
+            usage_dict(input_tokens=14, audio_input_tokens=14, output_tokens=45),
+            request_ids=["req_audio_transcription_stream_gpt4o"],
+            stream=True,
         ),
     ),
 ]
