@@ -222,6 +222,11 @@ def _uri(args: argparse.Namespace) -> str | None:
 
 # -- handlers ------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    since, until = reports.parse_when(args.since), reports.parse_when(args.until, end=True)
+    if since is not None and until is not None and since >= until:
+        # A usage error, reported before the store is touched.
+        print("tracked-openai report: error: since must be before until", file=sys.stderr)
+        return EXIT_USAGE
     uri = reports.check_store(_uri(args))
     try:
         metrics = reports.feature_metrics(args.feature, args.since, args.until, tracking_uri=uri)
