@@ -378,7 +378,16 @@ def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bo
     if is_async:
 
         class AsyncTee(base):  # type: ignore[misc, valid-type]
+            observed = False
+
             async def __aiter__(self) -> AsyncIterator[bytes]:
+                if self.observed:
+                    # AsyncStream drains the body after [DONE] by iterating it again; an in-memory
+                    # stream then replays it, which must not be observed (counted) twice.
+                    async for chunk in inner:
+                        yield chunk
+                    return
+                self.observed = True
                 try:
                     async for chunk in inner:
                         out = observer.pass_through(chunk)
