@@ -534,3 +534,18 @@ def test_chat_stream_helper_length_error_keeps_server_usage(fake, records) -> No
     call = _length_error_stream(fake, records)
     assert call.usage_source == "response"
     assert call.usage.input_tokens == 12 and call.usage.output_tokens == 5
+
+
+async def test_async_drain_does_not_observe_the_body_twice(fake, records) -> None:
+    # AsyncStream drains the body after [DONE] by iterating `response.stream` again; an in-memory
+    # stream replays it. The estimate (no usage: other base URL) must match the sync client's.
+    _chat(fake)
+    sync_client, _, _ = make_clients(fake, is_async=False, base_url="http://localhost:1234/v1")
+    async_client, _, _ = make_clients(fake, is_async=True, base_url="http://localhost:1234/v1")
+    list(sync_client.chat.completions.create(model="gpt-4", messages=MSG, stream=True))
+    stream = await async_client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    async for _ in stream:
+        pass
+    sync_call, async_call = records.calls
+    assert sync_call.usage_source == async_call.usage_source == "estimated"
+    assert async_call.usage.to_dict() == sync_call.usage.to_dict()
