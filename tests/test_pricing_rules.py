@@ -258,12 +258,20 @@ def test_estimated_usage_is_flagged() -> None:
 # ---------------------------------------------------------------- tiers
 
 
-def test_batch_tier_and_cached_fallback_to_the_tier_input_rate() -> None:
-    # gpt-4o batch 1.25 / 5 (no batch cached rate listed -> the batch input rate):
+def test_batch_tier_without_a_cached_rate_keeps_the_standard_cached_rate() -> None:
+    # gpt-4.1 batch 1 / 4 lists no cached rate: cached keeps the standard 0.50 (OpenAI's batch
+    # table publishes none; genai-prices does the same).
+    # in 600 * 1 + 400 * 0.5 = 800/1M; out 100 * 4 = 400/1M
+    r = priced("gpt-4.1", tier="batch", input_tokens=1000, cached_input_tokens=400, output_tokens=100)
+    assert costs(r) == (Decimal("0.0008"), Decimal("0.0004"), Decimal("0.0012"))
+    assert r.pricing_rule == "exact; tier=batch"
+
+
+def test_tier_cached_rate_never_exceeds_the_tier_input_rate() -> None:
+    # gpt-4o batch input 1.25 = the standard cached 1.25, so cached stays 1.25 (not above input).
     # in 600 * 1.25 + 400 * 1.25 = 1250/1M; out 100 * 5 = 500/1M
     r = priced("gpt-4o", tier="batch", input_tokens=1000, cached_input_tokens=400, output_tokens=100)
     assert costs(r) == (Decimal("0.00125"), Decimal("0.0005"), Decimal("0.00175"))
-    assert r.pricing_rule == "exact; tier=batch"
 
 
 @pytest.mark.parametrize("tier", [None, "auto", "default", "standard"])

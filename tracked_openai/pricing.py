@@ -361,13 +361,18 @@ class _Rates:
     long: _Rates | None
 
 
-def _compile_rates(r: TokenRates, long: LongContext | None) -> _Rates:
+def _compile_rates(r: TokenRates, long: LongContext | None, standard: TokenRates | None = None) -> _Rates:
     inp, out = r.input, r.output
     audio_in = r.audio_input if r.audio_input is not None else inp
     image_in = r.image_input if r.image_input is not None else inp
+    cached = r.cached_input
+    if cached is None and standard is not None and standard.cached_input is not None and inp is not None:
+        # OpenAI's batch table lists no cached rate: cached input keeps the standard cached rate
+        # (genai-prices does the same), never more than the tier's own input rate.
+        cached = min(standard.cached_input, inp)
     return _Rates(
         text_in=inp,
-        cached_in=r.cached_input if r.cached_input is not None else inp,
+        cached_in=cached if cached is not None else inp,
         cache_write=r.cache_write if r.cache_write is not None else inp,
         audio_in=audio_in,
         cached_audio_in=r.cached_audio_input if r.cached_audio_input is not None else audio_in,
@@ -408,7 +413,7 @@ def _compile_period(p: _PeriodFields, until: date | None) -> _Period:
     if p.has_token_rates():
         tiers["standard"] = _compile_rates(p, p.long_context)
     for name, t in (p.tiers or {}).items():
-        tiers[name] = _compile_rates(t, _scaled_long(p, t))
+        tiers[name] = _compile_rates(t, _scaled_long(p, t), standard=p)
     until_ts = datetime(until.year, until.month, until.day, tzinfo=UTC).timestamp() if until else None
     return _Period(
         until_ts=until_ts,
