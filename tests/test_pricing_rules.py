@@ -268,10 +268,14 @@ def test_batch_tier_without_a_cached_rate_keeps_the_standard_cached_rate() -> No
 
 
 def test_tier_cached_rate_never_exceeds_the_tier_input_rate() -> None:
-    # gpt-4o batch input 1.25 = the standard cached 1.25, so cached stays 1.25 (not above input).
-    # in 600 * 1.25 + 400 * 1.25 = 1250/1M; out 100 * 5 = 500/1M
-    r = priced("gpt-4o", tier="batch", input_tokens=1000, cached_input_tokens=400, output_tokens=100)
-    assert costs(r) == (Decimal("0.00125"), Decimal("0.0005"), Decimal("0.00175"))
+    table = pricing.parse_price_text(
+        "version: t\nmodels:\n  m:\n    source: s\n    input: 1\n    cached_input: 0.9\n"
+        "    output: 2\n    tiers:\n      batch: {input: 0.5, output: 1}\n"
+    )
+    pricing._reset_for_tests(pricing.PriceBook([("t", table)]))
+    # batch cached = min(standard cached 0.9, batch input 0.5) = 0.5: 1000 * 0.5 = 500/1M
+    r = priced("m", tier="batch", input_tokens=1000, cached_input_tokens=1000)
+    assert costs(r)[0] == Decimal("0.0005")
 
 
 @pytest.mark.parametrize("tier", [None, "auto", "default", "standard"])
