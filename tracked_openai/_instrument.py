@@ -364,14 +364,19 @@ class _Chain:
 
     def decode(self, data: bytes) -> bytes:
         for d in self.decoders:
-            data = d.decode(data)
+            data = _as_bytes(d.decode(data))
         return data
 
     def flush(self) -> bytes:
         data = b""
         for d in self.decoders:
-            data = d.decode(data) + d.flush() if data else d.flush()
+            data = _as_bytes(d.decode(data)) + _as_bytes(d.flush()) if data else _as_bytes(d.flush())
         return data
+
+
+def _as_bytes(out: Any) -> bytes:
+    # httpx decoders return bytes; httpx2's return an iterator of bytes.
+    return out if isinstance(out, bytes) else b"".join(out)
 
 
 def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bool) -> Any:
