@@ -122,7 +122,16 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _usd(value: Any) -> str:
-    return "-" if value is None else f"${value:,.4f}"
+    if value is None:
+        return "-"
+    # Single calls cost fractions of a cent: keep their significant digits visible.
+    return f"${value:,.6f}" if 0 < abs(value) < 0.01 else f"${value:,.4f}"
+
+
+def _day(iso: str | None) -> str:
+    if not iso:
+        return "…"
+    return iso[:10] if iso.endswith("T00:00:00+00:00") else iso
 
 
 def _pct(value: Any) -> str:
@@ -142,7 +151,7 @@ _BREAKDOWN_COLUMNS: dict[str, list[tuple[str, str, Any]]] = {
         ("tokens in", "prompt_tokens", _num),
         ("tokens out", "completion_tokens", _num),
         ("cost", "total_cost", _usd),
-        ("cost/call", "avg_cost_per_call", lambda v: "-" if v is None else f"${v:,.6f}"),
+        ("cost/call", "avg_cost_per_call", _usd),
         ("unpriced", "unpriced_calls", _num),
     ],
     "slice": [
@@ -167,7 +176,7 @@ def render_report(metrics: dict[str, Any], by: str | None, console: Any) -> None
     scope = metrics["feature"] or "all features"
     when = ""
     if metrics["since"] or metrics["until"]:
-        when = f" ({metrics['since'] or '…'} → {metrics['until'] or '…'})"
+        when = f", {_day(metrics['since'])} → {_day(metrics['until'])}"
     totals = Table(title=f"tracked-openai report: {scope}{when}", show_header=False, title_justify="left")
     totals.add_column("metric", style="bold")
     totals.add_column("value", justify="right")

@@ -140,7 +140,10 @@ def _workload(client: Any, say: Any) -> None:
 
 
 def _quiet_mlflow() -> None:
-    # The demo prints a report; MLflow's migration and store INFO lines would bury it.
+    # The demo prints a report; MLflow's migration and store INFO lines would bury it. MLflow
+    # configures its logger when imported, so import it first and lower the level after.
+    import mlflow  # noqa: F401
+
     for name in ("mlflow", "alembic", "sqlalchemy"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")

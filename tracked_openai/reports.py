@@ -6,8 +6,10 @@ each page is folded into running sums and dropped. Only one float per run is kep
 latency percentiles.
 
 What counts as a **run** (``total_runs``, ``success_rate``, ``avg_execution_time``, ``total_cost``,
-latency percentiles): a *top-level* MLflow run, i.e. a run without ``mlflow.parentRunId``. That is
-an operation (a ``track`` block or a decorated function) or a call made outside any operation.
+latency percentiles): a *top-level* MLflow run, i.e. a run without ``mlflow.parentRunId`` (nor
+``parent_record_id``, the sink's link to a parent operation in another feature's experiment).
+That is an operation (a ``track`` block or a decorated function) or a call made outside any
+operation.
 A call made inside an operation is a nested child run; it is counted in ``total_calls`` and in the
 token sums, never again as a run. An operation's ``cost_usd`` already includes all the calls made
 inside it (nested operations too), so summing top-level runs never counts a call twice.
@@ -45,6 +47,9 @@ __all__ = [
 
 FEATURE_TAG = "tracked_openai.feature"
 PARENT_TAG = "mlflow.parentRunId"
+# Set on a run whose parent operation was recorded in another feature's experiment (MLflow cannot
+# nest across experiments): such a run is part of that operation, not a run of its own.
+PARENT_RECORD_TAG = "parent_record_id"
 BREAKDOWNS = ("model", "operation", "day", "feature")
 
 # The seed system's features; used until (or unless) the feature registry module is importable.
@@ -296,6 +301,13 @@ def run_row(run: Any) -> dict[str, Any]:
     return row
 
 
+_TOP_LEVEL = f"tags.`{PARENT_TAG}` IS NULL AND tags.`{PARENT_RECORD_TAG}` IS NULL"
+
+
+def _is_top_level(tags: Mapping[str, str]) -> bool:
+    return PARENT_TAG not in tags and PARENT_RECORD_TAG not in tags
+
+
 def recent_runs(
     feature: str | None = None,
     limit: int = 10,
@@ -313,7 +325,7 @@ def recent_runs(
     runs = iter_runs(
         feature,
         tracking_uri=tracking_uri,
-        filter_string="" if include_calls else f"tags.`{PARENT_TAG}` IS NULL",
+        filter_string="" if include_calls else _TOP_LEVEL,
         page_size=min(limit, _PAGE_SIZE),
         order_by=["attributes.start_time DESC"],
     )
@@ -515,7 +527,7 @@ def feature_metrics(
             "day": day,
             "feature": tags.get("feature") or "(none)",
         }
-        if PARENT_TAG not in tags:
+        if _is_top_level(tags):
             total.add_run(ok, metrics)
             for dim, key in keys.items():
                 group(dim, key).add_run(ok, metrics)
