@@ -1,0 +1,476 @@
+"""The default sink: one MLflow run per record, through ``mlflow.MlflowClient``.
+
+Mapping (the contract reports and the REST API read; see ``docs/mlflow-mapping.md``):
+
+* one experiment per feature, named by the feature registry (``tracked_openai._features``), with
+  the experiment tag ``tracked_openai.feature=<key>``;
+* an operation record is a run; a call is a run whose ``mlflow.parentRunId`` is its operation's
+  run when both are in the same experiment (otherwise it is top-level with ``parent_record_id``);
+* run start/end are the record's real times; status FINISHED (success) or FAILED (error).
+
+Speed: a run costs three requests (``create_run`` with every tag, ``log_batch`` with metrics and
+params, ``update_run_info`` to finish it) instead of the fluent API's eight or more, and a
+batch's runs are written by a small thread pool, because against ``mlflow server`` the time goes
+in per-request latency, not in the server's work. Against embedded SQLite one writer is used:
+SQLite serialises writers anyway.
+
+Idempotency: before writing a batch, the runs already in the experiment whose start time falls
+in the batch's window are read once (one ``search_runs`` per experiment). A record whose
+``record_id`` is there and finished is skipped; one left unfinished by an interrupted attempt is
+completed instead of duplicated. That holds across retries, spool replays and process restarts
+because it asks the store, not process memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..records import CallRecord, OperationRecord, Record
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["MlflowSink", "run_fields"]
+
+# MLflow server limits per log_batch request and per value (mlflow.utils.validation).
+_MAX_METRICS = 1000
+_MAX_PARAMS = 100
+_MAX_TAGS = 100
+_MAX_ENTITIES = 1000
+_MAX_TAG_VALUE = 8000
+_MAX_PARAM_VALUE = 6000
+_MAX_KEY = 250
+
+_BAD_KEY = re.compile(r"[^\w\-. /]")
+_LRU_SIZE = 50_000
+
+
+_tls = threading.local()
+_provider_lock = threading.Lock()
+_provider_installed = False
+
+
+def _install_connection_close_provider() -> None:
+    """Register (once) a request-header provider that adds ``Connection: close`` to the MLflow
+    requests made on our writer threads only.
+
+    Why: against ``mlflow server`` (uvicorn) a reused keep-alive connection costs ~45 ms per
+    request (the response is written in pieces, Nagle on the server meets delayed ACK on the
+    client), a fresh loopback/LAN connection ~3-8 ms (Linux starts connections in quick-ACK
+    mode). MLflow has no per-client connection option; request-header providers are its plugin
+    point for headers, and ``in_context()`` scopes this one to threads that set the flag, so the
+    host application's own MLflow traffic is untouched.
+    """
+    global _provider_installed
+    if _provider_installed:
+        return
+    with _provider_lock:
+        if _provider_installed:
+            return
+        _provider_installed = True
+        try:
+            from mlflow.tracking.request_header.abstract_request_header_provider import (
+                RequestHeaderProvider,
+            )
+            from mlflow.tracking.request_header.registry import _request_header_provider_registry
+
+            class _ConnectionClose(RequestHeaderProvider):  # type: ignore[misc]
+                def in_context(self) -> bool:
+                    return bool(getattr(_tls, "fresh_connections", False))
+
+                def request_headers(self) -> dict[str, str]:
+                    return {"Connection": "close"}
+
+            _request_header_provider_registry.register(_ConnectionClose)  # type: ignore[no-untyped-call]
+        except Exception:  # an MLflow without the registry: keep-alive it is (slower, still correct)
+            pass
+
+
+def _key(name: str) -> str:
+    # MLflow accepts alphanumerics, underscores, dashes, periods, spaces and slashes in keys.
+    return _BAD_KEY.sub("_", str(name))[:_MAX_KEY] or "_"
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def run_fields(
+    record: Record,
+) -> tuple[str, dict[str, str], dict[str, float], dict[str, str]]:
+    """``(run_name, tags, metrics, params)`` for one record: the whole mapping in one place."""
+    tags: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+
+    def tag(name: str, value: Any) -> None:
+        if value is not None and value != "":
+            tags[name] = str(value)[:_MAX_TAG_VALUE]
+
+    def metric(name: str, value: Any) -> None:
+        if value is None:
+            return
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return
+        if number == number and number not in (float("inf"), float("-inf")):
+            metrics[_key(name)] = number
+
+    # User tags first so that our own keys (record_id, status, …) can't be overwritten by them.
+    for key, value in record.tags.items():
+        tag(_key(key), value)
+    tag("record_id", record.record_id)
+    tag("kind", record.kind)
+    tag("feature", record.feature)
+    tag("operation", record.operation)
+    tag("function", record.function)
+    tag("status", record.status)
+    tag("error_message", record.error_message)
+    tag("error_type", record.error_type)
+    tag("parent_record_id", record.parent_id)
+    metric("execution_time", record.duration_s)
+    usage = record.usage
+    metric("prompt_tokens", usage.input_tokens)
+    metric("completion_tokens", usage.output_tokens)
+    metric("total_tokens", usage.total_tokens)
+    metric("cached_tokens", usage.cached_input_tokens)
+    metric("reasoning_tokens", usage.reasoning_tokens)
+    for name in (
+        "audio_input_tokens",
+        "audio_output_tokens",
+        "image_input_tokens",
+        "image_output_tokens",
+        "images",
+        "seconds",
+        "characters",
+    ):
+        metric(name, getattr(usage, name))
+    for param_name, param_value in record.params.items():
+        if param_value is not None:
+            params[_key(param_name)] = str(param_value)[:_MAX_PARAM_VALUE]
+
+    if isinstance(record, CallRecord):
+        name = record.endpoint or "call"
+        tag("endpoint", record.endpoint)
+        tag("model", record.model)
+        tag("response_model", record.response_model)
+        tag("pricing_version", record.pricing_version)
+        tag("usage_source", record.usage_source)
+        tag("cost_status", record.cost_status)
+        tag("service_tier", record.service_tier)
+        tag("provider", record.provider)
+        tag("http_status", record.http_status)
+        if record.stream:
+            tag("stream", "true")
+        tag("stream_end", record.stream_end)
+        if record.request_ids:
+            tag("request_ids", ",".join(record.request_ids))
+        if record.cost is not None:
+            metric("cost_usd", record.cost.total_usd)
+            metric("input_cost_usd", record.cost.input_usd)
+            metric("output_cost_usd", record.cost.output_usd)
+        metric("attempts", record.attempts)
+        if record.model:
+            params["model"] = record.model[:_MAX_PARAM_VALUE]
+    else:
+        assert isinstance(record, OperationRecord)
+        name = record.operation or record.function or "operation"
+        tag("error_traceback", record.traceback)
+        # Operation metrics by name (confidence_score among them); ours below win on clashes.
+        for metric_name, metric_value in record.metrics.items():
+            metric(metric_name, metric_value)
+        metric("call_count", record.call_count)
+        metric("unpriced_calls", record.unpriced_calls)
+        if record.cost_usd is not None:
+            metric("cost_usd", record.cost_usd)
+        model = record.params.get("model")
+        if model is not None:
+            params["model"] = str(model)[:_MAX_PARAM_VALUE]
+    if "confidence" in metrics and "confidence_score" not in metrics:
+        metrics["confidence_score"] = metrics["confidence"]
+    return name, tags, metrics, params
+
+
+class _Existing:
+    __slots__ = ("finished", "run_id")
+
+    def __init__(self, run_id: str, finished: bool) -> None:
+        self.run_id = run_id
+        self.finished = finished
+
+
+class MlflowSink:
+    """Writes records as MLflow runs (see the module docstring for the mapping).
+
+    Args:
+        tracking_uri: Tracking URI; default ``MLFLOW_TRACKING_URI`` or MLflow's own default
+            (``sqlite:///mlflow.db`` in the working directory, or ``./mlruns`` if it exists).
+        experiment_prefix: Prepended to every experiment name (default from settings).
+        features: Extra ``{feature key: experiment name}`` entries for this sink only.
+        writers: Concurrent run writers (default 8 over HTTP, 1 for a local SQLite/file store).
+        fresh_connections: Over HTTP, open a new connection per request (``Connection: close``)
+            instead of reusing keep-alive ones; see ``docs/exporter.md`` for why it is faster.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_prefix: str | None = None,
+        features: Mapping[str, str] | None = None,
+        *,
+        writers: int | None = None,
+        fresh_connections: bool = True,
+    ) -> None:
+        if tracking_uri is None:
+            import mlflow
+
+            # Reads MLFLOW_TRACKING_URI / mlflow.set_tracking_uri() or MLflow's default; sets nothing.
+            tracking_uri = mlflow.get_tracking_uri()
+        self.tracking_uri: str = str(tracking_uri)
+        self.experiment_prefix = experiment_prefix
+        self.features = dict(features or {})
+        local = not self.tracking_uri.startswith(("http://", "https://", "databricks"))
+        self.writers = max(1, writers if writers is not None else (1 if local else 8))
+        self.fresh_connections = fresh_connections and not local
+        if self.fresh_connections:
+            _install_connection_close_provider()
+        # The spool replays a record only into the store it was meant for.
+        self.spool_key = f"mlflow:{self._absolute_uri(self.tracking_uri)}"
+        self._client: MlflowClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._experiments: dict[str, str] = {}
+        # record_id -> (experiment_id, run_id) of recently written operations, for nesting calls.
+        self._op_runs: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # parent record_id -> [(experiment_id, run_id)] of calls written before their operation.
+        self._orphans: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
+
+    @staticmethod
+    def _absolute_uri(uri: str) -> str:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+        if "://" not in uri:
+            return os.path.abspath(uri)
+        return uri
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def client(self) -> MlflowClient:
+        if self._pid != os.getpid():
+            # Forked child: the parent's pool threads don't exist here; HTTP sessions are per pid.
+            self._pid = os.getpid()
+            self._client = None
+            self._pool = None
+            self._lock = threading.Lock()
+        client = self._client
+        if client is None:
+            from mlflow import MlflowClient
+
+            with self._lock:
+                if self._client is None:
+                    self._client = MlflowClient(tracking_uri=self.tracking_uri)
+                client = self._client
+        return client
+
+    def _init_writer_thread(self) -> None:
+        _tls.fresh_connections = self.fresh_connections
+
+    def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        if self.writers == 1 or len(items) <= 1:
+            return [fn(item) for item in items]
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        self.writers,
+                        thread_name_prefix="tracked-openai-mlflow",
+                        initializer=self._init_writer_thread,
+                    )
+                pool = self._pool
+        # list() re-raises the first failure after every write of this phase has finished.
+        futures = [pool.submit(fn, item) for item in items]
+        errors = []
+        results = []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return results
+
+    def experiment_name(self, feature: str) -> str:
+        from .._features import experiment_name
+
+        if feature in self.features:
+            name = self.features[feature]
+            return experiment_name("\0", self.experiment_prefix).replace("\0", name)
+        return experiment_name(feature, self.experiment_prefix)
+
+    def experiment_id(self, feature: str) -> str:
+        """The experiment for ``feature``, created (and tagged) if missing, restored if deleted."""
+        cached = self._experiments.get(feature)
+        if cached is not None:
+            return cached
+        from mlflow.exceptions import MlflowException
+
+        client = self.client
+        name = self.experiment_name(feature)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                exp_id = client.create_experiment(name, tags={"tracked_openai.feature": feature})
+            except MlflowException:
+                # Another writer created it first.
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+                exp_id = experiment.experiment_id
+        else:
+            exp_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                client.restore_experiment(exp_id)
+            if experiment.tags.get("tracked_openai.feature") != feature:
+                client.set_experiment_tag(exp_id, "tracked_openai.feature", feature)
+        self._experiments[feature] = exp_id
+        return exp_id
+
+    # -- export --------------------------------------------------------------------------------
+    def export(self, records: Sequence[Record]) -> None:
+        """Write each record as a run; skip (or complete) runs a previous attempt already wrote."""
+        if not records:
+            return
+        # The exporter thread itself also talks to the server (searches, small batches).
+        _tls.fresh_connections = self.fresh_connections
+        by_exp: dict[str, list[Record]] = {}
+        for record in records:
+            by_exp.setdefault(self.experiment_id(record.feature), []).append(record)
+        for exp_id, group in by_exp.items():
+            existing = self._existing(exp_id, group)
+            ops = [r for r in group if isinstance(r, OperationRecord)]
+            calls = [r for r in group if not isinstance(r, OperationRecord)]
+            # Operations first so calls of the same batch can name their parent run.
+            write = functools.partial(self._write, exp_id, existing=existing)
+            run_ids = self._map(write, ops)
+            self._map(write, calls)
+            written_ops = list(zip(ops, run_ids, strict=True))
+            for op, run_id in written_ops:
+                in_batch = sum(1 for r in group if r.parent_id == op.record_id)
+                self._adopt_children(exp_id, op, run_id, in_batch)
+
+    def _existing(self, exp_id: str, group: Sequence[Record]) -> dict[str, _Existing]:
+        """Runs already in ``exp_id`` for these records (one paged search over their time window)."""
+        starts = [_ms(r.started_at) for r in group]
+        lo, hi = min(starts), max(starts)
+        wanted = {r.record_id for r in group}
+        found: dict[str, _Existing] = {}
+        token: str | None = None
+        while True:
+            page = self.client.search_runs(
+                [exp_id],
+                filter_string=f"attributes.start_time >= {lo} AND attributes.start_time <= {hi}",
+                max_results=1000,
+                page_token=token,
+            )
+            for run in page:
+                rid = run.data.tags.get("record_id")
+                if rid in wanted:
+                    found[rid] = _Existing(run.info.run_id, run.info.status != "RUNNING")
+            token = page.token
+            if not token:
+                return found
+
+    def _write(self, exp_id: str, record: Record, *, existing: Mapping[str, _Existing]) -> str:
+        from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+        client = self.client
+        name, tags, metrics, params = run_fields(record)
+        parent = record.parent_id
+        if parent is not None:
+            known = self._op_runs.get(parent)
+            if known is not None and known[0] == exp_id:
+                tags["mlflow.parentRunId"] = known[1]
+        start = _ms(record.started_at)
+        end = _ms(record.started_at + (record.duration_s or 0.0))
+        prior = existing.get(record.record_id)
+        if prior is not None and prior.finished:
+            run_id = prior.run_id
+        else:
+            tag_items = list(tags.items())
+            if prior is None:
+                # record_id goes in with create_run, so the run is findable from its first byte.
+                first = dict(tag_items[:_MAX_TAGS])
+                rest = tag_items[_MAX_TAGS:]
+                run = client.create_run(exp_id, start_time=start, tags=first, run_name=name)
+                run_id = run.info.run_id
+            else:
+                # An earlier attempt created the run and died before finishing it: complete it.
+                run_id = prior.run_id
+                rest = tag_items
+            metric_list = [Metric(k, v, end, 0) for k, v in metrics.items()]
+            param_list = [Param(k, v) for k, v in params.items()]
+            tag_list = [RunTag(k, v) for k, v in rest]
+            while metric_list or param_list or tag_list:
+                p = param_list[:_MAX_PARAMS]
+                t = tag_list[:_MAX_TAGS]
+                m = metric_list[: _MAX_ENTITIES - len(p) - len(t)][:_MAX_METRICS]
+                client.log_batch(run_id, metrics=m, params=p, tags=t)
+                metric_list = metric_list[len(m) :]
+                param_list = param_list[len(p) :]
+                tag_list = tag_list[len(t) :]
+            status = RunStatus.FINISHED if record.status == "success" else RunStatus.FAILED
+            # The store call, not MlflowClient.set_terminated: that one also fetches the run
+            # again just to print its URL (one more request per run over HTTP).
+            client._tracking_client.store.update_run_info(run_id, status, end, name)
+        if isinstance(record, OperationRecord):
+            with self._lock:
+                self._op_runs[record.record_id] = (exp_id, run_id)
+                if len(self._op_runs) > _LRU_SIZE:
+                    self._op_runs.popitem(last=False)
+        if parent is not None and "mlflow.parentRunId" not in tags:
+            with self._lock:
+                self._orphans.setdefault(parent, []).append((exp_id, run_id))
+                if len(self._orphans) > _LRU_SIZE:
+                    self._orphans.popitem(last=False)
+        return run_id
+
+    def _adopt_children(self, exp_id: str, op: Record, run_id: str, linked: int) -> None:
+        """Nest the runs written before their operation (calls, inner operations) under its run."""
+        assert isinstance(op, OperationRecord)
+        with self._lock:
+            waiting = self._orphans.pop(op.record_id, [])
+        client = self.client
+        for child_exp, child_run in waiting:
+            if child_exp == exp_id:
+                client.set_tag(child_run, "mlflow.parentRunId", run_id)
+                linked += 1
+        if op.call_count > linked:
+            # Calls written by another process (before a restart) are only found in the store.
+            for run in client.search_runs(
+                [exp_id], filter_string=f"tags.parent_record_id = '{op.record_id}'", max_results=1000
+            ):
+                if run.data.tags.get("mlflow.parentRunId") != run_id:
+                    client.set_tag(run.info.run_id, "mlflow.parentRunId", run_id)
+
+    def force_flush(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        return f"MlflowSink({self.tracking_uri!r})"
+
