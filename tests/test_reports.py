@@ -172,3 +172,46 @@ class TestStore:
         assert reports.parse_when("2026-01-02", end=True).isoformat() == "2026-01-03T00:00:00+00:00"  # type: ignore[union-attr]
         assert reports.parse_when(None) is None
         assert reports.parse_when("7d") is not None
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store written by the real pipeline (client → exporter → MlflowSink)."""
+    pytest.importorskip("tracked_openai.sinks.mlflow", reason="needs the MLflow sink")
+    from .test_reports_helpers import seed_through_library
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('pipeline') / 'mlflow.db'}"
+    seed_through_library(uri)
+    return uri
+
+
+class TestOnWhatTheLibraryWrites:
+    """The same aggregates over runs produced by the library itself."""
+
+    def test_feature_totals(self, uri: str) -> None:
+        m = reports.feature_metrics("pid_verification", tracking_uri=uri)
+        assert m["total_runs"] == 3  # P1, P2, N; the nested operation and the calls are not runs
+        assert m["success_rate"] == pytest.approx(200 / 3)
+        assert m["avg_confidence"] == pytest.approx(0.9)
+        assert (m["total_calls"], m["failed_calls"], m["unpriced_calls"]) == (5, 1, 0)
+        assert (m["prompt_tokens"], m["completion_tokens"]) == (4000, 800)
+        assert m["total_cost"] == pytest.approx(4 * 0.00027)
+        assert 0 < m["p50_execution_time"] <= m["p95_execution_time"]
+        ops = {r["key"]: r for r in m["by_operation"]}
+        assert (ops["image_analysis"]["total_runs"], ops["image_analysis"]["total_calls"]) == (2, 4)
+        assert ops["image_analysis"]["total_cost"] == pytest.approx(3 * 0.00027)
+        assert (ops["sub"]["total_runs"], ops["sub"]["total_calls"]) == (0, 1)
+        assert ops["report"]["total_cost"] == pytest.approx(0.00027)
+
+    def test_all_features_with_unpriced_top_level_call(self, uri: str) -> None:
+        m = reports.feature_metrics(tracking_uri=uri)
+        assert (m["total_runs"], m["total_calls"], m["unpriced_calls"]) == (4, 6, 1)
+        assert m["total_cost"] == pytest.approx(4 * 0.00027)
+        default = {r["key"]: r for r in m["by_feature"]}["default"]
+        assert (default["total_runs"], default["unpriced_calls"]) == (1, 1)
+
+    def test_recent_runs_are_top_level(self, uri: str) -> None:
+        rows = reports.recent_runs("pid_verification", limit=10, tracking_uri=uri)
+        assert [r["tags.operation"] for r in rows] == ["report", "image_analysis", "image_analysis"]
+        assert [r["tags.status"] for r in rows] == ["success", "error", "success"]
+        assert rows[2]["metrics.confidence_score"] == 0.9

@@ -143,3 +143,81 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def _chat_body(model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop",
+             "logprobs": None}
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def seed_through_library(uri: str) -> None:
+    """Runs written by the library itself: tracked client over the fake transport, the
+    decorators and ``track``, exported by ``MlflowSink`` into ``uri``.
+
+    - ``pid_verification``: P1 (vision decorator, 2 gpt-4o-mini calls, confidence 0.9),
+      P2 (``track`` block: 1 gpt-4o-mini call, then a 400 error → operation failed),
+      N (operation ``report`` with nested operation ``sub`` holding 1 gpt-4o-mini call).
+    - ``default`` (the default feature): one top-level call to an unpriced model.
+
+    Every gpt-4o-mini call is 1000 prompt / 200 completion tokens: 0.00027 USD at $0.15/$0.60
+    per 1M tokens.
+    """
+    import openai
+
+    import tracked_openai
+    from tracked_openai import track
+    from tracked_openai.decorators import track_gpt_vision
+    from tracked_openai.sinks.mlflow import MlflowSink
+
+    from .fakeopenai import FakeOpenAI, FakeResponse
+
+    fake = FakeOpenAI()
+    ok = FakeResponse(json_body=_chat_body("gpt-4o-mini", 1000, 200))
+    fake.add("POST", "/chat/completions", lambda request: (
+        FakeResponse(status=400, json_body={"error": {"message": "bad", "type": "invalid_request_error",
+                                                      "param": None, "code": None}})
+        if b'"broken"' in request.content
+        else FakeResponse(json_body=_chat_body("mystery-model-1", 10, 5))
+        if b'"mystery-model"' in request.content
+        else ok
+    ))
+    messages: Any = [{"role": "user", "content": "check"}]
+    sink = MlflowSink(tracking_uri=uri)
+    tracked_openai.configure(sinks=[sink], enabled=True)
+    client = tracked_openai.OpenAI(api_key="sk-test", http_client=fake.sync_client(), max_retries=0)
+    try:
+
+        @track_gpt_vision("pid_verification", "image_analysis")
+        def analyze() -> dict[str, float]:
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            return {"confidence": 0.9}
+
+        analyze()
+        try:
+            with track("pid_verification", "image_analysis"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+                client.chat.completions.create(model="broken", messages=messages)
+        except openai.BadRequestError:
+            pass
+        with track("pid_verification", "report"), track(None, "sub"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        client.chat.completions.create(model="mystery-model", messages=messages)
+        assert tracked_openai.flush(timeout=60)
+    finally:
+        client.close()
+        tracked_openai.shutdown(timeout=30)
+        tracked_openai.configure(sinks=[])
