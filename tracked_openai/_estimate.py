@@ -110,6 +110,8 @@ def estimate_prompt_tokens(endpoint: str, request: dict[str, Any], model: str | 
             if not isinstance(message, dict):
                 continue
             total += 3 + sum(n(t) for t in _texts(message.get("content")))
+            if isinstance(message.get("role"), str):
+                total += n(message["role"])  # the recipe encodes every value, the role included
             if message.get("name"):
                 total += 1 + n(str(message["name"]))
         return total
