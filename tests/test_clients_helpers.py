@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -23,6 +24,35 @@ from tests.fakeopenai import FakeOpenAI, FakeResponse, load_fixture
 from tracked_openai.records import USAGE_KEYS, CallRecord
 
 MODES = ("plain", "raw", "streaming")
+REQUIRED_CALL_KEYS = set(
+    [
+        "kind",
+        "record_id",
+        "parent_id",
+        "started_at",
+        "duration_s",
+        "feature",
+        "operation",
+        "function",
+        "tags",
+        "endpoint",
+        "model",
+        "response_model",
+        "params",
+        "usage",
+        "usage_source",
+        "service_tier",
+        "cost",
+        "cost_status",
+        "pricing_version",
+        "status",
+        "error_type",
+        "error_message",
+        "http_status",
+        "attempts",
+        "request_ids",
+    ]
+)
 QUICK_RETRY = {"retry-after-ms": "1"}
 
 
@@ -208,8 +238,14 @@ def check_record(call: CallRecord, expect: Expect, *, estimated: bool = False) -
         assert call.service_tier == expect.service_tier
     # JSON-safe and carrying the documented keys.
     data = json.loads(json.dumps(call.to_dict()))
+    assert set(data) >= REQUIRED_CALL_KEYS
+    assert set(data["usage"]) == set(USAGE_KEYS)
     assert data["usage"] == call.usage.to_dict()
     assert data["endpoint"] == expect.endpoint
+    assert data["kind"] == "call" and data["stream"] is expect.stream
+    started = datetime.fromisoformat(data["started_at"])
+    assert started.utcoffset() == timedelta(0)
+    assert isinstance(data["duration_s"], float) and data["duration_s"] >= 0
 
 
 @dataclass

@@ -14,6 +14,7 @@ import tracked_openai
 from tests.conftest import API_KEY
 from tests.fakeopenai import FakeOpenAI, FakeResponse
 from tests.test_clients_helpers import fixture_responder, make_clients, normalize, usage_aware_stream
+from tracked_openai._estimate import count_tokens
 
 MSG = [{"role": "user", "content": "Say this is a test"}]
 CHAT_STREAM = "chat_stream_gpt4_include_usage"
@@ -45,7 +46,9 @@ def test_early_break_recorded_once_with_estimate(fake, records) -> None:
     assert call.status == "success"
     assert call.stream is True
     assert call.usage_source == "estimated"
-    assert (call.usage.input_tokens or 0) > 0
+    # The server billed this prompt 12 tokens (recorded usage chunk); the estimate agrees.
+    assert call.usage.input_tokens == 12
+    assert call.usage.output_tokens == 0  # the role chunk carries no text
     assert call.response_model == "gpt-4-0613"
     assert call.request_ids == [RID]
     assert call.stream_end == "closed_early"
@@ -504,9 +507,10 @@ def _length_error_stream(fake, records):
     tracked, plain, _ = make_clients(fake, is_async=False)
     excs = []
     for client in (tracked, plain):
-        with pytest.raises(openai.LengthFinishReasonError) as info, client.chat.completions.stream(
-            model="gpt-4", messages=MSG, response_format=Person
-        ) as stream:
+        with (
+            pytest.raises(openai.LengthFinishReasonError) as info,
+            client.chat.completions.stream(model="gpt-4", messages=MSG, response_format=Person) as stream,
+        ):
             for _ in stream:
                 pass
         excs.append(info.value)
@@ -549,3 +553,76 @@ async def test_async_drain_does_not_observe_the_body_twice(fake, records) -> Non
     sync_call, async_call = records.calls
     assert sync_call.usage_source == async_call.usage_source == "estimated"
     assert async_call.usage.to_dict() == sync_call.usage.to_dict()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_server_ignoring_include_usage_is_estimated(fake, records, is_async: bool) -> None:
+    # An OpenAI host that never sends the usage chunk (e.g. an old Azure api-version): the caller
+    # sees exactly the server's chunks and the record carries an estimate.
+    fake.add("POST", "/chat/completions", fixture_responder("chat_stream_gpt35_no_usage_2024"))
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+    kw = dict(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Tell me a joke about opentelemetry"}]
+    )
+    if is_async:
+        got = [normalize(c) async for c in await tracked.chat.completions.create(stream=True, **kw)]
+        want = [normalize(c) async for c in await plain.chat.completions.create(stream=True, **kw)]
+    else:
+        got = [normalize(c) for c in tracked.chat.completions.create(stream=True, **kw)]
+        want = [normalize(c) for c in plain.chat.completions.create(stream=True, **kw)]
+    assert got == want
+    (call,) = records.calls
+    assert call.usage_source == "estimated"
+    assert call.response_model == "gpt-3.5-turbo-0125"
+    # The same prompt, recorded on Azure gpt-35-turbo, was billed 15 prompt tokens.
+    assert call.usage.input_tokens == 15
+    text = "".join(c[2]["choices"][0]["delta"].get("content") or "" for c in got if c[2]["choices"])
+    assert call.usage.output_tokens == count_tokens(text, "gpt-3.5-turbo-0125")
+    assert call.stream_end == "complete"
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_read_timeout_mid_stream(fake, records, is_async: bool) -> None:
+    _chat(fake, fail_after=500, error=httpx2.ReadTimeout)
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+
+    async def consume(client):
+        with pytest.raises(Exception) as info:
+            if is_async:
+                async for _ in await client.chat.completions.create(model="gpt-4", messages=MSG, stream=True):
+                    pass
+            else:
+                for _ in client.chat.completions.create(model="gpt-4", messages=MSG, stream=True):
+                    pass
+        return info.value
+
+    exc, plain_exc = await consume(tracked), await consume(plain)
+    assert _exc_key(exc) == _exc_key(plain_exc)
+    (call,) = records.calls
+    assert call.status == "error" and call.stream is True
+
+
+def test_stream_retried_after_429(fake, records) -> None:
+    from tests.test_clients_helpers import QUICK_RETRY
+
+    stream = usage_aware_stream(CHAT_STREAM)
+    state = {"n": 0}
+
+    def respond(request):
+        state["n"] += 1
+        if state["n"] == 1:
+            body = {"error": {"message": "slow down", "type": "rate_limit_error"}}
+            return FakeResponse(
+                status=429, json_body=body, headers={"x-request-id": "req_429", **QUICK_RETRY}
+            )
+        return stream(request)
+
+    fake.add("POST", "/chat/completions", respond)
+    tracked, _, _ = make_clients(fake, is_async=False, max_retries=1)
+    chunks = list(tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True))
+    assert all(c.choices for c in chunks)
+    # The retried request still carries the injected include_usage.
+    assert fake.bodies[0] == fake.bodies[1] and fake.bodies[1]["stream_options"] == {"include_usage": True}
+    (call,) = records.calls
+    assert call.attempts == 2 and call.request_ids == ["req_429", RID]
+    assert call.usage.input_tokens == 12 and call.usage_source == "response"
