@@ -539,15 +539,18 @@ class Exporter:
                 self._in_flight += len(spooled.records)
             try:
                 pending = self._export_with_retry(spooled.records, targets, attempts)
+                if pending:
+                    self._spool.release(spooled)
+                else:
+                    self._spool.done(spooled)
+                    self._count("replayed", len(spooled.records))
+                    self._count("exported", len(spooled.records))
+                    replayed = True
             finally:
+                # Only now: flush() must not see "idle" between the export and the bookkeeping.
                 self._done(spooled.records)
             if pending:
-                self._spool.release(spooled)
                 break
-            self._spool.done(spooled)
-            self._count("replayed", len(spooled.records))
-            self._count("exported", len(spooled.records))
-            replayed = True
         return replayed
 
     # -- exit ------------------------------------------------------------------------------------
