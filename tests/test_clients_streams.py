@@ -626,3 +626,41 @@ def test_stream_retried_after_429(fake, records) -> None:
     (call,) = records.calls
     assert call.attempts == 2 and call.request_ids == ["req_429", RID]
     assert call.usage.input_tokens == 12 and call.usage_source == "response"
+
+
+async def test_task_cancelled_mid_stream(fake, records) -> None:
+    import asyncio
+
+    _chat(fake)
+    tracked, _, _ = make_clients(fake, is_async=True)
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        stream = await tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+        async with stream:
+            async for _ in stream:
+                started.set()
+                await asyncio.sleep(10)
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (call,) = records.calls
+    assert call.stream is True
+    assert call.stream_end in ("closed_early", "error")
+    assert (call.usage.input_tokens or 0) > 0
+
+
+async def test_async_responses_stream_helper_break(fake, records) -> None:
+    fake.add("POST", "/responses", fixture_responder("responses_stream_gpt41_nano"))
+    tracked, _, _ = make_clients(fake, is_async=True)
+    async with tracked.responses.stream(model="gpt-4.1-nano", input="What is 2+2?") as stream:
+        async for _event in stream:
+            break
+    (call,) = records.calls
+    assert call.status == "success" and call.usage_source == "estimated"
+    # The server billed this input 14 tokens (recorded); the estimate counts the text only.
+    assert 0 < call.usage.input_tokens <= 14
+    assert call.response_model == "gpt-4.1-nano-2025-04-14"
