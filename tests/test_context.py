@@ -207,3 +207,52 @@ def test_default_feature_outside_track(chat, records) -> None:
         tracked_openai.configure(default_feature="default")
     (call,) = records.calls
     assert call.feature == "unassigned" and call.parent_id is None and call.operation is None
+
+
+async def test_to_thread_inherits_the_scope(chat, records) -> None:
+    client, _, _ = make_clients(chat, is_async=False)
+    async with track("offloaded", "op") as op:
+        await asyncio.to_thread(_ask, client)
+    (call,) = records.calls
+    assert call.feature == "offloaded" and call.parent_id == op.record_id
+    (rec,) = records.operations
+    assert rec.call_count == 1
+
+
+def test_copy_context_run_in_a_thread_pool(chat, records) -> None:
+    import contextvars
+
+    client, _, _ = make_clients(chat, is_async=False)
+    with track("fanout") as op:
+        ctx = contextvars.copy_context()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: ctx.copy().run(_ask, client), range(2)))
+    assert {c.parent_id for c in records.calls} == {op.record_id}
+    (rec,) = records.operations
+    assert rec.call_count == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design: a stream returned from a decorated function finishes after the operation "
+    "record was submitted; whether the roll-up includes it depends on when the exporter thread "
+    "prepares the operation (here forced by a flush), i.e. it is timing-dependent. The call "
+    "still carries the operation's parent_id",
+)
+def test_stream_returned_from_decorated_function_is_rolled_up(fake, records) -> None:
+    from tests.test_clients_helpers import usage_aware_stream
+
+    fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+    client, _, _ = make_clients(fake, is_async=False)
+
+    @track("streaming_feature")
+    def start():
+        return client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+
+    stream = start()
+    records.flush()  # the exporter prepares the operation before the stream is read
+    list(stream)
+    (call,) = records.calls
+    (op,) = records.operations
+    assert call.parent_id == op.record_id
+    assert op.call_count == 1 and op.usage.input_tokens == 12
