@@ -664,3 +664,41 @@ async def test_async_responses_stream_helper_break(fake, records) -> None:
     # The server billed this input 14 tokens (recorded); the estimate counts the text only.
     assert 0 < call.usage.input_tokens <= 14
     assert call.response_model == "gpt-4.1-nano-2025-04-14"
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_responses_stream_error_event(fake, records, is_async: bool) -> None:
+    from tests.fakeopenai import load_fixture
+
+    sse = load_fixture("responses_stream_gpt41_nano")["response_sse"]
+    head = sse.split("\n\n")[0] + "\n\n"  # response.created
+    error = {
+        "type": "error",
+        "code": "server_error",
+        "message": "Something broke.",
+        "param": None,
+        "sequence_number": 1,
+    }
+    body = head + f"event: error\ndata: {json.dumps(error)}\n\n"
+    fake.add("POST", "/responses", lambda r: FakeResponse(sse=body, headers={"x-request-id": "req_err"}))
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+
+    async def consume(client):
+        events, exc = [], None
+        try:
+            if is_async:
+                async for e in await client.responses.create(model="gpt-4.1-nano", input="x", stream=True):
+                    events.append(normalize(e))
+            else:
+                for e in client.responses.create(model="gpt-4.1-nano", input="x", stream=True):
+                    events.append(normalize(e))
+        except Exception as e:  # whatever the SDK does, the tracked client must do the same
+            exc = _exc_key(e)
+        return events, exc
+
+    assert await consume(tracked) == await consume(plain)
+    (call,) = records.calls
+    assert call.status == "error"
+    assert call.error_message == "Something broke."
+    assert call.request_ids == ["req_err"]
+    assert call.response_model == "gpt-4.1-nano-2025-04-14"
