@@ -181,3 +181,16 @@ def test_other_clients_in_process_are_untouched(fake, records) -> None:
     plain.chat.completions.create(model="gpt-5-nano", messages=MSG)
     assert type(plain).request is openai.OpenAI.request
     assert records.records == []
+
+
+def test_responses_stream_by_id_is_a_free_retrieve(fake, records) -> None:
+    # `responses.stream(response_id=...)` re-reads a stored response (GET): not billed again.
+    fake.add("GET", "/responses/resp_1", fixture_responder("responses_stream_gpt41_nano"))
+    tracked, plain, _ = make_clients(fake, is_async=False)
+
+    def run(client):
+        with client.responses.stream(response_id="resp_1") as stream:
+            return [e.type for e in stream]
+
+    assert run(tracked) == run(plain)
+    assert records.records == []
