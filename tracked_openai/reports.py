@@ -282,8 +282,13 @@ def _iso_ms(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
 
+# Large and host-internal (file paths, source lines): kept in MLflow, left out of list rows.
+_HIDDEN_TAGS = frozenset({"error_traceback"})
+
+
 def run_row(run: Any) -> dict[str, Any]:
-    """A run as the flat dict the seed's API returned (``mlflow.search_runs`` column names)."""
+    """A run as the flat dict the seed's API returned (``mlflow.search_runs`` column names).
+    MLflow's own ``mlflow.*`` tags and the failure traceback are left out."""
     info = run.info
     row: dict[str, Any] = {
         "run_id": info.run_id,
@@ -295,7 +300,13 @@ def run_row(run: Any) -> dict[str, Any]:
     }
     row.update({f"metrics.{k}": v for k, v in sorted(run.data.metrics.items())})
     row.update({f"params.{k}": v for k, v in sorted(run.data.params.items())})
-    row.update({f"tags.{k}": v for k, v in sorted(run.data.tags.items()) if not k.startswith("mlflow.")})
+    row.update(
+        {
+            f"tags.{k}": v
+            for k, v in sorted(run.data.tags.items())
+            if not k.startswith("mlflow.") and k not in _HIDDEN_TAGS
+        }
+    )
     for key in ("metrics.execution_time", "metrics.confidence_score", "tags.status"):
         row.setdefault(key, None)
     return row

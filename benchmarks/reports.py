@@ -1,0 +1,136 @@
+"""How long reports take on big experiments: 10k and 100k MLflow runs in a temporary SQLite store.
+
+    .venv/bin/python benchmarks/reports.py [--sizes 10000 100000] [--page-size 5000]
+
+The store is created by MLflow (its own schema and migrations), then filled fast with plain
+SQL inserts into MLflow's tables, shaped exactly like MlflowSink's runs: one operation run and
+two nested call runs per group (tags, latest metrics, params), spread over 30 days and four
+models. Then it times ``feature_metrics`` (one feature, and all features with a date filter)
+and ``recent_runs``, and prints the peak resident memory, which stays flat because reports
+fold one page at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tracked_openai import reports
+
+MODELS = [("gpt-4o", 0.0025, 0.01), ("gpt-4o-mini", 0.00015, 0.0006), ("gpt-4.1", 0.002, 0.008),
+          ("o4-mini", 0.0011, 0.0044)]
+FEATURES = ["pid_verification", "pfd_conversion", "crs_analysis", "visual_generation"]
+DAY_MS = 86_400_000
+
+
+def seed(db: Path, total_runs: int) -> tuple[int, int]:
+    """Fill ``db`` with ``total_runs`` runs (a third operations); returns (operations, calls)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_ids = {f: client.create_experiment(reports.experiment_name(f), tags={reports.FEATURE_TAG: f})
+               for f in FEATURES}
+    rng = random.Random(7)
+    now = int(time.time() * 1000)
+    runs, tags, metrics, params = [], [], [], []
+    groups = total_runs // 3
+
+    def add(run_id: str, exp: str, start: int, secs: float, ok: bool, t: dict, m: dict, p: dict) -> None:
+        runs.append((run_id, "run", "UNKNOWN", "", "", "bench", "FINISHED" if ok else "FAILED",
+                     start, start + int(secs * 1000), "", "active", "", int(exp)))
+        tags.extend((k, v, run_id) for k, v in t.items())
+        metrics.extend((k, float(v), start, 0, 0, run_id) for k, v in m.items())
+        params.extend((k, v, run_id) for k, v in p.items())
+
+    for g in range(groups):
+        feature = FEATURES[g % len(FEATURES)]
+        exp = exp_ids[feature]
+        start = now - rng.randrange(30 * DAY_MS)
+        op_id = uuid.uuid4().hex
+        ok = rng.random() > 0.03
+        op_cost, op_in, op_out, op_time = 0.0, 0, 0, 0.0
+        for c in range(2):
+            model, pin, pout = MODELS[rng.randrange(len(MODELS))]
+            tin, tout = rng.randrange(200, 4000), rng.randrange(50, 800)
+            secs = rng.uniform(0.3, 4.0)
+            cost = tin / 1000 * pin + tout / 1000 * pout
+            call_ok = ok or c == 0
+            op_cost += cost
+            op_in, op_out, op_time = op_in + tin, op_out + tout, op_time + secs
+            add(uuid.uuid4().hex, exp, start + c, secs, call_ok,
+                {"kind": "call", "feature": feature, "operation": "analysis", "status": "success" if call_ok else "error",
+                 "model": model, "endpoint": "chat.completions", "cost_status": "priced", "usage_source": "response",
+                 "mlflow.parentRunId": op_id, "record_id": uuid.uuid4().hex},
+                {"execution_time": secs, "prompt_tokens": tin, "completion_tokens": tout,
+                 "total_tokens": tin + tout, "cost_usd": cost, "attempts": 1},
+                {"model": model, "temperature": "0.2"})
+        add(op_id, exp, start, op_time + 0.05, ok,
+            {"kind": "operation", "feature": feature, "operation": "analysis", "status": "success" if ok else "error",
+             "function": "analyze", "record_id": uuid.uuid4().hex},
+            {"execution_time": op_time + 0.05, "cost_usd": op_cost, "call_count": 2,
+             "confidence_score": rng.uniform(0.7, 0.99), "prompt_tokens": op_in, "completion_tokens": op_out},
+            {})
+    con = sqlite3.connect(db)
+    with con:
+        con.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, entry_point_name, user_id,"
+                        " status, start_time, end_time, source_version, lifecycle_stage, artifact_uri,"
+                        " experiment_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", runs)
+        con.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?,?,?)", tags)
+        con.executemany("INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid) VALUES (?,?,?,?,?,?)",
+                        metrics)
+        con.executemany("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)"
+                        " VALUES (?,?,?,?,?,?)", metrics)
+        con.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?,?,?)", params)
+    con.close()
+    return groups, groups * 2
+
+
+def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    result = fn(*args, **kw)
+    return result, time.perf_counter() - t0
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--page-size", type=int, default=5_000)
+    args = ap.parse_args()
+    import mlflow  # noqa: F401 - so the baseline memory includes MLflow itself
+
+    print(f"python {sys.version.split()[0]}, page size {args.page_size}, "
+          f"max RSS after importing MLflow: {max_rss_mb():.0f}MB")
+    print(f"{'runs':>8} {'top-level':>9} {'seed':>7} {'metrics(1 feature)':>19} {'metrics(all, 7d)':>17}"
+          f" {'metrics(all)':>13} {'recent_runs(10)':>16} {'runs/s':>8} {'max RSS':>9}")
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "mlflow.db"
+            (ops, calls), seed_s = timed(seed, db, size)
+            uri = f"sqlite:///{db}"
+            reports.feature_metrics("pid_verification", tracking_uri=uri, page_size=10)  # warm: imports, engine
+            _one, t_one = timed(reports.feature_metrics, "pid_verification", tracking_uri=uri,
+                               page_size=args.page_size)
+            _week, t_week = timed(reports.feature_metrics, since="7d", tracking_uri=uri, page_size=args.page_size)
+            every, t_all = timed(reports.feature_metrics, tracking_uri=uri, page_size=args.page_size)
+            rows, t_recent = timed(reports.recent_runs, "crs_analysis", 10, tracking_uri=uri)
+            assert every["total_runs"] == ops and every["total_calls"] == calls, every
+            assert len(rows) == 10
+            print(f"{ops + calls:>8,} {ops:>9,} {seed_s:>6.1f}s {t_one:>18.2f}s {t_week:>16.2f}s {t_all:>12.2f}s"
+                  f" {t_recent:>15.3f}s {(ops + calls) / t_all:>8,.0f} {max_rss_mb():>7.0f}MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
