@@ -215,3 +215,27 @@ class TestOnWhatTheLibraryWrites:
         assert [r["tags.operation"] for r in rows] == ["report", "image_analysis", "image_analysis"]
         assert [r["tags.status"] for r in rows] == ["success", "error", "success"]
         assert rows[2]["metrics.confidence_score"] == 0.9
+
+
+@pytest.fixture(scope="module")
+def http_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """A real `mlflow server` (own process, loopback port) seeded over HTTP."""
+    from .mlflow_server import MlflowServer
+
+    workdir = tmp_path_factory.mktemp("mlflow-http")
+    server = MlflowServer(f"sqlite:///{workdir / 'mlflow.db'}", workdir)
+    server.start()
+    try:
+        yield seed_contract_store(server.url)
+    finally:
+        server.stop()
+
+
+def test_reports_over_an_mlflow_server(http_store: Seeded, seeded: Seeded) -> None:
+    """Through the REST store (paged: 3 runs a page) the answers equal the embedded store's."""
+    assert reports.check_store(http_store.uri) == http_store.uri
+    over_http = reports.feature_metrics(tracking_uri=http_store.uri, page_size=3)
+    local = reports.feature_metrics(tracking_uri=seeded.uri)
+    assert over_http == local
+    rows = reports.recent_runs("pid_verification", limit=2, tracking_uri=http_store.uri)
+    assert [r["run_id"] for r in rows] == [http_store.run_ids["D"], http_store.run_ids["C"]]
