@@ -356,3 +356,30 @@ def test_prices_are_exact_decimals_not_floats(tmp_path: Path) -> None:
         write(tmp_path / "p.yaml", "version: x\nmodels:\n  m:\n    source: s\n    input: 0.1\n")
     )
     assert pf.models["m"].input == Decimal("0.1")  # a binary float would be 0.1000000000000000055...
+
+
+def test_installed_wheel_layout_finds_the_packaged_tables(tmp_path: Path) -> None:
+    # A wheel has no top-level pricing/ folder: hatch force-includes it as tracked_openai/_pricing_data.
+    import shutil
+    import subprocess
+    import sys
+
+    package = Path(pricing.__file__).resolve().parent
+    site = tmp_path / "site"
+    shutil.copytree(package, site / "tracked_openai", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(shipped_pricing_dir(), site / "tracked_openai" / "_pricing_data")
+    code = (
+        "import tracked_openai.pricing as p; d = p.shipped_pricing_dir(); "
+        "print(d.name, p.load_price_book().version)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["_pricing_data", SHIPPED_VERSION]
