@@ -123,6 +123,8 @@ def _comparisons(book: pricing.PriceBook) -> Iterator[tuple[str, str, str, dict[
             until = datetime(period.until.year, period.until.month, period.until.day, tzinfo=UTC)
             at = until - timedelta(days=1)
             yield name, "standard", f"until {period.until.isoformat()}", TEXT, at
+            if period.long_context is not None:
+                yield name, "standard", f"until {period.until.isoformat()} long", LONG, at
 
 
 def test_prices_agree_with_genai_prices_except_documented(book: pricing.PriceBook) -> None:
