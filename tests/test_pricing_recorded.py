@@ -259,6 +259,29 @@ CASES = [
         D("0.00011"),
         "exact",
     ),
+    # responses.compact, gpt-5.4-mini 0.75 / cached 0.075 / 4.50 (the body has no model: request model)
+    # in (5000 - 3000) * 0.75 + 3000 * 0.075 = 1500 + 225 = 1725/1M; out 800 * 4.5 = 3600/1M
+    PricedCase(
+        "pricing_responses_compact_gpt54_mini",
+        "/responses/compact",
+        lambda c: c.responses.compact(model="gpt-5.4-mini", input="a long conversation"),
+        D("0.001725"),
+        D("0.0036"),
+        "exact",
+    ),
+    # decisions, gpt-5.6-terra (since 2026-07-30) 2 / cached 0.20 / cache write 2.50 / 12:
+    # in (3000 - 1000 - 1500) * 2 + 1000 * 0.2 + 1500 * 2.5 = 1000 + 200 + 3750 = 4950/1M
+    # out 50 * 12 = 600/1M
+    PricedCase(
+        "pricing_decisions_gpt56_terra",
+        "/decisions",
+        lambda c: c.decisions.create(
+            model="gpt-5.6-terra", input="Customer says the site is down", questions=[{"name": "urgent"}]
+        ),
+        D("0.00495"),
+        D("0.0006"),
+        "exact",
+    ),
     # legacy completions, gpt-3.5-turbo-instruct 1.50 / 2.00: in 7 * 1.5 = 10.5/1M; out 5 * 2 = 10/1M
     PricedCase(
         "pricing_completions_gpt35_instruct",
