@@ -396,6 +396,13 @@ def test_gpt4o_mini_tts_tokens() -> None:
     assert r.pricing_rule == "exact"
 
 
+def test_gpt4o_mini_tts_usage_without_a_modality_split() -> None:
+    # speech.audio.done usage may give plain input/output tokens: output is audio all the same ($12).
+    # 20 * 0.6 = 12/1M; 1000 * 12 = 12000/1M
+    r = priced("gpt-4o-mini-tts", endpoint="audio.speech", input_tokens=20, output_tokens=1000, characters=80)
+    assert costs(r) == (Decimal("0.000012"), Decimal("0.012"), Decimal("0.012012"))
+
+
 def test_gpt4o_mini_tts_with_characters_only_is_unpriced() -> None:
     r = priced("gpt-4o-mini-tts", endpoint="audio.speech", characters=80)
     assert r.cost is None and r.pricing_rule == "exact; no per-character price"
