@@ -89,6 +89,14 @@ def test_gpt4o_2024_08_06_never_inherits_the_alias_history() -> None:
     assert r.pricing_rule == "exact"
 
 
+def test_a_record_without_a_start_time_gets_the_current_price() -> None:
+    record = CallRecord(endpoint="chat.completions", model="gpt-4o", usage=Usage(input_tokens=1000))
+    assert record.started_at == 0.0
+    price_record(record)
+    assert costs(record)[0] == Decimal("0.0025")  # 1000 * 2.50, not the 2024 $5
+    assert record.pricing_rule == "exact"
+
+
 def test_o3_launch_price_until_2025_06_10() -> None:
     # 10 / cached 2.50 / 40: in (2000 - 500) * 10 + 500 * 2.5 = 15000 + 1250 = 16250/1M
     # out 1000 * 40 = 40000/1M

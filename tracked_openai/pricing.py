@@ -431,6 +431,8 @@ class _Compiled:
     periods: tuple[_Period, ...]  # history in order, then the current price
 
     def at(self, ts: float) -> _Period:
+        if ts <= 0:  # no start time recorded: today's price, not the oldest one
+            return self.periods[-1]
         for p in self.periods:
             if p.until_ts is None or ts < p.until_ts:
                 return p
