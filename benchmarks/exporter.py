@@ -1,0 +1,265 @@
+"""Runs per second into MLflow: the naive fluent path vs our exporter, same store; and a burst
+with the tracking server killed and restarted mid-way.
+
+Stores: embedded SQLite (``sqlite:///…``, in process), ``mlflow server`` with a SQLite backend,
+and ``mlflow server`` with a PostgreSQL backend (skipped when 127.0.0.1:5432 is not reachable).
+Servers are started here, on free loopback ports, with ``mlflow server``'s defaults (4 uvicorn
+workers), and stopped at the end.
+
+* naive: ``mlflow.start_run`` + ``log_params`` + ``log_metrics`` + ``set_tags`` per record, as a
+  user would write it (this is what the seed system did on every call).
+* ours: records submitted to the exporter (``submit`` rate = what the caller sees), then the time
+  until the last one is a finished run (``export`` rate = what the store absorbs).
+* burst: N calls submitted at once; the server is SIGKILLed once a third of them are in MLflow,
+  restarted 2 s later; the script then counts runs by ``record_id`` (missing, duplicates).
+
+    python benchmarks/exporter.py                       # all stores, default sizes
+    python benchmarks/exporter.py --stores server --ours 300 --naive 20
+    python benchmarks/exporter.py --burst 10000 --stores none
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from tests.mlflow_server import (
+    MlflowServer,
+    create_pg_database,
+    drop_pg_database,
+    postgres_available,
+)
+from tracked_openai import _runtime
+from tracked_openai._exporter import Exporter
+from tracked_openai.records import CallRecord, OperationRecord, Record, Usage
+from tracked_openai.sinks.mlflow import MlflowSink
+
+
+def make_records(n: int, feature: str) -> list[Record]:
+    """Realistic mix: one operation per four calls, calls nested in it."""
+    out: list[Record] = []
+    now = time.time()
+    op: OperationRecord | None = None
+    for i in range(n):
+        if i % 5 == 0:
+            if op is not None:
+                out.append(op)
+            op = OperationRecord(
+                started_at=now + i * 1e-4, duration_s=1.2, feature=feature, operation="diagram_analysis",
+                function="analyze", tags={"tracking_type": "gpt_vision"}, metrics={"confidence_score": 0.9},
+            )
+            continue
+        assert op is not None
+        out.append(
+            CallRecord(
+                parent_id=op.record_id, started_at=now + i * 1e-4, duration_s=0.3, feature=feature,
+                operation="diagram_analysis", endpoint="chat.completions", model="gpt-4o",
+                response_model="gpt-4o-2024-08-06", params={"temperature": 0.2, "max_tokens": 800},
+                usage=Usage(input_tokens=1200, cached_input_tokens=0, output_tokens=300),
+                usage_source="response", attempts=1,
+            )
+        )
+    if op is not None and len(out) < n:
+        out.append(op)
+    return out[:n]
+
+
+def naive(uri: str, n: int) -> float:
+    """Runs/s of the fluent one-run-per-call path."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(f"naive-{time.time_ns()}")
+    sink = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sink):  # it prints a "View run" link per run
+        for i in range(n):
+            with mlflow.start_run(run_name="chat.completions"):
+                mlflow.log_params({"model": "gpt-4o", "temperature": 0.2, "max_tokens": 800})
+                mlflow.log_metrics(
+                    {"execution_time": 0.3, "prompt_tokens": 1200, "completion_tokens": 300,
+                     "total_tokens": 1500, "cost_usd": 0.006}
+                )
+                mlflow.set_tags({"feature": "bench", "status": "success", "record_id": str(i)})
+    rate = n / (time.perf_counter() - t0)
+    mlflow.set_tracking_uri(None)
+    return rate
+
+
+def ours(uri: str, n: int, spool: Path) -> tuple[float, float]:
+    """(submit calls/s, export runs/s) through the exporter and MlflowSink."""
+    exporter = Exporter([MlflowSink(uri)], prepare=_runtime.prepare, spool_dir=spool, flush_interval=0.05)
+    warm = make_records(5, "bench-warmup")
+    for r in warm:
+        exporter.submit(r)
+    exporter.flush(120)  # experiment creation, connections, imports: not part of the rate
+    records = make_records(n, f"bench-{time.time_ns()}")
+    t0 = time.perf_counter()
+    for r in records:
+        exporter.submit(r)
+    t_submit = time.perf_counter() - t0
+    ok = exporter.flush(3600)
+    t_total = time.perf_counter() - t0
+    stats = exporter.stats()
+    exporter.shutdown(30)
+    if not ok or stats["exported"] != n + len(warm):
+        print(f"    !! not everything exported: {stats}")
+    return n / t_submit, n / t_total
+
+
+def count_runs(uri: str, feature: str) -> tuple[int, int]:
+    """(runs, distinct record ids) in the feature's experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(feature)
+    if exp is None:
+        return 0, 0
+    ids: list[str] = []
+    token = None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=50_000, page_token=token)
+        ids.extend(r.data.tags.get("record_id", "") for r in page)
+        token = page.token
+        if not token:
+            break
+    return len(ids), len(set(ids))
+
+
+def burst(server: MlflowServer, n: int, spool: Path) -> None:
+    feature = f"burst-{time.time_ns()}"
+    exporter = Exporter([MlflowSink(server.url)], prepare=_runtime.prepare, spool_dir=spool,
+                        flush_interval=0.05, retry_max=2.0)
+    records = make_records(n, feature)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_queue = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak_queue
+        while not stop.is_set():
+            peak_queue = max(peak_queue, exporter.stats()["queued"])
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    submit_times = []
+    for r in records:
+        s = time.perf_counter()
+        exporter.submit(r)
+        submit_times.append(time.perf_counter() - s)
+    t_submitted = time.perf_counter() - t0
+    while exporter.stats()["exported"] < n // 3:
+        time.sleep(0.1)
+    print(f"  killing the server at {exporter.stats()['exported']} exported ({time.perf_counter() - t0:.0f}s)")
+    server.kill()
+    time.sleep(2.0)
+    server.start()
+    print(f"  server back ({time.perf_counter() - t0:.0f}s); flushing")
+    ok = exporter.flush(7200)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    stats = exporter.stats()
+    exporter.shutdown(60)
+    runs, distinct = count_runs(server.url, feature)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    submit_times.sort()
+    print(f"  submitted {n} in {t_submitted:.2f}s (median submit {statistics.median(submit_times) * 1e6:.1f} µs,"
+          f" max {submit_times[-1] * 1e3:.1f} ms)")
+    print(f"  flush ok={ok} after {elapsed:.0f}s; stats={stats}")
+    print(f"  MLflow: {runs} runs, {distinct} distinct record ids, "
+          f"{n - distinct} missing, {runs - distinct} duplicates")
+    print(f"  peak queue {peak_queue} (bound {exporter._queue_size}); max RSS grew {(rss1 - rss0) / 1024:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stores", default="embedded,server,pg",
+                        help="comma list of embedded,server,pg (or 'none')")
+    parser.add_argument("--naive", type=int, default=0, help="naive runs per store (default per store)")
+    parser.add_argument("--ours", type=int, default=0, help="records through the exporter per store")
+    parser.add_argument("--burst", type=int, default=0, help="burst size with a server restart (0: skip)")
+    parser.add_argument("--burst-backend", default="sqlite", choices=["sqlite", "pg"])
+    parser.add_argument("--workers", type=int, default=None, help="uvicorn workers (default: mlflow's)")
+    args = parser.parse_args()
+    stores = [s for s in args.stores.split(",") if s and s != "none"]
+    tmp = Path(tempfile.mkdtemp(prefix="tracked-openai-bench-"))
+    print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} tmp={tmp}")
+    results: list[tuple[str, float, float, float]] = []
+    servers: list[MlflowServer] = []
+    pg_dbs: list[str] = []
+    try:
+        for store in stores:
+            if store == "embedded":
+                uri = f"sqlite:///{tmp / 'embedded.db'}"
+                n_naive, n_ours = args.naive or 200, args.ours or 1000
+            elif store in ("server", "pg"):
+                if store == "pg":
+                    if not postgres_available():
+                        print("pg: skipped (PostgreSQL not reachable on 127.0.0.1:5432)")
+                        continue
+                    name, backend = create_pg_database()
+                    pg_dbs.append(name)
+                else:
+                    backend = f"sqlite:///{tmp / 'server.db'}"
+                workdir = tmp / store
+                workdir.mkdir()
+                server = MlflowServer(backend, workdir, workers=args.workers)
+                servers.append(server)
+                t = time.perf_counter()
+                server.start(timeout=300)
+                print(f"{store}: mlflow server up on {server.url} in {time.perf_counter() - t:.0f}s")
+                uri = server.url
+                n_naive, n_ours = args.naive or 30, args.ours or 1000
+            else:
+                raise SystemExit(f"unknown store {store!r}")
+            rate_naive = naive(uri, n_naive)
+            print(f"{store}: naive {rate_naive:.1f} runs/s ({n_naive} runs)")
+            submit_rate, export_rate = ours(uri, n_ours, tmp / f"spool-{store}")
+            print(f"{store}: ours  {export_rate:.1f} runs/s exported ({n_ours} records; "
+                  f"submit {submit_rate:,.0f} calls/s) = {export_rate / rate_naive:.1f}x naive")
+            results.append((store, rate_naive, export_rate, submit_rate))
+        if args.burst:
+            if args.burst_backend == "pg":
+                if not postgres_available():
+                    raise SystemExit("PostgreSQL not reachable")
+                name, backend = create_pg_database()
+                pg_dbs.append(name)
+            else:
+                backend = f"sqlite:///{tmp / 'burst.db'}"
+            workdir = tmp / "burst"
+            workdir.mkdir()
+            server = MlflowServer(backend, workdir, workers=args.workers)
+            servers.append(server)
+            server.start(timeout=300)
+            print(f"burst: {args.burst} calls, mlflow server ({args.burst_backend}) on {server.url}")
+            burst(server, args.burst, tmp / "spool-burst")
+    finally:
+        for server in servers:
+            server.stop()
+        for name in pg_dbs:
+            drop_pg_database(name)
+    if results:
+        print("\nstore      naive runs/s   ours runs/s   ratio   submit calls/s")
+        for store, rn, ro, rs in results:
+            print(f"{store:<10} {rn:>12.1f} {ro:>13.1f} {ro / rn:>7.1f}x {rs:>15,.0f}")
+
+
+if __name__ == "__main__":
+    main()
