@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -345,15 +345,17 @@ def load_price_files(source: str | Path) -> list[PriceFile]:
 
 @dataclass(slots=True, frozen=True)
 class _Rates:
-    """Per-1M-token rates of one tier with every fallback applied (None = no rate at all)."""
+    """Per-1M-token rates of one tier with every fallback applied (None = no rate at all).
+
+    Cached audio/image rates are not compiled: usage does not split cached tokens by modality, so
+    every cached token is billed at the cached (text) rate.
+    """
 
     text_in: Decimal | None
     cached_in: Decimal | None
     cache_write: Decimal | None
     audio_in: Decimal | None
-    cached_audio_in: Decimal | None
     image_in: Decimal | None
-    cached_image_in: Decimal | None
     text_out: Decimal | None
     audio_out: Decimal | None
     image_out: Decimal | None
@@ -375,9 +377,7 @@ def _compile_rates(r: TokenRates, long: LongContext | None, standard: TokenRates
         cached_in=cached if cached is not None else inp,
         cache_write=r.cache_write if r.cache_write is not None else inp,
         audio_in=audio_in,
-        cached_audio_in=r.cached_audio_input if r.cached_audio_input is not None else audio_in,
         image_in=image_in,
-        cached_image_in=r.cached_image_input if r.cached_image_input is not None else image_in,
         text_out=out,
         audio_out=r.audio_output if r.audio_output is not None else out,
         image_out=r.image_output if r.image_output is not None else out,
@@ -540,8 +540,6 @@ class PriceBook:
             self._cache[key] = found
         return found
 
-    def describe(self, key: str) -> ModelPrice | None:
-        return self.models.get(key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,6 +781,3 @@ def _reset_for_tests(book: PriceBook | None = None) -> None:
         _book = book
         _warned.clear()
 
-
-def iter_models(book: PriceBook | None = None) -> Mapping[str, ModelPrice]:
-    return (book or get_price_book()).models
