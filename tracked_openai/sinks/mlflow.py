@@ -50,6 +50,7 @@ _MAX_KEY = 250
 
 _BAD_KEY = re.compile(r"[^\w\-. /]")
 _LRU_SIZE = 50_000
+_WINDOW_GAP_MS = 5_000
 
 
 _tls = threading.local()
@@ -370,26 +371,38 @@ class MlflowSink:
                 self._adopt_children(exp_id, op, run_id, in_batch)
 
     def _existing(self, exp_id: str, group: Sequence[Record]) -> dict[str, _Existing]:
-        """Runs already in ``exp_id`` for these records (one paged search over their time window)."""
-        starts = [_ms(r.started_at) for r in group]
-        lo, hi = min(starts), max(starts)
+        """Runs already in ``exp_id`` for these records: one paged search per time window.
+
+        MLflow's search has no ``IN`` for tags, so we ask by start time instead. Start times are
+        clustered first (an operation usually started well before the calls of the same batch)
+        so a window never spans minutes of someone else's runs.
+        """
+        starts = sorted({_ms(r.started_at) for r in group})
+        windows: list[list[int]] = [[starts[0], starts[0]]]
+        for start in starts[1:]:
+            if start - windows[-1][1] > _WINDOW_GAP_MS:
+                windows.append([start, start])
+            else:
+                windows[-1][1] = start
         wanted = {r.record_id for r in group}
         found: dict[str, _Existing] = {}
-        token: str | None = None
-        while True:
-            page = self.client.search_runs(
-                [exp_id],
-                filter_string=f"attributes.start_time >= {lo} AND attributes.start_time <= {hi}",
-                max_results=1000,
-                page_token=token,
-            )
-            for run in page:
-                rid = run.data.tags.get("record_id")
-                if rid in wanted:
-                    found[rid] = _Existing(run.info.run_id, run.info.status != "RUNNING")
-            token = page.token
-            if not token:
-                return found
+        for lo, hi in windows:
+            token: str | None = None
+            while True:
+                page = self.client.search_runs(
+                    [exp_id],
+                    filter_string=f"attributes.start_time >= {lo} AND attributes.start_time <= {hi}",
+                    max_results=1000,
+                    page_token=token,
+                )
+                for run in page:
+                    rid = run.data.tags.get("record_id")
+                    if rid in wanted:
+                        found[rid] = _Existing(run.info.run_id, run.info.status != "RUNNING")
+                token = page.token
+                if not token:
+                    break
+        return found
 
     def _write(self, exp_id: str, record: Record, *, existing: Mapping[str, _Existing]) -> str:
         from mlflow.entities import Metric, Param, RunStatus, RunTag
