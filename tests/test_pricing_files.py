@@ -307,6 +307,11 @@ MALFORMED = [
         "version: x\nmodels:\n  m:\n    source: s\n    input: 1\n    long_context:\n      input: 2\n",
         "bad.yaml:6: models.m.long_context.threshold: Field required",
     ),
+    (
+        "model name like a type",
+        "version: x\nmodels:\n  decimal-m:\n    source: s\n    input: [1]\n",
+        "bad.yaml:5: models.decimal-m.input: Decimal input should be an integer",
+    ),
     ("empty", "", "bad.yaml:1: empty price file"),
     ("not a mapping", "- a\n", "bad.yaml:1: a price file is a mapping with `version:` and `models:`"),
     ("currency", "version: x\ncurrency: EUR\nmodels: {}\n", "bad.yaml:2: currency: only USD price tables"),

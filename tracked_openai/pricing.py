@@ -259,8 +259,6 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     for p in loc:
         if isinstance(p, int):
             parts.append(f"[{p}]")
-        elif p in ("function-after", "function-before") or str(p).startswith(("function-", "decimal", "int")):
-            continue
         else:
             parts.append(("." if parts else "") + str(p))
     return "".join(parts) or "(top level)"
