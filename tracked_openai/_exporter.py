@@ -47,12 +47,18 @@ class _AbortError(Exception):
 
 
 def sink_key(sink: Any) -> str:
-    """Which spool entries belong to ``sink``: its ``spool_key`` or its class's qualified name."""
+    """Which spool entries belong to ``sink``.
+
+    A sink that names its destination with a ``spool_key`` string (``MlflowSink``: the tracking
+    URI) gets its spooled records back in any later process. Any other sink gets a key unique to
+    this object in this process: an in-memory or test sink must never receive records another
+    process spooled for its own copy.
+    """
     key = getattr(sink, "spool_key", None)
     if isinstance(key, str) and key:
         return key
     cls = type(sink)
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}@{os.getpid()}:{id(sink):x}"
 
 
 class _Counter:
