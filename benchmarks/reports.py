@@ -106,7 +106,7 @@ def max_rss_mb() -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--page-size", type=int, default=5_000)
+    ap.add_argument("--page-size", type=int, default=reports._PAGE_SIZE)
     args = ap.parse_args()
     import mlflow  # noqa: F401 - so the baseline memory includes MLflow itself
 
