@@ -4,6 +4,7 @@ store, exits 0 and leaves in the store what it says it recorded."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tracked_openai import reports
 
@@ -32,10 +34,15 @@ class Ran:
 def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
     """All examples, three at a time (each spends most of its time importing and in MLflow)."""
     root = tmp_path_factory.mktemp("examples")
+    # Each example gets a copy of one empty, already migrated store: creating MLflow's schema
+    # costs seconds per process and is not what these tests are about.
+    template = root / "template.db"
+    MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
 
     def run(name: str) -> Ran:
         folder = root / name
         folder.mkdir()
+        shutil.copy(template, folder / "mlflow.db")
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI_"))}
         env.update(MLFLOW_TRACKING_URI=uri, TRACKED_OPENAI_SPOOL_DIR=str(folder / "spool"))
