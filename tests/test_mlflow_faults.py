@@ -6,6 +6,7 @@ in MLflow exactly once (counted by ``record_id``) after recovery.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -212,6 +213,7 @@ def test_5xx_answers_are_retried_spooled_and_replayed(
     feature = f"five_xx_{time.time_ns()}"
     fake.add("POST", "/chat/completions", FakeResponse.from_fixture("chat_gpt5_nano_reasoning"))
     client = tracked_openai.OpenAI(api_key="sk-test-hardcoded", http_client=fake.sync_client(), max_retries=0)
+    saved = dataclasses.replace(_runtime.settings)
     _runtime.configure(sinks=[MlflowSink(proxy.url)], spool_dir=str(tmp_path / "spool"), **FAST)
     try:
         proxy.mode = "503"
@@ -233,8 +235,9 @@ def test_5xx_answers_are_retried_spooled_and_replayed(
     finally:
         client.close()
         _runtime.shutdown(10)
-        _runtime.configure(sinks=[], spool_dir=None, flush_interval=1.0, retry_initial=0.5,
-                           retry_max=10.0, retry_attempts=5)
+        for field in dataclasses.fields(saved):
+            setattr(_runtime.settings, field.name, getattr(saved, field.name))
+        _runtime.configure(sinks=[])
 
 
 def test_queue_full_against_server_loses_nothing(
