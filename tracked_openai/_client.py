@@ -32,6 +32,33 @@ def _note_attempt(call: Call | None, response: Any, exc: BaseException | None) -
                 record.request_ids.append(request_id)
 
 
+def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
+    """One HTTP attempt; counted (with its request id) when a tracked call is active."""
+    call = _active.get()
+    if call is None:
+        return send(request, stream=stream, **kwargs)
+    try:
+        response = send(request, stream=stream, **kwargs)
+    except BaseException as exc:
+        _note_attempt(call, None, exc)
+        raise
+    _note_attempt(call, response, None)
+    return response
+
+
+async def _send_async(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
+    call = _active.get()
+    if call is None:
+        return await send(request, stream=stream, **kwargs)
+    try:
+        response = await send(request, stream=stream, **kwargs)
+    except BaseException as exc:
+        _note_attempt(call, None, exc)
+        raise
+    _note_attempt(call, response, None)
+    return response
+
+
 def _tracked_sync(
     client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
 ) -> Any:
@@ -85,16 +112,7 @@ class OpenAI(openai.OpenAI):
         return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
 
     def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
-        call = _active.get()
-        if call is None:
-            return super()._send_request(request, stream=stream, **kwargs)
-        try:
-            response = super()._send_request(request, stream=stream, **kwargs)
-        except BaseException as exc:
-            _note_attempt(call, None, exc)
-            raise
-        _note_attempt(call, response, None)
-        return response
+        return _send_sync(super()._send_request, request, stream, kwargs)
 
 
 class AsyncOpenAI(openai.AsyncOpenAI):
@@ -108,16 +126,7 @@ class AsyncOpenAI(openai.AsyncOpenAI):
         return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
 
     async def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
-        call = _active.get()
-        if call is None:
-            return await super()._send_request(request, stream=stream, **kwargs)
-        try:
-            response = await super()._send_request(request, stream=stream, **kwargs)
-        except BaseException as exc:
-            _note_attempt(call, None, exc)
-            raise
-        _note_attempt(call, response, None)
-        return response
+        return await _send_async(super()._send_request, request, stream, kwargs)
 
 
 class AzureOpenAI(openai.AzureOpenAI):
@@ -129,16 +138,7 @@ class AzureOpenAI(openai.AzureOpenAI):
         return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
 
     def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
-        call = _active.get()
-        if call is None:
-            return super()._send_request(request, stream=stream, **kwargs)
-        try:
-            response = super()._send_request(request, stream=stream, **kwargs)
-        except BaseException as exc:
-            _note_attempt(call, None, exc)
-            raise
-        _note_attempt(call, response, None)
-        return response
+        return _send_sync(super()._send_request, request, stream, kwargs)
 
 
 class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
@@ -152,16 +152,7 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
         return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
 
     async def _send_request(self, request: Any, *, stream: bool, **kwargs: Any) -> Any:
-        call = _active.get()
-        if call is None:
-            return await super()._send_request(request, stream=stream, **kwargs)
-        try:
-            response = await super()._send_request(request, stream=stream, **kwargs)
-        except BaseException as exc:
-            _note_attempt(call, None, exc)
-            raise
-        _note_attempt(call, response, None)
-        return response
+        return await _send_async(super()._send_request, request, stream, kwargs)
 
 
 TrackedOpenAI = OpenAI
