@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from tests.fakeopenai import FakeOpenAI, FakeResponse
-
 import tracked_openai
+from tests.fakeopenai import FakeOpenAI, FakeResponse
 
 
 def test_chat_create_records_usage(client: tracked_openai.OpenAI, fake: FakeOpenAI, records) -> None:

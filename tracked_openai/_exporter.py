@@ -161,6 +161,9 @@ class Exporter:
         self._idle = threading.Condition()
         self._lock = threading.Lock()
         self._in_flight = 0
+        # Replays between claiming a spool file and counting its records in flight: the claimed
+        # file is no longer "pending", so flush() must see the replay some other way.
+        self._replaying = 0
         self._current: list[Record] | None = None
         self._thread: threading.Thread | None = None
         self._spooler: threading.Thread | None = None
@@ -248,7 +251,7 @@ class Exporter:
         return not self._held
 
     def _busy(self) -> bool:
-        if self._queue or self._overflow or self._in_flight:
+        if self._queue or self._overflow or self._in_flight or self._replaying:
             return True
         if self._down_until > time.monotonic():
             return False  # sink down: what could not be exported is spooled (or held)
@@ -402,8 +405,8 @@ class Exporter:
             if self._abort.is_set() or not self._sink_probe_due():
                 break
             if self._held:
-                held, targets = self._held.popleft()
-                with self._idle:
+                with self._idle:  # pop and count together: flush() must never see neither
+                    held, targets = self._held.popleft()
                     self._in_flight += len(held)
                 try:
                     self._deliver(held, targets)
@@ -531,18 +534,25 @@ class Exporter:
         while limit is None or count < limit:
             if self._abort.is_set() or not self._sink_probe_due():
                 break
+            with self._idle:
+                self._replaying += 1
             try:
                 spooled = self._spool.claim(self._keys)
+                if spooled is not None:
+                    with self._idle:
+                        self._in_flight += len(spooled.records)
             except Exception as exc:
                 self._internal_error(exc, "spool replay")
-                break
+                spooled = None
+            finally:
+                with self._idle:
+                    self._replaying -= 1
+                    self._idle.notify_all()
             if spooled is None:
                 break
             count += 1
             targets = [i for i, key in enumerate(self._keys) if key in spooled.sinks]
             attempts = 1 if not self._sink_up() else self._retry_attempts
-            with self._idle:
-                self._in_flight += len(spooled.records)
             try:
                 pending = self._export_with_retry(spooled.records, targets, attempts)
                 if pending:
