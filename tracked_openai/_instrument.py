@@ -26,6 +26,7 @@ from openai._response import BaseAPIResponse
 from openai.lib.azure import AsyncAzureOpenAI, AzureOpenAI
 
 from . import _runtime
+from ._audio import capture_upload
 from ._context import _current as _current_op
 from ._errors import internal_errors, logger
 from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
@@ -38,6 +39,7 @@ _MAX_MESSAGE = 2_000
 _MAX_JSON_BODY = 64 * 1024 * 1024
 _MAX_KEPT_EVENTS_BYTES = 8 * 1024 * 1024
 _ESTIMABLE = frozenset({"chat.completions", "completions", "responses"})
+_AUDIO_IN = frozenset({"audio.transcriptions", "audio.translations"})
 _STREAM_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 try:  # a caller may pass a legacy ``httpx`` client as ``http_client``
     import httpx
@@ -66,6 +68,7 @@ class Call:
         "result",
         "saw_usage",
         "t0",
+        "upload",
     )
 
     def __init__(self, record: CallRecord, endpoint: str, op: Any, request: dict[str, Any]) -> None:
@@ -81,6 +84,9 @@ class Call:
         self.events: list[bytes] | None = None
         self.events_bytes = 0
         self.saw_usage = False
+        # Audio endpoints: the uploaded file (bytes or a path), measured only if the response
+        # reports no duration (see _audio).
+        self.upload: bytes | str | None = None
 
     def fail(self, exc: BaseException) -> None:
         rec = self.record
@@ -110,8 +116,9 @@ class Call:
         events = None
         if rec.stream and not self.saw_usage and self.endpoint in _ESTIMABLE:
             events = self.events or []
-        rec.pending = partial(_resolve, self.endpoint, self.request, self.result, events)
+        rec.pending = partial(_resolve, self.endpoint, self.request, self.result, events, self.upload)
         self.request = {}
+        self.upload = None
         self.events = None
         self.result = None
         # Every enclosing operation rolls up this call, so an operation's totals include its
@@ -124,16 +131,27 @@ class Call:
 
 
 def _resolve(
-    endpoint: str, request: dict[str, Any], result: Any, events: list[bytes] | None, rec: CallRecord
+    endpoint: str,
+    request: dict[str, Any],
+    result: Any,
+    events: list[bytes] | None,
+    upload: bytes | str | None,
+    rec: CallRecord,
 ) -> None:
     """Exporter-thread half of a call: params, usage of a typed result, estimate if none."""
     rec.params = params_of(request)
+    if isinstance(result, (str, bytes)):
+        text, result = result, None  # a text/srt/vtt transcription: no usage in it
+    else:
+        text = None
     if result is not None:
         apply_body(rec, endpoint, result)
         if rec.content is not None:
             rec.content["response"] = _output_of(result)
     if rec.usage_source == "none" and not rec.usage.is_empty():
         rec.usage_source = "response"
+    if rec.usage_source == "none" and endpoint in _AUDIO_IN and rec.status == "success":
+        _measure_audio(rec, upload, text)
     if rec.usage_source == "none" and events is not None and rec.status == "success":
         from ._estimate import estimate_stream_usage
 
@@ -141,6 +159,17 @@ def _resolve(
         prompt, output = estimate_stream_usage(endpoint, request, model, events)
         rec.usage.input_tokens = prompt
         rec.usage.output_tokens = output
+        rec.usage_source = "estimated"
+
+
+def _measure_audio(rec: CallRecord, upload: bytes | str | None, text: str | bytes | None) -> None:
+    from ._audio import measure_seconds, subtitle_seconds
+
+    seconds = measure_seconds(upload) if upload is not None else None
+    if seconds is None and text is not None:
+        seconds = subtitle_seconds(text)
+    if seconds is not None:
+        rec.usage.seconds = seconds
         rec.usage_source = "estimated"
 
 
@@ -204,6 +233,8 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
             }
         }
     call = Call(record, endpoint, op, request)
+    if endpoint in _AUDIO_IN:
+        call.upload = capture_upload(getattr(options, "files", None))
     if (
         record.stream
         and endpoint in ("chat.completions", "completions")
@@ -253,7 +284,7 @@ def _observe(call: Call, result: Any, is_async: bool) -> None:
     elif isinstance(result, HttpxBinaryResponseContent):
         _observe_http(call, result.response, is_async)
     else:
-        if result is not None and not isinstance(result, (str, bytes)):
+        if result is not None and (call.endpoint in _AUDIO_IN or not isinstance(result, (str, bytes))):
             call.result = result
         call.finish()
 
