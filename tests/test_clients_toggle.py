@@ -288,3 +288,38 @@ def test_sink_export_fault(fake, records, monkeypatch, tmp_path) -> None:
     assert broken.calls >= 1
     # The healthy sink still got the call and the operation.
     assert {r.kind for r in good.records} == {"call", "operation"}
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_observe_fault_keeps_the_record_and_releases_its_operation(
+    fake, records, faults, monkeypatch, is_async: bool
+) -> None:
+    """A fault while installing the stream observer: the caller's stream is untouched, the call
+    is still recorded once and its operation is not held back waiting for it."""
+    fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+    monkeypatch.setattr("tracked_openai._instrument._make_tee", _boom)
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    with tracked_openai.track("f", "op"):
+        if is_async:
+            got = [normalize(c) async for c in await tracked.chat.completions.create(**kw)]
+            want = [normalize(c) async for c in await plain.chat.completions.create(**kw)]
+        else:
+            got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
+            want = [normalize(c) for c in plain.chat.completions.create(**kw)]
+    assert got == want
+    records.flush()
+    assert any("injected fault" in str(e) for e in faults)
+    (call,) = records.calls
+    (op,) = records.operations
+    assert call.parent_id == op.record_id and op.call_count == 1
+
+
+def test_audio_measuring_fault(fake, records, faults, monkeypatch) -> None:
+    fake.add("POST", "/audio/transcriptions", fixture_responder("audio_transcription_text"))
+    monkeypatch.setattr("tracked_openai._instrument.capture_upload", _boom)
+    tracked, plain, _ = make_clients(fake, is_async=False)
+    kw = dict(model="whisper-1", file=("a.wav", b"RIFF....WAVE", "audio/wav"), response_format="text")
+    assert tracked.audio.transcriptions.create(**kw) == plain.audio.transcriptions.create(**kw)
+    records.flush()
+    assert any("injected fault" in str(e) for e in faults)

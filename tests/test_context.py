@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 import tracked_openai
 from tests.test_clients_helpers import fixture_responder, make_clients
 from tracked_openai import current_scope, track
+from tracked_openai.records import LATE_TAG
 
 MSG = [{"role": "user", "content": "x"}]
 
@@ -232,27 +234,129 @@ def test_copy_context_run_in_a_thread_pool(chat, records) -> None:
     assert rec.call_count == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: a stream returned from a decorated function finishes after the operation "
-    "record was submitted; whether the roll-up includes it depends on when the exporter thread "
-    "prepares the operation (here forced by a flush), i.e. it is timing-dependent. The call "
-    "still carries the operation's parent_id",
-)
-def test_stream_returned_from_decorated_function_is_rolled_up(fake, records) -> None:
+def _stream_client(fake):
     from tests.test_clients_helpers import usage_aware_stream
 
     fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
     client, _, _ = make_clients(fake, is_async=False)
+    return client
+
+
+def test_stream_returned_from_decorated_function_is_rolled_up(fake, records) -> None:
+    """A handler returning a stream (read later, e.g. by a streaming HTTP response): its
+    operation waits for the stream, so the roll-up includes it."""
+    client = _stream_client(fake)
 
     @track("streaming_feature")
     def start():
         return client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
 
     stream = start()
-    records.flush()  # the exporter prepares the operation before the stream is read
+    records.flush()
+    assert records.operations == []  # held back while the stream is open
     list(stream)
     (call,) = records.calls
     (op,) = records.operations
     assert call.parent_id == op.record_id
     assert op.call_count == 1 and op.usage.input_tokens == 12
+    assert op.cost_usd is not None and op.cost_usd == call.cost.total_usd
+    assert LATE_TAG not in call.tags
+
+
+async def test_async_stream_outliving_nested_blocks_is_rolled_up_by_each(fake, records) -> None:
+    from tests.test_clients_helpers import usage_aware_stream
+
+    fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+    client, _, _ = make_clients(fake, is_async=True)
+    async with track("outer_feature", "outer"), track(None, "inner"):
+        stream = await client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    records.flush()
+    assert records.operations == []
+    async for _ in stream:
+        pass
+    await client.close()
+    (call,) = records.calls
+    ops = {op.operation: op for op in records.operations}
+    assert set(ops) == {"outer", "inner"}
+    assert ops["inner"].call_count == ops["outer"].call_count == 1
+    assert call.parent_id == ops["inner"].record_id
+
+
+def test_abandoned_stream_releases_its_operation(fake, records) -> None:
+    import gc
+
+    client = _stream_client(fake)
+    with track("streaming_feature", "dropped"):
+        stream = client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    del stream
+    gc.collect()
+    (call,) = records.calls
+    (op,) = records.operations
+    assert call.stream_end == "abandoned" and op.call_count == 1
+
+
+def test_operation_waits_no_longer_than_its_deadline(fake, records, monkeypatch) -> None:
+    """A stream kept open past the wait: the operation is submitted with what it has, and the
+    stream's call, when it ends, is marked late (reports count its cost by itself)."""
+    from tracked_openai import _context
+
+    client = _stream_client(fake)
+    monkeypatch.setattr(_context, "OPERATION_WAIT_S", 0.0)
+    with track("streaming_feature", "slow_reader"):
+        stream = client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    with track("streaming_feature", "next_request"):
+        pass  # any operation ending releases the overdue ones
+    records.flush()
+    assert sorted(op.operation for op in records.operations) == ["next_request", "slow_reader"]
+    list(stream)
+    (call,) = records.calls
+    slow = next(op for op in records.operations if op.operation == "slow_reader")
+    assert slow.call_count == 0 and call.parent_id == slow.record_id
+    assert call.tags[LATE_TAG] == "true"
+
+
+def test_shutdown_submits_operations_still_waiting(fake, records) -> None:
+    client = _stream_client(fake)
+    with track("streaming_feature", "open_at_exit"):
+        stream = client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    tracked_openai.shutdown(10)
+    (op,) = records.operations
+    assert op.operation == "open_at_exit" and op.call_count == 0
+    stream.close()
+    (call,) = records.calls
+    assert call.tags[LATE_TAG] == "true"
+
+
+def test_exit_with_an_open_stream_keeps_the_operation(tmp_path) -> None:
+    """A process that exits while an operation waits for a stream still exports the operation."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "records.jsonl"
+    script = textwrap.dedent(
+        f"""
+        import tracked_openai
+        from tracked_openai.sinks import JsonlSink
+        from tests.fakeopenai import FakeOpenAI
+        from tests.test_clients_helpers import usage_aware_stream
+
+        tracked_openai.configure(sinks=[JsonlSink({str(out)!r})])
+        fake = FakeOpenAI()
+        fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+        client = tracked_openai.OpenAI(api_key="sk-test", http_client=fake.sync_client(), max_retries=0)
+        with tracked_openai.track("exit_feature", "left_open"):
+            kept = client.chat.completions.create(
+                model="gpt-4", messages=[{{"role": "user", "content": "x"}}], stream=True
+            )
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[1],
+                   timeout=120)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    (op,) = [r for r in rows if r["kind"] == "operation"]
+    (call,) = [r for r in rows if r["kind"] == "call"]
+    # The open stream is recorded at exit, which completes its operation's roll-up.
+    assert op["operation"] == "left_open" and op["call_count"] == 1
+    assert call["stream_end"] == "abandoned" and call["parent_id"] == op["record_id"]

@@ -19,7 +19,7 @@ from mlflow.entities import Run
 
 import tracked_openai
 from tests.fakeopenai import FakeOpenAI, FakeResponse
-from tracked_openai import _errors, _runtime
+from tracked_openai import _errors, _runtime, track
 from tracked_openai._features import experiment_name, register_feature
 from tracked_openai.decorators import track_custom_operation, track_gpt_text, track_gpt_vision
 from tracked_openai.records import CallRecord, OperationRecord, Usage
@@ -322,3 +322,34 @@ def test_default_store_is_mlflows_own_default(
     assert len(runs) == 1
     assert sink.spool_key == f"mlflow:sqlite:///{tmp_path / 'mlflow.db'}"
     sink.shutdown()
+
+
+def test_streamed_operations_cost_counts_once_on_time_or_late(
+    store: Store, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream read after its operation ended: on time it is in the operation's cost; past the
+    wait it is marked late and the report adds its cost by itself. Never twice, never zero."""
+    from tests.test_clients_helpers import usage_aware_stream
+    from tracked_openai import _context, reports
+    from tracked_openai.records import LATE_TAG
+
+    fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    with track("streaming_report", "on_time"):
+        stream = client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    list(stream)
+    monkeypatch.setattr(_context, "OPERATION_WAIT_S", 0.0)
+    with track("streaming_report", "late"):
+        stream = client.chat.completions.create(model="gpt-4", messages=MSG, stream=True)
+    with track("streaming_report", "releases_the_late_one"):
+        pass
+    list(stream)
+    store.flush()
+    on_time_call, late_call = store.memory.calls
+    assert LATE_TAG not in on_time_call.tags and late_call.tags[LATE_TAG] == "true"
+    assert late_call.cost is not None and on_time_call.cost is not None
+    assert store.run_of(late_call.record_id, "streaming_report").data.tags[LATE_TAG] == "true"
+    m = reports.feature_metrics("streaming_report", tracking_uri=store.uri)
+    assert m["total_runs"] == 3 and m["total_calls"] == 2
+    assert m["total_cost"] == pytest.approx(float(on_time_call.cost.total_usd + late_call.cost.total_usd))
+    client.close()

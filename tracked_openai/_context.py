@@ -3,6 +3,12 @@
 The current scope lives in one ``ContextVar``, so it is isolated per thread and per asyncio task
 and nests: an inner ``track`` wins while it runs and the outer scope is restored with
 ``ContextVar.reset`` when it ends, even on error.
+
+An operation's record rolls up its calls, so it is submitted only once every call begun inside
+it has finished: a stream returned from a decorated function (a web handler returning a
+streaming response) is read after the function returned, and the operation waits for it. The
+wait is bounded (``OPERATION_WAIT_S``, and interpreter exit); a call that finishes after its
+operation was submitted anyway is marked ``LATE_TAG`` so reports count its cost by itself.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import threading
 import time
 import traceback as _traceback
 from collections.abc import Callable, Mapping
@@ -19,9 +26,18 @@ from typing import Any, TypeVar, overload
 
 from . import _runtime
 from ._errors import internal_errors
-from .records import OperationRecord, new_record_id
+from .records import LATE_TAG, OperationRecord, new_record_id
 
-__all__ = ["Operation", "track", "current_scope"]
+__all__ = [
+    "Operation",
+    "track",
+    "current_scope",
+    "call_opened",
+    "call_closed",
+    "release_waiting",
+    "LATE_TAG",
+    "OPERATION_WAIT_S",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +45,15 @@ _MAX_TRACEBACK = 8_000
 _MAX_MESSAGE = 2_000
 
 MetricsFn = Callable[[Any], Mapping[str, float]]
+
+# Longest an ended operation waits for calls still open inside it (streams not yet read).
+OPERATION_WAIT_S = 600.0
+
+# Guards the open-call counts and the waiting set; held for a few attribute updates only.
+_lock = threading.Lock()
+# Ended operations held back for open calls -> monotonic deadline.
+_waiting: dict[Operation, float] = {}
+_next_deadline = float("inf")
 
 
 class Operation:
@@ -38,7 +63,7 @@ class Operation:
     ``op.set_tags(...)`` add to the operation's record.
     """
 
-    __slots__ = ("_finished", "_metrics_fn", "_t0", "_token", "parent", "record")
+    __slots__ = ("_finished", "_metrics_fn", "_open", "_submitted", "_t0", "_token", "parent", "record")
 
     def __init__(
         self, record: OperationRecord, metrics_fn: MetricsFn | None, parent: Operation | None = None
@@ -49,6 +74,8 @@ class Operation:
         self._token: Token[Operation | None] | None = None
         self._metrics_fn = metrics_fn
         self._finished = False
+        self._open = 0  # calls begun inside (directly or in nested blocks) and not yet finished
+        self._submitted = False
 
     @property
     def feature(self) -> str:
@@ -111,7 +138,67 @@ class Operation:
                 )[-_MAX_TRACEBACK:]
             elif has_result and self._metrics_fn is not None:
                 self.log_metrics(self._metrics_fn(result))
+            global _next_deadline
+            with _lock:
+                if self._open > 0:
+                    deadline = time.monotonic() + OPERATION_WAIT_S
+                    _waiting[self] = deadline
+                    _next_deadline = min(_next_deadline, deadline)
+                    return
+                self._submitted = True
             _runtime.submit(rec)
+            if _waiting:
+                release_waiting()
+
+
+def call_opened(op: Operation) -> None:
+    """A call began inside ``op``: it and every enclosing operation wait for it."""
+    with _lock:
+        scope: Operation | None = op
+        while scope is not None:
+            scope._open += 1
+            scope = scope.parent
+
+
+def call_closed(op: Operation, record: Any) -> list[OperationRecord]:
+    """A call begun inside ``op`` finished: roll it up; returns the operation records that were
+    waiting only for it (to submit after the call's own record)."""
+    ready: list[OperationRecord] = []
+    with _lock:
+        scope: Operation | None = op
+        late = False
+        while scope is not None:
+            if scope._submitted:
+                late = True
+            else:
+                scope.record.children.append(record)
+            scope._open -= 1
+            if scope._open <= 0 and _waiting.pop(scope, None) is not None:
+                scope._submitted = True
+                ready.append(scope.record)
+            scope = scope.parent
+        if late:
+            record.tags[LATE_TAG] = "true"
+    return ready
+
+
+def release_waiting(force: bool = False) -> None:
+    """Submit the waiting operations whose deadline passed (all of them with ``force``, e.g. at
+    exit), with the calls they have; calls still open then count as late."""
+    global _next_deadline
+    now = time.monotonic()
+    if not force and now < _next_deadline:
+        return
+    due: list[OperationRecord] = []
+    with _lock:
+        for scope, deadline in list(_waiting.items()):
+            if force or deadline <= now:
+                del _waiting[scope]
+                scope._submitted = True
+                due.append(scope.record)
+        _next_deadline = min(_waiting.values(), default=float("inf"))
+    for rec in due:
+        _runtime.submit(rec)
 
 
 _current: ContextVar[Operation | None] = ContextVar("tracked_openai_operation", default=None)

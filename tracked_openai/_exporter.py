@@ -94,6 +94,8 @@ class Exporter:
         retry_max: Longest backoff, and the interval between probes of a sink that is down.
         overflow: ``"spool"`` (default: never drop) or ``"drop"`` (drop and count when full).
         replay: Replay spooled records owed to these sinks (including other processes' leftovers).
+        before_exit: Called at interpreter exit before the final flush (to submit what is still
+            held elsewhere, e.g. operations waiting for open streams).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Exporter:
         retry_max: float = 10.0,
         overflow: OverflowPolicy = "spool",
         replay: bool = True,
+        before_exit: Callable[[], None] | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self._keys = [sink_key(s) for s in self.sinks]
@@ -125,6 +128,7 @@ class Exporter:
         self._retry_max = retry_max
         self._overflow_policy: OverflowPolicy = overflow
         self._replay = replay and bool(self.sinks) and self._spool is not None
+        self._before_exit = before_exit
 
         self._submitted = _Counter()
         self._dropped = _Counter()
@@ -594,6 +598,17 @@ class Exporter:
             self._store(batch, targets)
 
     def _at_exit(self) -> None:
+        if self._before_exit is not None:
+            try:
+                self._before_exit()
+            except Exception as exc:
+                self._internal_error(exc, "exporter.before_exit")
+        self.exit_flush()
+
+    def exit_flush(self) -> None:
+        """Flush with the exit deadline; spool whatever is left. Never raises."""
+        if self._closed:
+            return
         try:
             if not self.flush(self._exit_timeout):
                 self._spool_leftovers()

@@ -28,11 +28,12 @@ from openai.lib.azure import AsyncAzureOpenAI, AzureOpenAI
 from . import _runtime
 from ._audio import capture_upload
 from ._context import _current as _current_op
+from ._context import call_closed, call_opened
 from ._errors import internal_errors, logger
 from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
 from .records import USAGE_KEYS, CallRecord, Usage, new_record_id
 
-__all__ = ["Call", "active_call", "begin", "observe_async", "observe_sync"]
+__all__ = ["Call", "active_call", "begin", "close_open_streams", "observe_async", "observe_sync"]
 
 _RAW_HEADER = "X-Stainless-Raw-Response"
 _MAX_MESSAGE = 2_000
@@ -124,10 +125,13 @@ class Call:
         # Every enclosing operation rolls up this call, so an operation's totals include its
         # nested operations' calls and summing top-level runs never counts a call twice.
         op = self.op
-        while op is not None:
-            op.record.children.append(rec)
-            op = op.parent
+        if op is None:
+            _runtime.submit(rec)
+            return
+        ready = call_closed(op, rec)
         _runtime.submit(rec)
+        for op_record in ready:
+            _runtime.submit(op_record)
 
 
 def _resolve(
@@ -242,6 +246,9 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
         and raw is None
     ):
         options = _maybe_inject_usage(client, options, request, call)
+    if op is not None:
+        # Last: from here on the call is sure to finish (and release its operation).
+        call_opened(op)
     return call, options
 
 
@@ -275,10 +282,23 @@ def observe_async(call: Call, result: Any) -> None:
 
 
 def _observe(call: Call, result: Any, is_async: bool) -> None:
+    try:
+        _observe_result(call, result, is_async)
+    except Exception:
+        # A fault of ours while observing must not lose the record or hold its operation back.
+        call.finish()
+        raise
+
+
+def _observe_result(call: Call, result: Any, is_async: bool) -> None:
     if isinstance(result, (Stream, AsyncStream)):
-        filtered = _observe_http(call, result.response, is_async, drop_usage_chunk=call.injected)
-        if call.injected and not filtered:
-            _hide_usage_chunk(result)
+        filtered = False
+        try:
+            filtered = _observe_http(call, result.response, is_async, drop_usage_chunk=call.injected)
+        finally:
+            # Even when observing failed: the caller must never see the chunk we asked for.
+            if call.injected and not filtered:
+                _hide_usage_chunk(result)
     elif isinstance(result, (LegacyAPIResponse, BaseAPIResponse)):
         _observe_http(call, result.http_response, is_async)
     elif isinstance(result, HttpxBinaryResponseContent):
@@ -353,7 +373,18 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     # Backstop for a stream the caller drops without closing; the observer holds no reference
     # to the response, so this does not keep it alive.
     weakref.finalize(response, observer.close, "abandoned")
+    _open_observers.add(observer)
     return filtering
+
+
+# Bodies being observed, so that a process exiting with streams still open records them.
+_open_observers: set[_BodyObserver] = set()
+
+
+def close_open_streams() -> None:
+    """At exit: finish the record of every stream still open (``stream_end="abandoned"``)."""
+    for observer in list(_open_observers):
+        observer.close("abandoned")
 
 
 def _decoder_for(response: Any) -> Any:
@@ -674,6 +705,7 @@ class _BodyObserver:
             call, self.call = self.call, None
             if call is None:
                 return
+            _open_observers.discard(self)
             if self.kind == "json" and self.body:
                 raw = b"".join(self.body)
                 if self.decoder is not None:

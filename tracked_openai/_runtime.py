@@ -6,6 +6,7 @@ starts no thread and opens no store.
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -60,7 +61,32 @@ def _make_exporter(sinks: list[Any]) -> Exporter:
         retry_initial=settings.retry_initial,
         retry_max=settings.retry_max,
         overflow="drop" if settings.overflow == "drop" else "spool",
+        before_exit=_release_waiting_operations,
     )
+
+
+def _release_waiting_operations(close_streams: bool = True) -> None:
+    """Operations still waiting for calls are submitted with what they have; at exit, streams
+    still open are recorded first (``stream_end="abandoned"``), which also completes their
+    operations. ``shutdown()`` leaves streams alone: they may still be read afterwards."""
+    from ._context import release_waiting
+    from ._instrument import close_open_streams
+
+    if close_streams:
+        close_open_streams()
+    release_waiting(force=True)
+
+
+@atexit.register
+def _at_exit() -> None:
+    # Registered at import, so it runs after the exporter's own exit hook (atexit is LIFO), and
+    # also when no exporter was ever started because the only records were still held (an
+    # operation waiting for a stream): those are submitted now and flushed with the deadline.
+    with internal_errors("exit"):
+        _release_waiting_operations()
+        exporter = _exporter
+        if exporter is not None:
+            exporter.exit_flush()
 
 
 def submit(record: Record) -> None:
@@ -177,6 +203,8 @@ def flush(timeout: float | None = None) -> bool:
 def shutdown(timeout: float | None = None) -> bool:
     """Flush and stop the exporter; a later record starts a fresh one."""
     global _exporter
+    with internal_errors("shutdown.release"):
+        _release_waiting_operations(close_streams=False)
     with _lock:
         exporter, _exporter = _exporter, None
     return True if exporter is None else exporter.shutdown(timeout)

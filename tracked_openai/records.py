@@ -23,9 +23,14 @@ __all__ = [
     "Record",
     "Usage",
     "USAGE_KEYS",
+    "LATE_TAG",
     "new_record_id",
     "record_from_dict",
 ]
+
+# Tag of a call that finished after its operation's record was submitted: the operation's
+# roll-up does not include it, so reports count its cost on its own.
+LATE_TAG = "tracked_openai.late_call"
 
 USAGE_KEYS = (
     "input_tokens",

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from .records import LATE_TAG
+
 __all__ = [
     "BREAKDOWNS",
     "DEFAULT_FEATURES",
@@ -401,6 +403,11 @@ class _Group:
             self.run_cost += cost
             self.run_cost_n += 1
 
+    def add_late_cost(self, metrics: Mapping[str, float]) -> None:
+        cost = metrics.get("cost_usd")
+        if cost is not None:
+            self.run_cost += cost
+
     def add_call(self, ok: bool, metrics: Mapping[str, float], unpriced: bool) -> None:
         self.calls += 1
         self.call_errors += not ok
@@ -543,6 +550,11 @@ def feature_metrics(
             total.add_run(ok, metrics)
             for dim, key in keys.items():
                 group(dim, key).add_run(ok, metrics)
+        elif tags.get(LATE_TAG) == "true":
+            # Finished after its operation's record was written: not in that roll-up.
+            total.add_late_cost(metrics)
+            for dim, key in keys.items():
+                group(dim, key).add_late_cost(metrics)
         if tags.get("kind") == "call":
             unpriced = _is_unpriced(tags, metrics)
             total.add_call(ok, metrics, unpriced)
