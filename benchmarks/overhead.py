@@ -1,10 +1,14 @@
 """Added latency per call: plain SDK vs tracked vs tracked-disabled, same process.
 
 All three clients talk to the same in-process fake transport (no sockets), so the figures isolate
-the SDK's own work from ours. Rounds are interleaved so drift (CPU frequency, GC) hits every client
-alike; we report the median per-call time of each client and its ratio to the plain SDK.
+the SDK's own work from ours. Calls are interleaved one by one, in a rotating order (plain,
+tracked, disabled, then tracked, disabled, plain, …), so drift (CPU frequency, a noisy VM
+neighbour, GC) hits every client alike; we report the median of each client's per-call times
+and its ratio to the plain SDK. The exporter is flushed every few calls (untimed), so its
+background work is not charged to whichever client happens to run next; that work is reported
+on its own as the exporter thread's CPU time per record.
 
-    python benchmarks/overhead.py [--calls 300] [--rounds 15]
+    python benchmarks/overhead.py [--calls 3000]
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +72,25 @@ def _sse(include_usage: bool) -> bytes:
 SSE_PLAIN, SSE_USAGE = _sse(False), _sse(True)
 
 
+class EventStream(httpx2.SyncByteStream):
+    """An SSE body delivered one event per read, as a server flushing each event would over a
+    socket (a ``content=bytes`` response would be read whole before the SDK sees it, which is
+    not how a real stream reaches the client)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.events = [e + b"\n\n" for e in data.split(b"\n\n") if e]
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.events
+
+
 def handler(request: httpx2.Request) -> httpx2.Response:
     body = json.loads(request.content)
     if body.get("stream"):
         data = SSE_USAGE if (body.get("stream_options") or {}).get("include_usage") else SSE_PLAIN
-        return httpx2.Response(200, headers={"content-type": "text/event-stream", "x-request-id": "req_b"}, content=data)
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream", "x-request-id": "req_b"}, stream=EventStream(data)
+        )
     return httpx2.Response(200, headers={"content-type": "application/json", "x-request-id": "req_b"}, content=CHAT_BODY)
 
 
@@ -81,9 +99,12 @@ class CountingSink:
 
     def __init__(self) -> None:
         self.count = 0
+        self.cpu = 0.0
 
     def export(self, records: Sequence[Record]) -> None:
         self.count += len(records)
+        # CPU time of the exporter thread so far (its preparing/pricing included).
+        self.cpu = time.thread_time()
 
 
 MESSAGES = [{"role": "user", "content": "Say something short."}]
@@ -98,17 +119,16 @@ def chat_stream(client: Any) -> None:
         pass
 
 
-def time_calls(fn: Callable[[Any], None], client: Any, calls: int) -> float:
+def time_call(fn: Callable[[Any], None], client: Any) -> float:
     start = time.perf_counter()
-    for _ in range(calls):
-        fn(client)
-    return (time.perf_counter() - start) / calls
+    fn(client)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=3000, help="calls per client and workload")
+    parser.add_argument("--flush-every", type=int, default=50, help="untimed flush every N calls")
     args = parser.parse_args()
 
     sink = CountingSink()
@@ -119,24 +139,33 @@ def main() -> None:
         "tracked": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
         "disabled": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
     }
-    print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.rounds} rounds x {args.calls} calls")
+    print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.calls} calls per client, interleaved")
     for name, fn in (("chat", chat), ("chat stream", chat_stream)):
         samples: dict[str, list[float]] = {k: [] for k in clients}
         for client in clients.values():  # warm-up: imports, caches, the exporter thread
             with tracked_openai.track("bench", "warmup"):
-                time_calls(fn, client, 50)
-        for _ in range(args.rounds):
-            for key, client in clients.items():
+                for _ in range(50):
+                    fn(client)
+        tracked_openai.flush()
+        cpu0, count0 = sink.cpu, sink.count
+        order = list(clients)
+        gc.collect()
+        for i in range(args.calls):
+            for key in order[i % 3 :] + order[: i % 3]:
                 _runtime.settings.enabled = key != "disabled"
-                gc.collect()
-                samples[key].append(time_calls(fn, client, args.calls))
+                samples[key].append(time_call(fn, clients[key]))
             _runtime.settings.enabled = True
+            if i % args.flush_every == args.flush_every - 1:
+                tracked_openai.flush()
+        tracked_openai.flush()
+        background = (sink.cpu - cpu0) / max(1, sink.count - count0)
         medians = {k: statistics.median(v) for k, v in samples.items()}
         base = medians["plain"]
         print(f"\n{name}: median per call")
         for key, value in medians.items():
             added = value - base
             print(f"  {key:<9} {value * 1e6:8.1f} µs   ratio {value / base:5.3f}   added {added * 1e6:+7.1f} µs ({added / base:+.1%})")
+        print(f"  exporter thread: {background * 1e6:.1f} µs CPU per record (off the caller's path)")
     tracked_openai.flush()
     print(f"\nrecords exported by the tracked client: {sink.count}")
 

@@ -702,3 +702,40 @@ async def test_responses_stream_error_event(fake, records, is_async: bool) -> No
     assert call.error_message == "Something broke."
     assert call.request_ids == ["req_err"]
     assert call.response_model == "gpt-4.1-nano-2025-04-14"
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_injected_usage_leaves_no_trace_in_the_callers_chunks(fake, records, is_async: bool) -> None:
+    """With include_usage injected the server also adds ``"usage": null`` to every chunk; the
+    caller's chunks must still serialise exactly as without it (``to_dict`` lists set fields)."""
+    fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    if is_async:
+        got = [c.to_dict() async for c in await tracked.chat.completions.create(**kw)]
+        want = [c.to_dict() async for c in await plain.chat.completions.create(**kw)]
+    else:
+        got = [c.to_dict() for c in tracked.chat.completions.create(**kw)]
+        want = [c.to_dict() for c in plain.chat.completions.create(**kw)]
+    assert got == want and all("usage" not in c for c in got)
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.input_tokens == 12
+
+
+@pytest.mark.parametrize(
+    ("block", "want"),
+    [
+        (b'data: {"id":"c","usage":null}\n\n', b'data: {"id":"c"}\n\n'),
+        (b'data: {"usage": null, "id": "c"}\n\n', b'data: {"id": "c"}\n\n'),
+        (b'data: {"id":"c", "usage": null, "x": 1}\n\n', b'data: {"id":"c", "x": 1}\n\n'),
+        (b'data: {"id":"c","usage":{"prompt_tokens":1}}\n\n', None),
+        (b'data: {"c":"\\",\\"usage\\":null"}\n\n', None),  # inside a string
+        (b'data: {"ab\\"usage": null, "x": 1}\n\n', None),  # a key ending in "usage"
+    ],
+)
+def test_strip_usage_null_only_removes_the_member(block: bytes, want: bytes | None) -> None:
+    from tracked_openai._instrument import _strip_usage_null
+
+    out = _strip_usage_null(block)
+    assert out == (block if want is None else want)
+    json.loads(out[6:])

@@ -10,6 +10,7 @@ backstop for streams that are dropped unclosed. Every step here runs inside ``in
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import weakref
@@ -29,7 +30,7 @@ from . import _runtime
 from ._audio import capture_upload
 from ._context import _current as _current_op
 from ._context import call_closed, call_opened
-from ._errors import internal_errors, logger
+from ._errors import internal_errors, logger, report_internal_error
 from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
 from .records import USAGE_KEYS, CallRecord, Usage, new_record_id
 
@@ -41,6 +42,7 @@ _MAX_JSON_BODY = 64 * 1024 * 1024
 _MAX_KEPT_EVENTS_BYTES = 8 * 1024 * 1024
 _ESTIMABLE = frozenset({"chat.completions", "completions", "responses"})
 _AUDIO_IN = frozenset({"audio.transcriptions", "audio.translations"})
+_USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*')
 _STREAM_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 try:  # a caller may pass a legacy ``httpx`` client as ``http_client``
     import httpx
@@ -442,60 +444,80 @@ def _as_bytes(out: Any) -> bytes:
 
 
 def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bool) -> Any:
-    if is_async:
+    cls = _TEE_CLASSES.get((base, is_async))
+    if cls is None:
+        # One class per byte-stream base (httpx2 or httpx, sync or async), built once: a class
+        # per call would cost tens of microseconds and feed the cyclic garbage collector.
+        cls = type("AsyncTee" if is_async else "SyncTee", (_AsyncTee if is_async else _SyncTee, base), {})
+        _TEE_CLASSES[(base, is_async)] = cls
+    return cls(inner, observer)
 
-        class AsyncTee(base):  # type: ignore[misc, valid-type]
-            observed = False
 
-            async def __aiter__(self) -> AsyncIterator[bytes]:
-                if self.observed:
-                    # AsyncStream drains the body after [DONE] by iterating it again; an in-memory
-                    # stream then replays it, which must not be observed (counted) twice.
-                    async for chunk in inner:
-                        yield chunk
-                    return
-                self.observed = True
-                try:
-                    async for chunk in inner:
-                        out = observer.pass_through(chunk)
-                        if out:
-                            yield out
-                    rest = observer.remainder()
-                    if rest:
-                        yield rest
-                except _TRANSPORT_ERRORS as exc:
-                    observer.transport_error(exc)
-                    raise
+class _SyncTee:
+    """Pass-through byte stream: the caller's bytes (minus a withheld injected usage event) go
+    through ``observer``, which finishes the record when the body ends or is closed."""
 
-            async def aclose(self) -> None:
-                try:
-                    await inner.aclose()
-                finally:
-                    observer.close("closed")
+    def __init__(self, inner: Any, observer: _BodyObserver) -> None:
+        self.inner = inner
+        self.observer = observer
 
-        return AsyncTee()
+    def __iter__(self) -> Iterator[bytes]:
+        observer = self.observer
+        try:
+            for chunk in self.inner:
+                out = observer.pass_through(chunk)
+                if out:
+                    yield out
+            rest = observer.remainder()
+            if rest:
+                yield rest
+        except _TRANSPORT_ERRORS as exc:
+            observer.transport_error(exc)
+            raise
 
-    class SyncTee(base):  # type: ignore[misc, valid-type]
-        def __iter__(self) -> Iterator[bytes]:
-            try:
-                for chunk in inner:
-                    out = observer.pass_through(chunk)
-                    if out:
-                        yield out
-                rest = observer.remainder()
-                if rest:
-                    yield rest
-            except _TRANSPORT_ERRORS as exc:
-                observer.transport_error(exc)
-                raise
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.observer.close("closed")
 
-        def close(self) -> None:
-            try:
-                inner.close()
-            finally:
-                observer.close("closed")
 
-    return SyncTee()
+class _AsyncTee:
+    def __init__(self, inner: Any, observer: _BodyObserver) -> None:
+        self.inner = inner
+        self.observer = observer
+        self.observed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        inner = self.inner
+        if self.observed:
+            # AsyncStream drains the body after [DONE] by iterating it again; an in-memory
+            # stream then replays it, which must not be observed (counted) twice.
+            async for chunk in inner:
+                yield chunk
+            return
+        self.observed = True
+        observer = self.observer
+        try:
+            async for chunk in inner:
+                out = observer.pass_through(chunk)
+                if out:
+                    yield out
+            rest = observer.remainder()
+            if rest:
+                yield rest
+        except _TRANSPORT_ERRORS as exc:
+            observer.transport_error(exc)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            self.observer.close("closed")
+
+
+_TEE_CLASSES: dict[tuple[type[Any], bool], type[Any]] = {}
 
 
 class _BodyObserver:
@@ -539,25 +561,37 @@ class _BodyObserver:
         usage-only event is withheld. Any internal fault releases the event unfiltered.
         """
         if not self.filtering:
-            with internal_errors("stream observer"):
+            try:
                 self.feed(chunk)
+            except Exception as exc:
+                report_internal_error(exc, "stream observer")
             return chunk
         pending = self.pending + chunk if self.pending else chunk
         out: list[bytes] = []
         while True:
             lf = pending.find(b"\n\n")
-            crlf = pending.find(b"\r\n\r\n")
+            crlf = pending.find(b"\r\n\r\n") if b"\r" in pending else -1
             if lf < 0 and crlf < 0:
                 break
             end = lf + 2 if crlf < 0 or (0 <= lf < crlf) else crlf + 4
             block, pending = pending[:end], pending[end:]
             self.drop = False
-            with internal_errors("stream observer"):
-                self.feed(block)
+            try:
+                if block[:6] == b"data: " and block.find(b"\n", 6) == end - 2 and not (self.data or self.buf):
+                    # OpenAI's shape: one data line per event; skip the general line parser.
+                    self._event(block[6:-2])
+                else:
+                    self.feed(block)
+                if not self.drop:
+                    # The injected include_usage also puts "usage": null on every chunk; take it
+                    # out so the caller's chunks are exactly what it would have received.
+                    block = _strip_usage_null(block)
+            except Exception as exc:
+                report_internal_error(exc, "stream observer")
             if not self.drop:
                 out.append(block)
         self.pending = pending
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def remainder(self) -> bytes:
         """Bytes still withheld when the body ends (an unterminated last event)."""
@@ -578,31 +612,26 @@ class _BodyObserver:
                 self.body.append(chunk)
             return
         buf = self.buf + chunk if self.buf else chunk
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            if nl < 0:
-                break
-            line = buf[start:nl]
-            start = nl + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            self._line(line)
-        self.buf = buf[start:]
-
-    def _line(self, line: bytes) -> None:
-        if not line:
-            if self.data:
-                data = b"\n".join(self.data)
-                self.data = []
-                self._event(data)
-            self.event = b""
+        if b"\n" not in buf:
+            self.buf = buf
             return
-        if line.startswith(b"data:"):
-            value = line[5:]
-            self.data.append(value[1:] if value.startswith(b" ") else value)
-        elif line.startswith(b"event:"):
-            self.event = line[6:].strip()
+        # One C-level split per chunk and a tight loop: this runs for every event of every
+        # stream, on the caller's thread.
+        lines = buf.split(b"\n")
+        self.buf = lines.pop()
+        for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if not line:
+                data = self.data
+                if data:
+                    self.data = []
+                    self._event(data[0] if len(data) == 1 else b"\n".join(data))
+                self.event = b""
+            elif line[:5] == b"data:":
+                self.data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line[:6] == b"event:":
+                self.event = line[6:].strip()
 
     def _event(self, data: bytes) -> None:
         call = self.call
@@ -733,6 +762,25 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
         x, y = getattr(a, key), getattr(b, key)
         setattr(total, key, y if x is None else x if y is None else x + y)
     return total
+
+
+def _strip_usage_null(block: bytes) -> bytes:
+    """``block`` without a ``"usage": null`` member (with its comma); unchanged if it has none."""
+    i = block.find(b'"usage"')
+    while i >= 0:
+        m = _USAGE_NULL.match(block, i)
+        if m is not None:
+            j = m.end()
+            k = i - 1
+            while k >= 0 and block[k] in b" \t":
+                k -= 1
+            before, after = block[k : k + 1], block[j : j + 1]
+            if before == b"," and after in (b"}", b","):
+                return block[:k] + block[j:]
+            if before == b"{" and after == b",":
+                return block[: k + 1] + block[j + 1 :].lstrip(b" \t")
+        i = block.find(b'"usage"', i + 7)
+    return block
 
 
 def _has_usage_object(data: bytes) -> bool:
