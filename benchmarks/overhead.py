@@ -66,7 +66,12 @@ def _sse(include_usage: bool) -> bytes:
         for c in chunks:
             c["usage"] = None
         chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}})
-    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    # Compact JSON, as OpenAI sends it.
+    return b"".join(b"data: " + _compact(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def _compact(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 SSE_PLAIN, SSE_USAGE = _sse(False), _sse(True)

@@ -739,3 +739,117 @@ def test_strip_usage_null_only_removes_the_member(block: bytes, want: bytes | No
     out = _strip_usage_null(block)
     assert out == (block if want is None else want)
     json.loads(out[6:])
+
+
+# -- the stream filter: spacing, CRLF, long streams, faults ---------------------------------------
+
+
+def _reshaped_stream(transform, chunk_size: int = 17):
+    """``usage_aware_stream`` with each answer's SSE text passed through ``transform``."""
+    base = usage_aware_stream(CHAT_STREAM, chunk_size=chunk_size)
+
+    def respond(request):
+        spec = base(request)
+        spec.sse = transform(spec.sse)
+        return spec
+
+    return respond
+
+
+def _compact(sse: str) -> str:
+    out = []
+    for block in sse.split("\n\n"):
+        if block.startswith("data: ") and block[6:].strip() != "[DONE]":
+            block = "data: " + json.dumps(json.loads(block[6:]), separators=(",", ":"))
+        out.append(block)
+    return "\n\n".join(out)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [_compact, lambda sse: sse.replace("\n", "\r\n"), lambda sse: _compact(sse).replace("\n", "\r\n")],
+    ids=["compact", "crlf", "compact-crlf"],
+)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_injected_usage_hidden_whatever_the_framing(fake, records, transform, is_async) -> None:
+    """OpenAI sends compact JSON (``,"usage":null``); proxies re-serialise with spaces or CRLF
+    event ends. The caller's chunks are identical to a plain client's in every framing."""
+    fake.add("POST", "/chat/completions", _reshaped_stream(transform))
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    if is_async:
+        got = [c.to_dict() async for c in await tracked.chat.completions.create(**kw)]
+        want = [c.to_dict() async for c in await plain.chat.completions.create(**kw)]
+    else:
+        got = [c.to_dict() for c in tracked.chat.completions.create(**kw)]
+        want = [c.to_dict() for c in plain.chat.completions.create(**kw)]
+    assert got == want and got and all("usage" not in c for c in got)
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.input_tokens == 12
+
+
+def _long(sse: str, copies: int) -> str:
+    """The stream with its first content chunk repeated ``copies`` times."""
+    blocks = sse.split("\n\n")
+    first = next(i for i, b in enumerate(blocks) if '"content"' in b)
+    return "\n\n".join(blocks[: first + 1] + [blocks[first]] * copies + blocks[first + 1 :])
+
+
+def test_stream_longer_than_the_inline_parse_threshold_keeps_exact_usage(
+    fake, records, monkeypatch
+) -> None:
+    """Past ``_INLINE_PARSE_BYTES`` the kept body is parsed as it arrives; the record still holds
+    the server's usage and the caller still sees every chunk but the injected one."""
+    import tracked_openai._instrument as instrument
+    from tracked_openai._instrument import _INLINE_PARSE_BYTES
+
+    inline: list[int] = []
+    parse_kept = instrument._BodyParser.parse_kept
+
+    def spy(self) -> None:
+        inline.append(len(self.chunks))
+        parse_kept(self)
+
+    monkeypatch.setattr(instrument._BodyParser, "parse_kept", spy)
+
+    copies = 6000
+    fake.add("POST", "/chat/completions", _reshaped_stream(lambda s: _long(s, copies), chunk_size=8192))
+    tracked, plain, _ = make_clients(fake, is_async=False)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    got = [c.to_dict() for c in tracked.chat.completions.create(**kw)]
+    want = [c.to_dict() for c in plain.chat.completions.create(**kw)]
+    assert got == want
+    assert sum(len(json.dumps(c)) for c in got) > _INLINE_PARSE_BYTES
+    (call,) = records.calls  # waits for the exporter, which parses the rest
+    assert len(inline) == 2 and min(inline) > 0  # once mid-stream, the rest after it ended
+    assert call.status == "success"
+    assert call.usage_source == "response" and call.usage.input_tokens == 12
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_fault_in_the_stream_filter_breaks_neither_caller_nor_record(
+    fake, records, monkeypatch, is_async: bool
+) -> None:
+    """If hiding the usage-only chunk fails, the caller gets the unfiltered bytes (one extra
+    chunk with empty choices, which the SDK parses fine) rather than an exception, the fault is
+    reported, and the call is still recorded once with the server's usage."""
+    import tracked_openai._instrument as instrument
+
+    def boom(ready: bytes) -> bytes:
+        raise RuntimeError("filter fault")
+
+    monkeypatch.setattr(instrument, "_without_usage_only_events", boom)
+    _chat(fake)
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    if is_async:
+        got = [c async for c in await tracked.chat.completions.create(**kw)]
+        want = [c async for c in await plain.chat.completions.create(**kw)]
+    else:
+        got = list(tracked.chat.completions.create(**kw))
+        want = list(plain.chat.completions.create(**kw))
+    assert [normalize(c) for c in got if c.choices] == [normalize(c) for c in want]
+    assert records.internal_errors and all(str(e) == "filter fault" for e in records.internal_errors)
+    records.internal_errors.clear()  # expected here; the fixture fails tests on any other
+    (call,) = records.calls
+    assert call.status == "success" and call.usage.input_tokens == 12

@@ -2,9 +2,12 @@
 
 The caller gets exactly what the SDK returns. Typed results are read in place; anything that
 carries an HTTP body the caller will read later (streams, raw and streaming responses) is observed
-at the byte level: the response's byte stream is swapped for a pass-through tee that feeds an
-incremental parser and finishes the record when the stream closes, with a ``weakref.finalize``
-backstop for streams that are dropped unclosed. Every step here runs inside ``internal_errors``.
+at the byte level: the response's byte stream is swapped for a pass-through tee that keeps the
+bytes and finishes the record when the stream closes, with a ``weakref.finalize`` backstop for
+streams that are dropped unclosed. Parsing the kept bytes (usage, served model, errors) happens
+on the exporter thread (``_BodyParser``), so the caller's thread only slices bytes; a stream long
+enough to hold more than ``_INLINE_PARSE_BYTES`` is parsed as it goes, to keep memory bounded.
+Every step here runs inside ``internal_errors``.
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ _RAW_HEADER = "X-Stainless-Raw-Response"
 _MAX_MESSAGE = 2_000
 _MAX_JSON_BODY = 64 * 1024 * 1024
 _MAX_KEPT_EVENTS_BYTES = 8 * 1024 * 1024
+# Bytes a stream's observer keeps for the exporter thread before it parses them inline instead.
+_INLINE_PARSE_BYTES = 1024 * 1024
 _ESTIMABLE = frozenset({"chat.completions", "completions", "responses"})
 _AUDIO_IN = frozenset({"audio.transcriptions", "audio.translations"})
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*')
+_SSE_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)", re.S)
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _STREAM_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 try:  # a caller may pass a legacy ``httpx`` client as ``http_client``
     import httpx
@@ -61,15 +68,13 @@ class Call:
         "__weakref__",
         "_done",
         "_lock",
+        "body",
         "endpoint",
-        "events",
-        "events_bytes",
         "injected",
         "op",
         "record",
         "request",
         "result",
-        "saw_usage",
         "t0",
         "upload",
     )
@@ -84,9 +89,8 @@ class Call:
         self.injected = False
         self._done = False
         self._lock = threading.Lock()
-        self.events: list[bytes] | None = None
-        self.events_bytes = 0
-        self.saw_usage = False
+        # The observed HTTP body, parsed on the exporter thread (see _BodyParser).
+        self.body: _BodyParser | None = None
         # Audio endpoints: the uploaded file (bytes or a path), measured only if the response
         # reports no duration (see _audio).
         self.upload: bytes | str | None = None
@@ -116,13 +120,10 @@ class Call:
         rec.duration_s = time.perf_counter() - self.t0
         if stream_end is not None:
             rec.stream_end = stream_end
-        events = None
-        if rec.stream and not self.saw_usage and self.endpoint in _ESTIMABLE:
-            events = self.events or []
-        rec.pending = partial(_resolve, self.endpoint, self.request, self.result, events, self.upload)
+        rec.pending = partial(_resolve, self.endpoint, self.request, self.result, self.body, self.upload)
         self.request = {}
         self.upload = None
-        self.events = None
+        self.body = None
         self.result = None
         # Every enclosing operation rolls up this call, so an operation's totals include its
         # nested operations' calls and summing top-level runs never counts a call twice.
@@ -140,12 +141,14 @@ def _resolve(
     endpoint: str,
     request: dict[str, Any],
     result: Any,
-    events: list[bytes] | None,
+    body: _BodyParser | None,
     upload: bytes | str | None,
     rec: CallRecord,
 ) -> None:
-    """Exporter-thread half of a call: params, usage of a typed result, estimate if none."""
+    """Exporter-thread half of a call: params, the observed body or the usage of a typed
+    result, an estimate if the response had none."""
     rec.params = params_of(request)
+    events = body.finish() if body is not None else []
     if isinstance(result, (str, bytes)):
         text, result = result, None  # a text/srt/vtt transcription: no usage in it
     else:
@@ -158,7 +161,7 @@ def _resolve(
         rec.usage_source = "response"
     if rec.usage_source == "none" and endpoint in _AUDIO_IN and rec.status == "success":
         _measure_audio(rec, upload, text)
-    if rec.usage_source == "none" and events is not None and rec.status == "success":
+    if rec.usage_source == "none" and rec.stream and endpoint in _ESTIMABLE and rec.status == "success":
         from ._estimate import estimate_stream_usage
 
         model = rec.response_model or rec.model
@@ -266,10 +269,12 @@ def _maybe_inject_usage(client: Any, options: Any, request: dict[str, Any], call
         return options
     merged = dict(stream_options) if isinstance(stream_options, dict) else {}
     merged["include_usage"] = True
-    new_options = options.model_copy()
-    new_options.json_data = {**request, "stream_options": merged}
+    # ``options`` is the SDK's own per-call object (built by the resource method, copied again
+    # by ``request()`` before each attempt); replacing its body spares a pydantic copy. The
+    # caller's ``stream_options`` dict is never mutated.
+    options.json_data = {**request, "stream_options": merged}
     call.injected = True
-    return new_options
+    return options
 
 
 # -- observing results -------------------------------------------------------------------------
@@ -354,17 +359,16 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     content_type = response.headers.get("content-type", "")
     kind = "sse" if "event-stream" in content_type else "json" if "json" in content_type else "other"
     if hasattr(response, "_content"):
-        # Body already read (with_raw_response on a non-stream call, binary speech): parse now.
-        observer = _BodyObserver(call, kind, None)
+        # Body already read (with_raw_response on a non-stream call, binary speech).
         if kind != "other":
-            observer.feed(response.content)
-        observer.close("complete")
+            call.body = _BodyParser(record, call.endpoint, kind, None, [response.content])
+        call.finish("complete" if record.stream else None)
         return False
     decoder = _decoder_for(response)
     if decoder is False:
         kind = "other"
         decoder = None
-    observer = _BodyObserver(call, kind, decoder)
+    observer = _BodyObserver(call, _BodyParser(record, call.endpoint, kind, decoder, []))
     # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
     filtering = drop_usage_chunk and kind == "sse" and decoder is None
     observer.filtering = filtering
@@ -521,28 +525,149 @@ _TEE_CLASSES: dict[tuple[type[Any], bool], type[Any]] = {}
 
 
 class _BodyObserver:
-    """Incremental reader of a response body: SSE events or a JSON document."""
+    """The caller's side of an observed body: keeps its bytes for the parser, cheaply.
+
+    When filtering (an injected ``include_usage``), bytes are released one complete SSE event at
+    a time, without the usage-only event and without the ``"usage": null`` member the injection
+    adds to every chunk, so the caller's chunks are exactly those it would have received.
+    """
+
+    __slots__ = ("call", "filtering", "kept", "parser", "pending")
+
+    def __init__(self, call: Call, parser: _BodyParser) -> None:
+        self.call: Call | None = call
+        self.parser = parser
+        self.kept = 0  # bytes kept since the parser last ran
+        self.filtering = False
+        self.pending = b""  # filtering: bytes not yet handed to the caller
+
+    def pass_through(self, chunk: bytes) -> bytes:
+        """Keep ``chunk``; return the bytes the caller gets (``chunk`` itself unless filtering).
+        A fault of ours releases the bytes unfiltered."""
+        if self.call is None:  # closed (at exit) while still being read
+            return chunk
+        if not self.filtering:
+            self._keep(chunk)
+            return chunk
+        pending = self.pending + chunk if self.pending else chunk
+        end = _events_end(pending)
+        if end == 0:
+            self.pending = pending
+            return b""
+        ready, self.pending = (pending, b"") if end == len(pending) else (pending[:end], pending[end:])
+        self._keep(ready)
+        try:
+            if _NO_CHOICES.search(ready) is not None:
+                ready = _without_usage_only_events(ready)
+            # OpenAI's compact JSON first (one C-level pass), any other spacing after.
+            stripped = ready.replace(b',"usage":null', b"")
+            if stripped is ready and b'"usage"' in ready:
+                stripped = _strip_usage_null(ready)
+            return stripped
+        except Exception as exc:
+            report_internal_error(exc, "stream filter")
+            return ready
+
+    def remainder(self) -> bytes:
+        """Bytes still withheld when the body ends (an unterminated last event)."""
+        rest, self.pending = self.pending, b""
+        if rest and self.call is not None:
+            self._keep(rest)
+        return rest
+
+    def _keep(self, chunk: bytes) -> None:
+        parser = self.parser
+        parser.chunks.append(chunk)
+        self.kept += len(chunk)
+        if self.kept > _INLINE_PARSE_BYTES:
+            # A long stream: parse what we have now rather than hold it all until it ends.
+            self.kept = 0
+            try:
+                parser.parse_kept()
+            except Exception as exc:
+                report_internal_error(exc, "stream parser")
+                parser.broken = True
+
+    def transport_error(self, exc: BaseException) -> None:
+        with internal_errors("stream observer"):
+            call = self.call
+            if call is not None:
+                call.record.status = "error"
+                call.record.error_type = type(exc).__name__
+                call.record.error_message = str(exc)[:_MAX_MESSAGE]
+                self.close("error")
+
+    def close(self, how: str) -> None:
+        with internal_errors("stream observer close"):
+            call, self.call = self.call, None
+            if call is None:
+                return
+            _open_observers.discard(self)
+            call.body = self.parser
+            call.finish(how if call.record.stream else None)
+
+
+def _events_end(data: bytes) -> int:
+    """Length of the complete SSE events at the start of ``data`` (0 if none is complete)."""
+    if data[-2:] == b"\n\n":
+        return len(data)
+    lf = data.rfind(b"\n\n")
+    end = lf + 2 if lf >= 0 else 0
+    if b"\r" in data:
+        crlf = data.rfind(b"\r\n\r\n")
+        if crlf >= 0:
+            end = max(end, crlf + 4)
+    return end
+
+
+def _without_usage_only_events(ready: bytes) -> bytes:
+    """``ready`` (complete SSE events) without the usage-only chunk the injection asked for."""
+    out: list[bytes] = []
+    for match in _SSE_EVENT.finditer(ready):
+        block = match.group(0)
+        # Top-level "choices": [] with a usage object: only the usage-only chunk is both (Azure's
+        # prompt-filter chunk has no choices either, but "usage": null).
+        if _NO_CHOICES.search(block) is None or not _has_usage_object(block):
+            out.append(block)
+    return b"".join(out)
+
+
+class _BodyParser:
+    """Reads an observed body (SSE events or a JSON document) into its record.
+
+    Runs on the exporter thread when the call is prepared (``finish``), or inline on the caller's
+    thread for the part of a long stream past ``_INLINE_PARSE_BYTES`` (``parse_kept``); never both
+    at once, since the record is handed over only after the stream closed.
+    """
 
     __slots__ = (
         "body",
         "body_size",
+        "broken",
         "buf",
-        "call",
+        "chunks",
         "data",
         "decoder",
         "done",
-        "drop",
+        "endpoint",
         "event",
-        "filtering",
+        "events",
+        "events_bytes",
         "kind",
-        "pending",
+        "record",
+        "saw_usage",
         "seen_first",
     )
 
-    def __init__(self, call: Call, kind: str, decoder: Any) -> None:
-        self.call: Call | None = call
+    def __init__(
+        self, record: CallRecord, endpoint: str, kind: str, decoder: Any, chunks: list[bytes]
+    ) -> None:
+        self.record = record
+        self.endpoint = endpoint
         self.kind = kind
         self.decoder = decoder
+        self.chunks = chunks  # raw bytes not yet parsed
+        self.broken = False
         self.buf = b""
         self.data: list[bytes] = []
         self.event = b""
@@ -550,61 +675,46 @@ class _BodyObserver:
         self.body_size = 0
         self.seen_first = False
         self.done = False  # [DONE] or a terminal event arrived
-        self.filtering = False
-        self.pending = b""  # filtering: bytes not yet handed to the caller
-        self.drop = False
+        self.saw_usage = False
+        # Events kept to estimate usage from if the stream never reports it.
+        self.events: list[bytes] | None = [] if endpoint in _ESTIMABLE else None
+        self.events_bytes = 0
 
-    def pass_through(self, chunk: bytes) -> bytes:
-        """Observe ``chunk``; return the bytes the caller gets (``chunk`` itself unless filtering).
-
-        When filtering, bytes are released one complete SSE event at a time and the injected
-        usage-only event is withheld. Any internal fault releases the event unfiltered.
-        """
-        if not self.filtering:
-            try:
-                self.feed(chunk)
-            except Exception as exc:
-                report_internal_error(exc, "stream observer")
-            return chunk
-        pending = self.pending + chunk if self.pending else chunk
-        out: list[bytes] = []
-        while True:
-            lf = pending.find(b"\n\n")
-            crlf = pending.find(b"\r\n\r\n") if b"\r" in pending else -1
-            if lf < 0 and crlf < 0:
-                break
-            end = lf + 2 if crlf < 0 or (0 <= lf < crlf) else crlf + 4
-            block, pending = pending[:end], pending[end:]
-            self.drop = False
-            try:
-                if block[:6] == b"data: " and block.find(b"\n", 6) == end - 2 and not (self.data or self.buf):
-                    # OpenAI's shape: one data line per event; skip the general line parser.
-                    self._event(block[6:-2])
-                else:
-                    self.feed(block)
-                if not self.drop:
-                    # The injected include_usage also puts "usage": null on every chunk; take it
-                    # out so the caller's chunks are exactly what it would have received.
-                    block = _strip_usage_null(block)
-            except Exception as exc:
-                report_internal_error(exc, "stream observer")
-            if not self.drop:
-                out.append(block)
-        self.pending = pending
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def remainder(self) -> bytes:
-        """Bytes still withheld when the body ends (an unterminated last event)."""
-        rest, self.pending = self.pending, b""
-        if rest:
-            with internal_errors("stream observer"):
-                self.feed(rest)
-        return rest
-
-    def feed(self, chunk: bytes) -> None:
-        if self.call is None or self.kind == "other":
+    def parse_kept(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        if self.broken:
             return
-        if self.decoder is not None:
+        for chunk in chunks:
+            self.feed(chunk)
+
+    def finish(self) -> list[bytes]:
+        """Parse the rest of the body into the record; returns the events to estimate from."""
+        self.parse_kept()
+        record = self.record
+        if not self.broken:
+            if self.decoder is not None:
+                self.feed(self.decoder.flush(), decoded=True)
+            if self.kind == "json" and self.body:
+                raw = b"".join(self.body)
+                self.body = []
+                if self.body_size <= _MAX_JSON_BODY:
+                    body = _loads(raw)
+                    if isinstance(body, dict):
+                        apply_body(record, self.endpoint, body)
+            elif self.kind == "sse" and self.buf:
+                # A body that ended without a trailing blank line still dispatches its last event.
+                self.feed(b"\n\n", decoded=True)
+        if record.stream_end == "closed":
+            early = self.kind == "sse" and not self.done and record.status == "success"
+            record.stream_end = "closed_early" if early else "complete"
+        events = self.events
+        self.events = None
+        return [] if events is None or self.saw_usage else events
+
+    def feed(self, chunk: bytes, decoded: bool = False) -> None:
+        if self.kind == "other" or not chunk:
+            return
+        if self.decoder is not None and not decoded:
             chunk = self.decoder.decode(chunk)
         if self.kind == "json":
             self.body_size += len(chunk)
@@ -615,8 +725,6 @@ class _BodyObserver:
         if b"\n" not in buf:
             self.buf = buf
             return
-        # One C-level split per chunk and a tight loop: this runs for every event of every
-        # stream, on the caller's thread.
         lines = buf.split(b"\n")
         self.buf = lines.pop()
         for line in lines:
@@ -634,13 +742,10 @@ class _BodyObserver:
                 self.event = line[6:].strip()
 
     def _event(self, data: bytes) -> None:
-        call = self.call
-        if call is None:
-            return
         if data.startswith(b"[DONE]"):
             self.done = True
             return
-        record = call.record
+        record = self.record
         parsed: Any = None
         if not self.seen_first:
             parsed = _loads(data)
@@ -648,17 +753,7 @@ class _BodyObserver:
             # Azure streams open with a prompt-filter chunk whose model is "": identity comes next.
             self.seen_first = not (isinstance(parsed, dict) and parsed.get("model") == "")
         if _has_usage_object(data):
-            parsed = parsed if parsed is not None else _loads(data)
-            if (
-                self.filtering
-                and isinstance(parsed, dict)
-                and parsed.get("choices") == []
-                and isinstance(parsed.get("usage"), dict)
-            ):
-                # The usage-only chunk we asked for: the caller never asked, so never sees it,
-                # even if reading its usage below fails.
-                self.drop = True
-            self._usage_event(parsed)
+            self._usage_event(parsed if parsed is not None else _loads(data))
         elif b'"error"' in data:
             parsed = parsed if parsed is not None else _loads(data)
             if isinstance(parsed, dict) and (parsed.get("error") or parsed.get("type") == "error"):
@@ -666,16 +761,15 @@ class _BodyObserver:
                 record.status = "error"
                 record.error_type = str(err.get("type") or err.get("code") or "APIError")
                 record.error_message = str(err.get("message") or "")[:_MAX_MESSAGE]
-        if not call.saw_usage and call.endpoint in _ESTIMABLE and call.events_bytes < _MAX_KEPT_EVENTS_BYTES:
-            if call.events is None:
-                call.events = []
-            call.events.append(data)
-            call.events_bytes += len(data)
+        events = self.events
+        if events is not None and not self.saw_usage and self.events_bytes < _MAX_KEPT_EVENTS_BYTES:
+            events.append(data)
+            self.events_bytes += len(data)
 
     def _identity(self, event: Any) -> None:
         if not isinstance(event, dict):
             return
-        record = self.call.record  # type: ignore[union-attr]
+        record = self.record
         body: dict[str, Any] = event["response"] if isinstance(event.get("response"), dict) else event
         model = body.get("model")
         if isinstance(model, str) and model:
@@ -687,13 +781,12 @@ class _BodyObserver:
     def _usage_event(self, event: Any) -> None:
         if not isinstance(event, dict):
             return
-        call = self.call
-        assert call is not None
-        record = call.record
+        record = self.record
+        endpoint = self.endpoint
         kind = event.get("type")
         if kind in _STREAM_TERMINAL and isinstance(event.get("response"), dict):
             body = event["response"]
-            apply_body(record, call.endpoint, body)
+            apply_body(record, endpoint, body)
             self.done = True
             if kind == "response.failed":
                 error = body.get("error") or {}
@@ -701,12 +794,12 @@ class _BodyObserver:
                 record.error_type = str(error.get("code") or "response.failed")
                 record.error_message = str(error.get("message") or "")[:_MAX_MESSAGE]
         else:
-            usage = usage_from_body(call.endpoint, event)
+            usage = usage_from_body(endpoint, event)
             if usage is None:
                 return
             if record.usage.characters is not None:
                 usage.characters = record.usage.characters
-            if call.endpoint.startswith("images.") and str(event.get("type", "")).endswith(".completed"):
+            if endpoint.startswith("images.") and str(event.get("type", "")).endswith(".completed"):
                 # A streamed generation sends one `*.completed` event (with its usage) per image.
                 previous = record.usage if record.usage_source == "response" else Usage(images=0)
                 usage = _add_usage(previous, usage)
@@ -717,43 +810,8 @@ class _BodyObserver:
             if isinstance(tier, str) and tier:
                 record.service_tier = tier
         if record.usage_source == "response":
-            call.saw_usage = True
-            call.events = None
-
-    def transport_error(self, exc: BaseException) -> None:
-        with internal_errors("stream observer"):
-            call = self.call
-            if call is not None:
-                call.record.status = "error"
-                call.record.error_type = type(exc).__name__
-                call.record.error_message = str(exc)[:_MAX_MESSAGE]
-                self.close("error")
-
-    def close(self, how: str) -> None:
-        with internal_errors("stream observer close"):
-            call, self.call = self.call, None
-            if call is None:
-                return
-            _open_observers.discard(self)
-            if self.kind == "json" and self.body:
-                raw = b"".join(self.body)
-                if self.decoder is not None:
-                    raw += self.decoder.flush()
-                self.body = []
-                if self.body_size <= _MAX_JSON_BODY:
-                    body = _loads(raw)
-                    if isinstance(body, dict):
-                        apply_body(call.record, call.endpoint, body)
-            elif self.kind == "sse" and self.buf:
-                # A body that ended without a trailing blank line still dispatches its last event.
-                self.call = call
-                self.feed(b"\n\n")
-                self.call = None
-            if how == "closed" and self.kind == "sse" and not self.done and call.record.status == "success":
-                how = "closed_early"
-            elif how == "closed":
-                how = "complete"
-            call.finish(how if call.record.stream else None)
+            self.saw_usage = True
+            self.events = None
 
 
 def _add_usage(a: Usage, b: Usage) -> Usage:
@@ -765,7 +823,7 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
 
 
 def _strip_usage_null(block: bytes) -> bytes:
-    """``block`` without a ``"usage": null`` member (with its comma); unchanged if it has none."""
+    """``block`` without its ``"usage": null`` members (each with its comma)."""
     i = block.find(b'"usage"')
     while i >= 0:
         m = _USAGE_NULL.match(block, i)
@@ -776,9 +834,13 @@ def _strip_usage_null(block: bytes) -> bytes:
                 k -= 1
             before, after = block[k : k + 1], block[j : j + 1]
             if before == b"," and after in (b"}", b","):
-                return block[:k] + block[j:]
+                block = block[:k] + block[j:]
+                i = block.find(b'"usage"', k)
+                continue
             if before == b"{" and after == b",":
-                return block[: k + 1] + block[j + 1 :].lstrip(b" \t")
+                block = block[: k + 1] + block[j + 1 :].lstrip(b" \t")
+                i = block.find(b'"usage"', k + 1)
+                continue
         i = block.find(b'"usage"', i + 7)
     return block
 
