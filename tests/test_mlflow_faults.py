@@ -126,6 +126,34 @@ def test_records_reach_server_once(server: MlflowServer, exporters: Any, errors:
     assert exporter.stats()["spooled"] == 0 and not errors
 
 
+def test_fresh_connections_opt_in_scoped_to_writer_threads(
+    mlflow_server: MlflowServer, errors: list[BaseException]  # noqa: F811
+) -> None:
+    """``fresh_connections=True`` sends ``Connection: close`` from the sink's writer threads only
+    (the host's own MLflow requests keep their headers), and records still arrive once each."""
+    from mlflow.tracking.request_header.registry import resolve_request_headers
+
+    assert MlflowSink(mlflow_server.url).fresh_connections is False  # the default
+    sink = MlflowSink(mlflow_server.url, fresh_connections=True)
+    seen: dict[str, dict[str, str]] = {}
+
+    def writer() -> None:
+        sink._init_writer_thread()
+        seen["writer"] = resolve_request_headers()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+    assert seen["writer"].get("Connection") == "close"
+    assert "Connection" not in resolve_request_headers()
+
+    feature = f"fresh_{time.time_ns()}"
+    records = make_calls(12, feature)
+    sink.export(records)
+    assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
+    assert not errors
+
+
 def test_server_down_at_start_spools_then_replays(
     restartable_server: MlflowServer, exporters: Any, errors: list[BaseException]  # noqa: F811
 ) -> None:
