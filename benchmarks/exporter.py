@@ -96,8 +96,8 @@ def naive(uri: str, n: int) -> float:
             mlflow.set_tags({"feature": "bench", "status": "success", "record_id": str(i)})
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a "View run" link per run
-        # Like ours(): the first runs pay for the server's workers warming up (imports, the
-        # store's first queries, connections); a cold round once read 3.5 runs/s, warm ones 14-16.
+        # Like ours(): the first runs pay for the experiment, connections and the store's first
+        # queries. (The server's own start-up load is a separate, bigger effect: see settle().)
         for i in range(3):
             one(-1 - i)
         t0 = time.perf_counter()
