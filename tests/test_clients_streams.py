@@ -25,6 +25,18 @@ def _chat(fake: FakeOpenAI, **kw) -> None:
     fake.add("POST", "/chat/completions", usage_aware_stream(CHAT_STREAM, **kw))
 
 
+def _reshaped_stream(transform, chunk_size: int = 17):
+    """``usage_aware_stream`` with each answer's SSE text passed through ``transform``."""
+    base = usage_aware_stream(CHAT_STREAM, chunk_size=chunk_size)
+
+    def respond(request):
+        spec = base(request)
+        spec.sse = transform(spec.sse)
+        return spec
+
+    return respond
+
+
 def _exc_key(exc: BaseException) -> tuple[type, str]:
     return type(exc), str(exc)
 
@@ -406,13 +418,7 @@ async def test_async_responses_stream_fully_read(fake, records) -> None:
 
 
 def test_crlf_sse_and_one_byte_chunks(fake, records) -> None:
-    base = usage_aware_stream(CHAT_STREAM, chunk_size=1)
-
-    def crlf(request):
-        spec = base(request)
-        spec.sse = spec.sse.replace("\n", "\r\n")
-        return spec
-
+    crlf = _reshaped_stream(lambda sse: sse.replace("\n", "\r\n"), chunk_size=1)
     fake.add("POST", "/chat/completions", crlf)
     tracked, plain, _ = make_clients(fake, is_async=False)
     got = [normalize(c) for c in tracked.chat.completions.create(model="gpt-4", messages=MSG, stream=True)]
@@ -724,18 +730,6 @@ def test_strip_usage_null_only_removes_the_member(block: bytes, want: bytes | No
 
 
 # -- the stream filter: spacing, CRLF, long streams, faults ---------------------------------------
-
-
-def _reshaped_stream(transform, chunk_size: int = 17):
-    """``usage_aware_stream`` with each answer's SSE text passed through ``transform``."""
-    base = usage_aware_stream(CHAT_STREAM, chunk_size=chunk_size)
-
-    def respond(request):
-        spec = base(request)
-        spec.sse = transform(spec.sse)
-        return spec
-
-    return respond
 
 
 def _compact(sse: str) -> str:
