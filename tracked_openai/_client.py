@@ -14,22 +14,26 @@ from typing import Any
 import openai
 
 from . import _runtime
-from ._errors import internal_errors
+from ._errors import internal_errors, report_internal_error
 from ._instrument import Call, _active, begin, observe_async, observe_sync
 
 __all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
 
 
-def _note_attempt(call: Call | None, response: Any, exc: BaseException | None) -> None:
-    if call is None:
-        return
-    with internal_errors("attempt"):
+# The hot path uses plain try/except (free in CPython 3.11+ when nothing is raised) where
+# ``internal_errors`` would build and enter a context manager on every call.
+
+
+def _note_attempt(call: Call, response: Any) -> None:
+    try:
         record = call.record
         record.attempts += 1
         if response is not None:
             request_id = response.headers.get("x-request-id")
             if request_id:
                 record.request_ids.append(request_id)
+    except Exception as exc:
+        report_internal_error(exc, "attempt")
 
 
 def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
@@ -39,10 +43,10 @@ def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) ->
         return send(request, stream=stream, **kwargs)
     try:
         response = send(request, stream=stream, **kwargs)
-    except BaseException as exc:
-        _note_attempt(call, None, exc)
+    except BaseException:
+        _note_attempt(call, None)
         raise
-    _note_attempt(call, response, None)
+    _note_attempt(call, response)
     return response
 
 
@@ -52,10 +56,10 @@ async def _send_async(send: Any, request: Any, stream: bool, kwargs: dict[str, A
         return await send(request, stream=stream, **kwargs)
     try:
         response = await send(request, stream=stream, **kwargs)
-    except BaseException as exc:
-        _note_attempt(call, None, exc)
+    except BaseException:
+        _note_attempt(call, None)
         raise
-    _note_attempt(call, response, None)
+    _note_attempt(call, response)
     return response
 
 
@@ -63,8 +67,10 @@ def _tracked_sync(
     client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
 ) -> Any:
     call: Call | None = None
-    with internal_errors("begin"):
+    try:
         call, options = begin(client, options, stream)
+    except Exception as exc:
+        report_internal_error(exc, "begin")
     if call is None:
         return request(cast_to, options, stream=stream, stream_cls=stream_cls)
     token: Token[Call | None] = _active.set(call)
@@ -76,8 +82,10 @@ def _tracked_sync(
             call.fail(exc)
         raise
     _active.reset(token)
-    with internal_errors("observe"):
+    try:
         observe_sync(call, result)
+    except Exception as exc:
+        report_internal_error(exc, "observe")
     return result
 
 
@@ -85,8 +93,10 @@ async def _tracked_async(
     client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
 ) -> Any:
     call: Call | None = None
-    with internal_errors("begin"):
+    try:
         call, options = begin(client, options, stream)
+    except Exception as exc:
+        report_internal_error(exc, "begin")
     if call is None:
         return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
     token: Token[Call | None] = _active.set(call)
@@ -98,8 +108,10 @@ async def _tracked_async(
             call.fail(exc)
         raise
     _active.reset(token)
-    with internal_errors("observe"):
+    try:
         observe_async(call, result)
+    except Exception as exc:
+        report_internal_error(exc, "observe")
     return result
 
 

@@ -90,7 +90,7 @@ class Call:
         self._done = False
         self._lock = threading.Lock()
         # The observed HTTP body, parsed on the exporter thread (see _BodyParser).
-        self.body: _BodyParser | None = None
+        self.body: _BodyParser | _BodyObserver | None = None
         # Audio endpoints: the uploaded file (bytes or a path), measured only if the response
         # reports no duration (see _audio).
         self.upload: bytes | str | None = None
@@ -141,7 +141,7 @@ def _resolve(
     endpoint: str,
     request: dict[str, Any],
     result: Any,
-    body: _BodyParser | None,
+    body: _BodyParser | _BodyObserver | None,
     upload: bytes | str | None,
     rec: CallRecord,
 ) -> None:
@@ -195,10 +195,20 @@ def active_call() -> Call | None:
 def _is_openai_host(client: Any) -> bool:
     if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)):
         return True
-    host = str(client.base_url.host)
-    return host == "api.openai.com" or host.endswith(
+    # ``base_url`` is a property that imports on every read; the URL object it returns only
+    # changes when the client's base URL is set, so the answer is kept per client and URL.
+    url = getattr(client, "_base_url", None)
+    if url is None:
+        url = client.base_url
+    cached = client.__dict__.get("_tracked_openai_host")
+    if cached is not None and cached[0] is url:
+        return bool(cached[1])
+    host = str(url.host)
+    answer = host == "api.openai.com" or host.endswith(
         (".openai.com", ".openai.azure.com", ".cognitiveservices.azure.com")
     )
+    client.__dict__["_tracked_openai_host"] = (url, answer)
+    return answer
 
 
 def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
@@ -368,7 +378,7 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     if decoder is False:
         kind = "other"
         decoder = None
-    observer = _BodyObserver(call, _BodyParser(record, call.endpoint, kind, decoder, []))
+    observer = _BodyObserver(call, kind, decoder)
     # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
     filtering = drop_usage_chunk and kind == "sse" and decoder is None
     observer.filtering = filtering
@@ -376,9 +386,11 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
     base: type[Any] = module.AsyncByteStream if is_async else module.SyncByteStream
     response.stream = _make_tee(base, inner, observer, is_async)
-    # Backstop for a stream the caller drops without closing; the observer holds no reference
-    # to the response, so this does not keep it alive.
-    weakref.finalize(response, observer.close, "abandoned")
+    # Backstop for a stream the caller drops without closing. The weak reference lives on the
+    # observer, which ``_open_observers`` keeps alive until it closes, so its callback fires when
+    # the response is collected (what ``weakref.finalize`` does, for a tenth of its cost); the
+    # observer holds no strong reference to the response, so this does not keep it alive.
+    observer.response_ref = weakref.ref(response, observer.collected)
     _open_observers.add(observer)
     return filtering
 
@@ -467,9 +479,11 @@ class _SyncTee:
 
     def __iter__(self) -> Iterator[bytes]:
         observer = self.observer
+        # Bound once: one call per chunk is all the caller's thread pays.
+        feed = observer.filter if observer.filtering else observer.keep
         try:
             for chunk in self.inner:
-                out = observer.pass_through(chunk)
+                out = feed(chunk)
                 if out:
                     yield out
             rest = observer.remainder()
@@ -502,9 +516,10 @@ class _AsyncTee:
             return
         self.observed = True
         observer = self.observer
+        feed = observer.filter if observer.filtering else observer.keep
         try:
             async for chunk in inner:
-                out = observer.pass_through(chunk)
+                out = feed(chunk)
                 if out:
                     yield out
             rest = observer.remainder()
@@ -525,68 +540,114 @@ _TEE_CLASSES: dict[tuple[type[Any], bool], type[Any]] = {}
 
 
 class _BodyObserver:
-    """The caller's side of an observed body: keeps its bytes for the parser, cheaply.
+    """The caller's side of an observed body: keeps its bytes for the exporter thread, cheaply.
 
     When filtering (an injected ``include_usage``), bytes are released one complete SSE event at
     a time, without the usage-only event and without the ``"usage": null`` member the injection
     adds to every chunk, so the caller's chunks are exactly those it would have received.
+    Once closed, the observer is the call's ``body``: ``finish`` parses the kept bytes on the
+    exporter thread.
     """
 
-    __slots__ = ("call", "filtering", "kept", "parser", "pending")
+    __slots__ = (
+        "call",
+        "chunks",
+        "decoder",
+        "endpoint",
+        "filtering",
+        "kept",
+        "kind",
+        "parser",
+        "pending",
+        "record",
+        "response_ref",
+    )
 
-    def __init__(self, call: Call, parser: _BodyParser) -> None:
+    def __init__(self, call: Call, kind: str, decoder: Any) -> None:
         self.call: Call | None = call
-        self.parser = parser
-        self.kept = 0  # bytes kept since the parser last ran
+        self.record = call.record
+        self.endpoint = call.endpoint
+        self.kind = kind
+        self.decoder = decoder
+        self.chunks: list[bytes] = []  # raw bytes not yet parsed
+        self.kept = 0  # their length
+        self.parser: _BodyParser | None = None  # built when the first bytes are parsed
         self.filtering = False
         self.pending = b""  # filtering: bytes not yet handed to the caller
+        self.response_ref: Any = None
 
-    def pass_through(self, chunk: bytes) -> bytes:
-        """Keep ``chunk``; return the bytes the caller gets (``chunk`` itself unless filtering).
-        A fault of ours releases the bytes unfiltered."""
-        if self.call is None:  # closed (at exit) while still being read
+    def keep(self, chunk: bytes) -> bytes:
+        """Keep ``chunk`` for the parser; the caller gets it unchanged."""
+        if self.call is not None:  # not closed (at exit) while still being read
+            self.chunks.append(chunk)
+            self.kept += len(chunk)
+            if self.kept > _INLINE_PARSE_BYTES:
+                self._parse_inline()
+        return chunk
+
+    def filter(self, chunk: bytes) -> bytes:
+        """Keep ``chunk``; return the complete events it ends, as the caller would have received
+        them. A fault of ours releases the bytes unfiltered."""
+        if self.call is None:
             return chunk
-        if not self.filtering:
-            self._keep(chunk)
-            return chunk
-        pending = self.pending + chunk if self.pending else chunk
-        end = _events_end(pending)
-        if end == 0:
-            self.pending = pending
-            return b""
-        ready, self.pending = (pending, b"") if end == len(pending) else (pending[:end], pending[end:])
-        self._keep(ready)
+        if self.pending:
+            chunk = self.pending + chunk
+            self.pending = b""
+        if chunk[-2:] != b"\n\n":  # not at an event boundary (or CRLF framing)
+            end = _events_end(chunk)
+            if end != len(chunk):
+                chunk, self.pending = chunk[:end], chunk[end:]
+                if not chunk:
+                    return b""
+        self.chunks.append(chunk)
+        self.kept += len(chunk)
+        if self.kept > _INLINE_PARSE_BYTES:
+            self._parse_inline()
         try:
-            if _NO_CHOICES.search(ready) is not None:
-                ready = _without_usage_only_events(ready)
+            if _NO_CHOICES.search(chunk) is not None:
+                chunk = _without_usage_only_events(chunk)
             # OpenAI's compact JSON first (one C-level pass), any other spacing after.
-            stripped = ready.replace(b',"usage":null', b"")
-            if stripped is ready and b'"usage"' in ready:
-                stripped = _strip_usage_null(ready)
+            stripped = chunk.replace(b',"usage":null', b"")
+            if stripped is chunk and b'"usage"' in chunk:
+                stripped = _strip_usage_null(chunk)
             return stripped
         except Exception as exc:
             report_internal_error(exc, "stream filter")
-            return ready
+            return chunk
 
     def remainder(self) -> bytes:
         """Bytes still withheld when the body ends (an unterminated last event)."""
         rest, self.pending = self.pending, b""
         if rest and self.call is not None:
-            self._keep(rest)
+            self.chunks.append(rest)
         return rest
 
-    def _keep(self, chunk: bytes) -> None:
+    def _parse_inline(self) -> None:
+        # A long stream: parse what we have now rather than hold it all until it ends.
+        self.kept = 0
+        try:
+            self._parse_kept()
+        except Exception as exc:
+            report_internal_error(exc, "stream parser")
+            if self.parser is not None:
+                self.parser.broken = True
+
+    def _parser(self) -> _BodyParser:
+        """The parser, holding every kept byte not parsed yet."""
+        chunks, self.chunks = self.chunks, []
         parser = self.parser
-        parser.chunks.append(chunk)
-        self.kept += len(chunk)
-        if self.kept > _INLINE_PARSE_BYTES:
-            # A long stream: parse what we have now rather than hold it all until it ends.
-            self.kept = 0
-            try:
-                parser.parse_kept()
-            except Exception as exc:
-                report_internal_error(exc, "stream parser")
-                parser.broken = True
+        if parser is None:
+            parser = self.parser = _BodyParser(self.record, self.endpoint, self.kind, self.decoder, chunks)
+        else:
+            parser.chunks.extend(chunks)
+        return parser
+
+    def _parse_kept(self) -> None:
+        self._parser().parse_kept()
+
+    def finish(self) -> list[bytes]:
+        """Exporter thread: parse the rest of the body; returns the events to estimate from."""
+        return self._parser().finish()
 
     def transport_error(self, exc: BaseException) -> None:
         with internal_errors("stream observer"):
@@ -597,14 +658,21 @@ class _BodyObserver:
                 call.record.error_message = str(exc)[:_MAX_MESSAGE]
                 self.close("error")
 
+    def collected(self, _ref: Any) -> None:
+        """The response was garbage-collected with its stream still open."""
+        self.close("abandoned")
+
     def close(self, how: str) -> None:
-        with internal_errors("stream observer close"):
+        try:
             call, self.call = self.call, None
             if call is None:
                 return
             _open_observers.discard(self)
-            call.body = self.parser
+            self.response_ref = None
+            call.body = self
             call.finish(how if call.record.stream else None)
+        except Exception as exc:
+            report_internal_error(exc, "stream observer close")
 
 
 def _events_end(data: bytes) -> int:
