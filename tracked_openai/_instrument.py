@@ -363,27 +363,24 @@ def _hide_usage_chunk(stream: Any) -> None:
 
 def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: bool = False) -> bool:
     """Observe ``response``'s body; returns True when the injected usage chunk is dropped from
-    the bytes themselves (the SDK then never parses it, which is cheaper than hiding the object)."""
+    the bytes themselves (the SDK then never parses it, which is cheaper than hiding the object).
+    Headers are read here only to decide that; the parser reads them on the exporter thread."""
     record = call.record
     record.http_status = response.status_code
-    content_type = response.headers.get("content-type", "")
-    kind = "sse" if "event-stream" in content_type else "json" if "json" in content_type else "other"
+    headers = response.headers
+    module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
     if hasattr(response, "_content"):
         # Body already read (with_raw_response on a non-stream call, binary speech).
+        kind = _kind_of(headers)
         if kind != "other":
             call.body = _BodyParser(record, call.endpoint, kind, None, [response.content])
         call.finish("complete" if record.stream else None)
         return False
-    decoder = _decoder_for(response)
-    if decoder is False:
-        kind = "other"
-        decoder = None
-    observer = _BodyObserver(call, kind, decoder)
+    observer = _BodyObserver(call, headers, module)
     # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
-    filtering = drop_usage_chunk and kind == "sse" and decoder is None
+    filtering = drop_usage_chunk and _kind_of(headers) == "sse" and _encoding_of(headers) in _IDENTITY
     observer.filtering = filtering
     inner = response.stream
-    module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
     base: type[Any] = module.AsyncByteStream if is_async else module.SyncByteStream
     response.stream = _make_tee(base, inner, observer, is_async)
     # Backstop for a stream the caller drops without closing. The weak reference lives on the
@@ -393,6 +390,19 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     observer.response_ref = weakref.ref(response, observer.collected)
     _open_observers.add(observer)
     return filtering
+
+
+_IDENTITY = ("", "identity")
+
+
+def _kind_of(headers: Any) -> str:
+    content_type: str = headers.get("content-type", "")
+    return "sse" if "event-stream" in content_type else "json" if "json" in content_type else "other"
+
+
+def _encoding_of(headers: Any) -> str:
+    encoding: str = headers.get("content-encoding", "")
+    return encoding.strip().lower()
 
 
 # Bodies being observed, so that a process exiting with streams still open records them.
@@ -405,13 +415,13 @@ def close_open_streams() -> None:
         observer.close("abandoned")
 
 
-def _decoder_for(response: Any) -> Any:
-    encoding = response.headers.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity"):
+def _decoder_for(headers: Any, module: Any) -> Any:
+    """A decoder for the body's content-encoding; None if it has none, False if unsupported."""
+    encoding = _encoding_of(headers)
+    if encoding in _IDENTITY:
         return None
     codings = [c.strip() for c in encoding.split(",") if c.strip() and c.strip() != "identity"]
     try:
-        module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
         supported = module._decoders.SUPPORTED_DECODERS  # type: ignore[attr-defined]
         decoders = [supported[c]() for c in reversed(codings)]
     except Exception:
@@ -552,23 +562,23 @@ class _BodyObserver:
     __slots__ = (
         "call",
         "chunks",
-        "decoder",
         "endpoint",
         "filtering",
+        "headers",
         "kept",
-        "kind",
+        "module",
         "parser",
         "pending",
         "record",
         "response_ref",
     )
 
-    def __init__(self, call: Call, kind: str, decoder: Any) -> None:
+    def __init__(self, call: Call, headers: Any, module: Any) -> None:
         self.call: Call | None = call
         self.record = call.record
         self.endpoint = call.endpoint
-        self.kind = kind
-        self.decoder = decoder
+        self.headers = headers  # the response's; read by the parser
+        self.module = module  # httpx2 or httpx, whichever the response came from
         self.chunks: list[bytes] = []  # raw bytes not yet parsed
         self.kept = 0  # their length
         self.parser: _BodyParser | None = None  # built when the first bytes are parsed
@@ -637,7 +647,10 @@ class _BodyObserver:
         chunks, self.chunks = self.chunks, []
         parser = self.parser
         if parser is None:
-            parser = self.parser = _BodyParser(self.record, self.endpoint, self.kind, self.decoder, chunks)
+            kind, decoder = _kind_of(self.headers), _decoder_for(self.headers, self.module)
+            if decoder is False:
+                kind, decoder = "other", None
+            parser = self.parser = _BodyParser(self.record, self.endpoint, kind, decoder, chunks)
         else:
             parser.chunks.extend(chunks)
         return parser
@@ -689,7 +702,10 @@ def _events_end(data: bytes) -> int:
 
 
 def _without_usage_only_events(ready: bytes) -> bytes:
-    """``ready`` (complete SSE events) without the usage-only chunk the injection asked for."""
+    """``ready`` (complete SSE events, some with empty choices) without the usage-only chunk the
+    injection asked for."""
+    if ready.find(b"\n\n") == len(ready) - 2:  # one event, as a server flushing each sends it
+        return b"" if _has_usage_object(ready) else ready
     out: list[bytes] = []
     for match in _SSE_EVENT.finditer(ready):
         block = match.group(0)
