@@ -26,12 +26,9 @@ __all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
 
 def _note_attempt(call: Call, response: Any) -> None:
     try:
-        record = call.record
-        record.attempts += 1
+        call.record.attempts += 1
         if response is not None:
-            request_id = response.headers.get("x-request-id")
-            if request_id:
-                record.request_ids.append(request_id)
+            call.attempt_headers.append(response.headers)
     except Exception as exc:
         report_internal_error(exc, "attempt")
 

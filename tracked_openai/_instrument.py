@@ -68,6 +68,7 @@ class Call:
         "__weakref__",
         "_done",
         "_lock",
+        "attempt_headers",
         "body",
         "endpoint",
         "injected",
@@ -86,6 +87,9 @@ class Call:
         self.op = op
         self.request = request
         self.result: Any = None
+        # Each HTTP attempt's response headers; request ids are read off them on the exporter
+        # thread (a header lookup walks every header).
+        self.attempt_headers: list[Any] = []
         self.injected = False
         self._done = False
         self._lock = threading.Lock()
@@ -120,7 +124,9 @@ class Call:
         rec.duration_s = time.perf_counter() - self.t0
         if stream_end is not None:
             rec.stream_end = stream_end
-        rec.pending = partial(_resolve, self.endpoint, self.request, self.result, self.body, self.upload)
+        rec.pending = partial(
+            _resolve, self.endpoint, self.request, self.result, self.body, self.upload, self.attempt_headers
+        )
         self.request = {}
         self.upload = None
         self.body = None
@@ -143,10 +149,15 @@ def _resolve(
     result: Any,
     body: _BodyParser | _BodyObserver | None,
     upload: bytes | str | None,
+    attempt_headers: list[Any],
     rec: CallRecord,
 ) -> None:
-    """Exporter-thread half of a call: params, the observed body or the usage of a typed
-    result, an estimate if the response had none."""
+    """Exporter-thread half of a call: request ids, params, the observed body or the usage of a
+    typed result, an estimate if the response had none."""
+    for headers in attempt_headers:
+        request_id = headers.get("x-request-id")
+        if request_id:
+            rec.request_ids.append(request_id)
     rec.params = params_of(request)
     events = body.finish() if body is not None else []
     if isinstance(result, (str, bytes)):
@@ -378,7 +389,8 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
         return False
     observer = _BodyObserver(call, headers, module)
     # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
-    filtering = drop_usage_chunk and _kind_of(headers) == "sse" and _encoding_of(headers) in _IDENTITY
+    # The SDK reads a Stream's body as SSE whatever its content type, so the filter can too.
+    filtering = drop_usage_chunk and _encoding_of(headers) in _IDENTITY
     observer.filtering = filtering
     inner = response.stream
     base: type[Any] = module.AsyncByteStream if is_async else module.SyncByteStream
@@ -600,6 +612,19 @@ class _BodyObserver:
         them. A fault of ours releases the bytes unfiltered."""
         if self.call is None:
             return chunk
+        if not self.pending and chunk.endswith(_USAGE_NULL_END) and chunk.find(b"\n\n") == len(chunk) - 2:
+            # The usual read: one event, ending (as OpenAI writes every chunk) with the injected
+            # member; checked from the end and by one memchr-speed search for the first blank
+            # line. Anything else (the usage-only event, several events in one read, a partial
+            # event, other spacing or member order) takes the general path.
+            self.chunks.append(chunk)
+            self.kept += len(chunk)
+            if self.kept > _INLINE_PARSE_BYTES:
+                self._parse_inline()
+            return chunk[: -len(_USAGE_NULL_END)] + b"}\n\n"
+        return self._filter(chunk)
+
+    def _filter(self, chunk: bytes) -> bytes:
         if self.pending:
             chunk = self.pending + chunk
             self.pending = b""
@@ -614,13 +639,7 @@ class _BodyObserver:
         if self.kept > _INLINE_PARSE_BYTES:
             self._parse_inline()
         try:
-            if _NO_CHOICES.search(chunk) is not None:
-                chunk = _without_usage_only_events(chunk)
-            # OpenAI's compact JSON first (one C-level pass), any other spacing after.
-            stripped = chunk.replace(b',"usage":null', b"")
-            if stripped is chunk and b'"usage"' in chunk:
-                stripped = _strip_usage_null(chunk)
-            return stripped
+            return _filter_events(chunk)
         except Exception as exc:
             report_internal_error(exc, "stream filter")
             return chunk
@@ -699,6 +718,25 @@ def _events_end(data: bytes) -> int:
         if crlf >= 0:
             end = max(end, crlf + 4)
     return end
+
+
+_USAGE_NULL_END = b',"usage":null}\n\n'
+
+
+def _filter_events(ready: bytes) -> bytes:
+    """``ready`` (complete SSE events) as the caller would have received it: without the
+    usage-only event and without the ``"usage": null`` members the injection added."""
+    if b'"usage"' not in ready:
+        return ready  # [DONE], or a server that ignored include_usage
+    if _NO_CHOICES.search(ready) is not None:
+        ready = _without_usage_only_events(ready)
+        if not ready:
+            return ready
+    # OpenAI's compact JSON first (one C-level pass), any other spacing after.
+    stripped = ready.replace(b',"usage":null', b"")
+    if stripped is ready and b'"usage"' in ready:
+        stripped = _strip_usage_null(ready)
+    return stripped
 
 
 def _without_usage_only_events(ready: bytes) -> bytes:
