@@ -204,8 +204,6 @@ def active_call() -> Call | None:
 
 
 def _is_openai_host(client: Any) -> bool:
-    if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)):
-        return True
     # ``base_url`` is a property that imports on every read; the URL object it returns only
     # changes when the client's base URL is set, so the answer is kept per client and URL.
     url = getattr(client, "_base_url", None)
@@ -215,8 +213,9 @@ def _is_openai_host(client: Any) -> bool:
     if cached is not None and cached[0] is url:
         return bool(cached[1])
     host = str(url.host)
-    answer = host == "api.openai.com" or host.endswith(
-        (".openai.com", ".openai.azure.com", ".cognitiveservices.azure.com")
+    answer = isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)) or (
+        host == "api.openai.com"
+        or host.endswith((".openai.com", ".openai.azure.com", ".cognitiveservices.azure.com"))
     )
     client.__dict__["_tracked_openai_host"] = (url, answer)
     return answer
@@ -280,11 +279,12 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
 
 def _maybe_inject_usage(client: Any, options: Any, request: dict[str, Any], call: Call) -> Any:
     stream_options = request.get("stream_options")
-    extra = options.extra_json
-    if isinstance(stream_options, dict) and "include_usage" in stream_options:
-        return options
-    if isinstance(extra, dict) and "stream_options" in extra:
-        return options
+    if stream_options is not None or options.extra_json is not None:
+        if isinstance(stream_options, dict) and "include_usage" in stream_options:
+            return options
+        extra = options.extra_json
+        if isinstance(extra, dict) and "stream_options" in extra:
+            return options
     if not _is_openai_host(client):
         # Other OpenAI-compatible servers may reject the field; estimate instead.
         return options
@@ -622,6 +622,13 @@ class _BodyObserver:
             if self.kept > _INLINE_PARSE_BYTES:
                 self._parse_inline()
             return chunk[: -len(_USAGE_NULL_END)] + b"}\n\n"
+        if not self.pending and chunk.find(b"\n\n") == len(chunk) - 2 and _USAGE_ONLY in chunk:
+            # The usage-only event we asked for, alone in its read, as OpenAI writes it.
+            self.chunks.append(chunk)
+            self.kept += len(chunk)
+            if self.kept > _INLINE_PARSE_BYTES:
+                self._parse_inline()
+            return b""
         return self._filter(chunk)
 
     def _filter(self, chunk: bytes) -> bytes:
@@ -721,6 +728,7 @@ def _events_end(data: bytes) -> int:
 
 
 _USAGE_NULL_END = b',"usage":null}\n\n'
+_USAGE_ONLY = b'"choices":[],"usage":{'
 
 
 def _filter_events(ready: bytes) -> bytes:
