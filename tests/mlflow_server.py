@@ -176,10 +176,22 @@ class FaultProxy:
                     time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
+                try:
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except OSError as exc:
+                    # Upstream hiccup (a busy server under the full suite): answer like a real
+                    # gateway would rather than dropping the client's connection unanswered.
+                    payload = f'{{"error_code": "BAD_GATEWAY", "message": "{type(exc).__name__}"}}'.encode()
+                    self.send_response(502)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                finally:
+                    conn.close()
                 self.send_response(resp.status)
                 skip = ("transfer-encoding", "connection", "content-length", "date", "server")
                 for key, value in resp.getheaders():
@@ -203,6 +215,11 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def upstream_url(self) -> str:
+        """The server behind the proxy: where tests check what landed, past the faults."""
+        return f"http://127.0.0.1:{self.upstream_port}"
 
     def close(self) -> None:
         self.server.shutdown()

@@ -229,7 +229,7 @@ def test_slow_server_never_slows_the_caller(
     assert time.perf_counter() - t0 < 0.1
     assert exporter.flush(120)
     assert proxy.hits["slow"] > 0
-    assert sorted(record_ids_in(proxy.url, feature)) == sorted(r.record_id for r in records)
+    assert sorted(record_ids_in(proxy.upstream_url, feature)) == sorted(r.record_id for r in records)
     assert not errors
 
 
@@ -257,7 +257,7 @@ def test_5xx_answers_are_retried_spooled_and_replayed(
         assert proxy.hits["503"] > 0
         proxy.mode = "pass"
         assert wait_for(lambda: _runtime.stats()["replayed"] == 11, 60), _runtime.stats()
-        ids = record_ids_in(proxy.url, feature)
+        ids = record_ids_in(proxy.upstream_url, feature)
         assert len(ids) == 11 and len(set(ids)) == 11
         assert not errors
     finally:
