@@ -3,7 +3,7 @@
 The caller gets exactly what the SDK returns. Typed results are read in place; anything that
 carries an HTTP body the caller will read later (streams, raw and streaming responses) is observed
 at the byte level: the response's byte stream is swapped for a pass-through tee that keeps the
-bytes and finishes the record when the stream closes, with a ``weakref.finalize`` backstop for
+bytes and finishes the record when the stream closes, with a weak-reference backstop for
 streams that are dropped unclosed. Parsing the kept bytes (usage, served model, errors) happens
 on the exporter thread (``_BodyParser``), so the caller's thread only slices bytes; a stream long
 enough to hold more than ``_INLINE_PARSE_BYTES`` is parsed as it goes, to keep memory bounded.
