@@ -7,7 +7,8 @@ bytes and finishes the record when the stream closes, with a weak-reference back
 streams that are dropped unclosed. Parsing the kept bytes (usage, served model, errors) happens
 on the exporter thread (``_BodyParser``), so the caller's thread only slices bytes; a stream long
 enough to hold more than ``_INLINE_PARSE_BYTES`` is parsed as it goes, to keep memory bounded.
-Every step here runs inside ``internal_errors``.
+Every step here is behind the internal-error boundary (``internal_errors``, or on the hot path a
+plain try/except that reports the same way).
 """
 
 from __future__ import annotations
