@@ -10,6 +10,7 @@ every process they started.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import secrets
 import shutil
@@ -159,18 +160,21 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
+            def _error(self, status: int, code: str, message: str) -> None:
+                payload = json.dumps({"error_code": code, "message": message}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _handle(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 mode = proxy.mode
                 proxy.hits[mode] = proxy.hits.get(mode, 0) + 1
                 if mode == "503":
-                    payload = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected 503"}'
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._error(503, "TEMPORARILY_UNAVAILABLE", "injected 503")
                     return
                 if mode == "slow":
                     time.sleep(proxy.delay)
@@ -183,12 +187,7 @@ class FaultProxy:
                 except OSError as exc:
                     # Upstream hiccup (a busy server under the full suite): answer like a real
                     # gateway would rather than dropping the client's connection unanswered.
-                    payload = f'{{"error_code": "BAD_GATEWAY", "message": "{type(exc).__name__}"}}'.encode()
-                    self.send_response(502)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._error(502, "BAD_GATEWAY", type(exc).__name__)
                     return
                 finally:
                     conn.close()
