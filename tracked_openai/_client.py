@@ -21,29 +21,22 @@ __all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
 
 
 # The hot path uses plain try/except (free in CPython 3.11+ when nothing is raised) where
-# ``internal_errors`` would build and enter a context manager on every call.
-
-
-def _note_attempt(call: Call, response: Any) -> None:
-    try:
-        call.record.attempts += 1
-        if response is not None:
-            call.attempt_headers.append(response.headers)
-    except Exception as exc:
-        report_internal_error(exc, "attempt")
+# ``internal_errors`` would build and enter a context manager on every call. An HTTP attempt
+# costs the caller one ``append``: its response headers (None for an attempt that raised), from
+# which the exporter thread counts attempts and reads request ids.
 
 
 def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
-    """One HTTP attempt; counted (with its request id) when a tracked call is active."""
+    """One HTTP attempt; noted (with its headers) when a tracked call is active."""
     call = _active.get()
     if call is None:
         return send(request, stream=stream, **kwargs)
     try:
         response = send(request, stream=stream, **kwargs)
     except BaseException:
-        _note_attempt(call, None)
+        call.attempt_headers.append(None)
         raise
-    _note_attempt(call, response)
+    call.attempt_headers.append(getattr(response, "headers", None))
     return response
 
 
@@ -54,9 +47,9 @@ async def _send_async(send: Any, request: Any, stream: bool, kwargs: dict[str, A
     try:
         response = await send(request, stream=stream, **kwargs)
     except BaseException:
-        _note_attempt(call, None)
+        call.attempt_headers.append(None)
         raise
-    _note_attempt(call, response)
+    call.attempt_headers.append(getattr(response, "headers", None))
     return response
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import weakref
 import zlib
@@ -36,7 +35,7 @@ from ._context import _current as _current_op
 from ._context import call_closed, call_opened
 from ._errors import internal_errors, logger, report_internal_error
 from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
-from .records import USAGE_KEYS, CallRecord, Usage, new_record_id
+from .records import USAGE_KEYS, CallRecord, Usage
 
 __all__ = ["Call", "active_call", "begin", "close_open_streams", "observe_async", "observe_sync"]
 
@@ -67,8 +66,7 @@ class Call:
 
     __slots__ = (
         "__weakref__",
-        "_done",
-        "_lock",
+        "_once",
         "attempt_headers",
         "body",
         "endpoint",
@@ -88,12 +86,13 @@ class Call:
         self.op = op
         self.request = request
         self.result: Any = None
-        # Each HTTP attempt's response headers; request ids are read off them on the exporter
-        # thread (a header lookup walks every header).
+        # Each HTTP attempt's response headers (None if it raised): attempts are counted and
+        # request ids read off them on the exporter thread (a header lookup walks every header).
         self.attempt_headers: list[Any] = []
         self.injected = False
-        self._done = False
-        self._lock = threading.Lock()
+        # Popped by the one ``finish`` that runs: ``list.pop`` is atomic (the GIL, or the list's
+        # own lock on free-threaded builds), and far cheaper on a cold path than a Lock.
+        self._once: list[None] = [None]
         # The observed HTTP body, parsed on the exporter thread (see _BodyParser).
         self.body: _BodyParser | _BodyObserver | None = None
         # Audio endpoints: the uploaded file (bytes or a path), measured only if the response
@@ -117,10 +116,10 @@ class Call:
     def finish(self, stream_end: str | None = None) -> None:
         """Hand the record to the exporter. Only timing happens here: reading usage off the
         response, params and estimates are deferred to the exporter thread (``_resolve``)."""
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
+        try:
+            self._once.pop()
+        except IndexError:
+            return
         rec = self.record
         rec.duration_s = time.perf_counter() - self.t0
         if stream_end is not None:
@@ -155,7 +154,10 @@ def _resolve(
 ) -> None:
     """Exporter-thread half of a call: request ids, params, the observed body or the usage of a
     typed result, an estimate if the response had none."""
+    rec.attempts = len(attempt_headers)
     for headers in attempt_headers:
+        if headers is None:
+            continue
         request_id = headers.get("x-request-id")
         if request_id:
             rec.request_ids.append(request_id)
@@ -240,7 +242,9 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
     settings = _runtime.settings
     model = request.get("model")
     record = CallRecord(
-        record_id=new_record_id(),
+        # Given its id when prepared on the exporter thread (``_runtime.prepare``): nothing reads
+        # a call's id before then, and formatting one costs microseconds on a cold path.
+        record_id="",
         parent_id=op.record.record_id if op is not None else None,
         started_at=time.time(),
         feature=op.record.feature if op is not None else settings.default_feature,
@@ -294,7 +298,14 @@ def _maybe_inject_usage(client: Any, options: Any, request: dict[str, Any], call
     # ``options`` is the SDK's own per-call object (built by the resource method, copied again
     # by ``request()`` before each attempt); replacing its body spares a pydantic copy. The
     # caller's ``stream_options`` dict is never mutated.
-    options.json_data = {**request, "stream_options": merged}
+    body = {**request, "stream_options": merged}
+    fields = getattr(options, "__dict__", None)
+    if fields is not None and fields.get("json_data") is request:
+        # The field is set already: this is what pydantic's ``__setattr__`` does then, minus
+        # its dispatch (microseconds on a cold path).
+        fields["json_data"] = body
+    else:
+        options.json_data = body
     call.injected = True
     return options
 
@@ -381,7 +392,9 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     record.http_status = response.status_code
     headers = response.headers
     module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
-    if hasattr(response, "_content"):
+    state = getattr(response, "__dict__", None)
+    # ``hasattr`` on the absent attribute (every stream) would raise and catch AttributeError.
+    if "_content" in state if state is not None else hasattr(response, "_content"):
         # Body already read (with_raw_response on a non-stream call, binary speech).
         kind = _kind_of(headers)
         if kind != "other":
@@ -421,7 +434,12 @@ def _encoding_of(headers: Any) -> str:
     # httpx2 and httpx keep (raw key, lower-case key, value) triples. Reading them spares what
     # ``get`` costs for a header that is absent (the usual case): checking every header's
     # encoding, then raising and catching KeyError, about 2 µs on the caller's thread.
-    values = [item[2] for item in items if item[1] == b"content-encoding"]
+    values = None
+    for item in items:  # a loop, not a comprehension: no frame of its own for the usual miss
+        if item[1] == b"content-encoding":
+            if values is None:
+                values = []
+            values.append(item[2])
     return b", ".join(values).decode("latin-1").strip().lower() if values else ""
 
 
@@ -490,12 +508,12 @@ def _as_bytes(out: Any) -> bytes:
 
 
 def _make_tee(base: type[Any], inner: Any, observer: _BodyObserver, is_async: bool) -> Any:
-    cls = _TEE_CLASSES.get((base, is_async))
+    cls = _TEE_CLASSES.get(base)
     if cls is None:
         # One class per byte-stream base (httpx2 or httpx, sync or async), built once: a class
         # per call would cost tens of microseconds and feed the cyclic garbage collector.
         cls = type("AsyncTee" if is_async else "SyncTee", (_AsyncTee if is_async else _SyncTee, base), {})
-        _TEE_CLASSES[(base, is_async)] = cls
+        _TEE_CLASSES[base] = cls
     return cls(inner, observer)
 
 
@@ -566,7 +584,7 @@ class _AsyncTee:
             self.observer.close("closed")
 
 
-_TEE_CLASSES: dict[tuple[type[Any], bool], type[Any]] = {}
+_TEE_CLASSES: dict[type[Any], type[Any]] = {}  # keyed by base: each is sync or async
 
 
 class _BodyObserver:

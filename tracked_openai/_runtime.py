@@ -15,7 +15,7 @@ from typing import Any
 from ._config import Settings, load_settings
 from ._errors import internal_error_count, internal_errors, logger
 from ._exporter import Exporter
-from .records import CallRecord, OperationRecord, Record
+from .records import CallRecord, OperationRecord, Record, new_record_id
 
 __all__ = ["configure", "flush", "prepare", "settings", "shutdown", "stats", "submit"]
 
@@ -102,6 +102,8 @@ def submit(record: Record) -> None:
 def prepare(record: Record) -> None:
     """Fill derived fields on the exporter thread: estimated usage, cost, operation roll-ups."""
     if isinstance(record, CallRecord):
+        if not record.record_id:  # a tracked call's record is named here, off the caller's path
+            record.record_id = new_record_id()
         pending, record.pending = record.pending, None
         if pending is not None:
             with internal_errors("usage estimate"):
