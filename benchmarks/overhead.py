@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,44 @@ def chat_stream(client: Any) -> None:
         pass
 
 
-def time_call(fn: Callable[[Any], None], client: Any) -> float:
-    start = time.perf_counter()
-    fn(client)
-    return time.perf_counter() - start
+def _enable(on: bool) -> Callable[[], None]:
+    def setup() -> None:
+        _runtime.settings.enabled = on
+
+    return setup
+
+
+def interleave(
+    workloads: dict[str, tuple[Callable[[], None], Callable[[], None]]], calls: int, flush_every: int
+) -> dict[str, list[float]]:
+    """Time each workload ``calls`` times, one call of each in turn, in a rotating order, so drift
+    hits them alike. A workload is ``(setup, call)``: only ``call`` is timed. The exporter is
+    flushed (untimed) every ``flush_every`` rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in workloads}
+    order = list(workloads)
+    gc.collect()
+    for i in range(calls):
+        shift = i % len(order)
+        for name in order[shift:] + order[:shift]:
+            setup, call = workloads[name]
+            setup()
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+        if i % flush_every == flush_every - 1:
+            tracked_openai.flush()
+    tracked_openai.flush()
+    return samples
+
+
+def print_medians(samples: dict[str, list[float]], baseline: str) -> None:
+    """Each workload's median, its ratio to ``baseline``'s and the time it adds."""
+    base = statistics.median(samples[baseline])
+    width = max(9, *(len(name) for name in samples))
+    for name, values in samples.items():
+        value = statistics.median(values)
+        added = value - base
+        print(f"  {name:<{width}} {value * 1e6:8.1f} µs   ratio {value / base:5.3f}   added {added * 1e6:+7.1f} µs ({added / base:+.1%})")
 
 
 def main() -> None:
@@ -146,30 +181,18 @@ def main() -> None:
     }
     print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.calls} calls per client, interleaved")
     for name, fn in (("chat", chat), ("chat stream", chat_stream)):
-        samples: dict[str, list[float]] = {k: [] for k in clients}
+        workloads = {key: (_enable(key != "disabled"), partial(fn, client)) for key, client in clients.items()}
         for client in clients.values():  # warm-up: imports, caches, the exporter thread
             with tracked_openai.track("bench", "warmup"):
                 for _ in range(50):
                     fn(client)
         tracked_openai.flush()
         cpu0, count0 = sink.cpu, sink.count
-        order = list(clients)
-        gc.collect()
-        for i in range(args.calls):
-            for key in order[i % 3 :] + order[: i % 3]:
-                _runtime.settings.enabled = key != "disabled"
-                samples[key].append(time_call(fn, clients[key]))
-            _runtime.settings.enabled = True
-            if i % args.flush_every == args.flush_every - 1:
-                tracked_openai.flush()
-        tracked_openai.flush()
+        samples = interleave(workloads, args.calls, args.flush_every)
+        _runtime.settings.enabled = True
         background = (sink.cpu - cpu0) / max(1, sink.count - count0)
-        medians = {k: statistics.median(v) for k, v in samples.items()}
-        base = medians["plain"]
         print(f"\n{name}: median per call")
-        for key, value in medians.items():
-            added = value - base
-            print(f"  {key:<9} {value * 1e6:8.1f} µs   ratio {value / base:5.3f}   added {added * 1e6:+7.1f} µs ({added / base:+.1%})")
+        print_medians(samples, "plain")
         print(f"  exporter thread: {background * 1e6:.1f} µs CPU per record (off the caller's path)")
     tracked_openai.flush()
     print(f"\nrecords exported by the tracked client: {sink.count}")

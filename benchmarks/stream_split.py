@@ -20,11 +20,9 @@ interleaved call by call in a rotating order; medians and their difference from 
 from __future__ import annotations
 
 import argparse
-import gc
-import statistics
 import sys
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from overhead import MESSAGES, CountingSink, handler
+from overhead import MESSAGES, CountingSink, handler, interleave, print_medians
 
 import tracked_openai
 from tracked_openai import _runtime
@@ -70,33 +68,21 @@ def main() -> None:
         "tracked+callerusage": (tracked, stream_with_usage, True),
     }
     settings = _runtime.settings
+    configured = settings.inject_stream_usage
     for client, fn, inject in workloads.values():  # warm-up
         settings.inject_stream_usage = inject
         for _ in range(50):
             fn(client)
     tracked_openai.flush()
-    samples: dict[str, list[float]] = {name: [] for name in workloads}
-    order = list(workloads)
-    gc.collect()
-    for i in range(args.calls):
-        shift = i % len(order)
-        for name in order[shift:] + order[:shift]:
-            client, fn, inject = workloads[name]
-            settings.inject_stream_usage = inject
-            start = time.perf_counter()
-            fn(client)
-            samples[name].append(time.perf_counter() - start)
-        if i % 50 == 49:  # the exporter's work, untimed
-            tracked_openai.flush()
-    settings.inject_stream_usage = True
-    tracked_openai.flush()
-    base = statistics.median(samples["plain"])
+    timed = {
+        name: (partial(setattr, settings, "inject_stream_usage", inject), partial(fn, client))
+        for name, (client, fn, inject) in workloads.items()
+    }
+    samples = interleave(timed, args.calls, flush_every=50)
+    settings.inject_stream_usage = configured
     print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.calls} calls each, interleaved")
     print("chat stream: median per call")
-    for name, values in samples.items():
-        value = statistics.median(values)
-        added = value - base
-        print(f"  {name:<20} {value * 1e6:8.1f} µs   ratio {value / base:5.3f}   added {added * 1e6:+7.1f} µs ({added / base:+.1%})")
+    print_medians(samples, "plain")
 
 
 if __name__ == "__main__":
