@@ -791,9 +791,9 @@ def test_stream_longer_than_the_inline_parse_threshold_keeps_exact_usage(
     inline: list[int] = []
     parse_kept = instrument._BodyParser.parse_kept
 
-    def spy(self) -> None:
+    def spy(self, record) -> None:
         inline.append(len(self.chunks))
-        parse_kept(self)
+        parse_kept(self, record)
 
     monkeypatch.setattr(instrument._BodyParser, "parse_kept", spy)
 

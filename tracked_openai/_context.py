@@ -160,9 +160,10 @@ def call_opened(op: Operation) -> None:
             scope = scope.parent
 
 
-def call_closed(op: Operation, record: Any) -> list[OperationRecord]:
-    """A call begun inside ``op`` finished: roll it up; returns the operation records that were
-    waiting only for it (to submit after the call's own record)."""
+def call_closed(op: Operation, call: Any) -> list[OperationRecord]:
+    """A tracked call (``_instrument.Call``) begun inside ``op`` finished: it joins the roll-up
+    of every enclosing operation still open; returns the operation records that were waiting
+    only for it (to submit after the call itself)."""
     ready: list[OperationRecord] = []
     with _lock:
         scope: Operation | None = op
@@ -171,14 +172,14 @@ def call_closed(op: Operation, record: Any) -> list[OperationRecord]:
             if scope._submitted:
                 late = True
             else:
-                scope.record.children.append(record)
+                scope.record.children.append(call)
             scope._open -= 1
             if scope._open <= 0 and _waiting.pop(scope, None) is not None:
                 scope._submitted = True
                 ready.append(scope.record)
             scope = scope.parent
         if late:
-            record.tags[LATE_TAG] = "true"
+            call.record.tags[LATE_TAG] = "true"
     return ready
 
 

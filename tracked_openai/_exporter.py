@@ -83,7 +83,9 @@ class Exporter:
 
     Args:
         sinks: Objects with ``export(records)`` (and optionally ``force_flush``/``shutdown``).
-        prepare: Called once per record on a background thread before it is exported or spooled.
+        prepare: Called once per submitted item on a background thread before it is exported
+            or spooled; returns the record to export (the item itself, or the record it stands
+            for: a tracked call is submitted as is and made into its record here).
         queue_size: In-memory queue bound; beyond it records go to the spool (or are dropped).
         batch_size: Records per ``export`` call.
         flush_interval: Longest a record waits in the queue before a batch is sent.
@@ -102,7 +104,7 @@ class Exporter:
         self,
         sinks: Sequence[Any],
         *,
-        prepare: Callable[[Record], None] | None = None,
+        prepare: Callable[[Any], Record] | None = None,
         queue_size: int = 10_000,
         batch_size: int = 256,
         flush_interval: float = 1.0,
@@ -426,9 +428,9 @@ class Exporter:
     def _prepare_batch(self, batch: list[Record]) -> None:
         if self._prepare is None:
             return
-        for record in batch:
+        for i, item in enumerate(batch):
             try:
-                self._prepare(record)
+                batch[i] = self._prepare(item)
             except Exception as exc:
                 self._internal_error(exc, "prepare")
 

@@ -18,9 +18,8 @@ import re
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextvars import ContextVar
-from functools import partial
 from typing import Any
 
 import httpx2
@@ -62,34 +61,69 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError,) + 
 
 
 class Call:
-    """In-flight state of one tracked call; ``finish`` runs exactly once."""
+    """In-flight state of one tracked call; ``finish`` runs exactly once.
+
+    The call's :class:`CallRecord` is built from this state on the exporter thread
+    (``to_record``), not when the call begins: a record has thirty-odd fields, and filling them
+    on the caller's path is time the caller would wait for nothing. The few rare steps that
+    write to the record early (a failure, a transport error, a long stream parsed as it
+    arrives, a call finishing after its operation) build it where they run (``record``).
+    """
 
     __slots__ = (
         "__weakref__",
         "_once",
+        "_record",
         "attempt_headers",
         "body",
+        "duration",
         "endpoint",
+        "feature",
+        "http_status",
         "injected",
+        "model",
         "op",
-        "record",
+        "provider",
         "request",
         "result",
+        "started_at",
+        "stream",
+        "stream_end",
         "t0",
+        "tags",
         "upload",
     )
 
-    def __init__(self, record: CallRecord, endpoint: str, op: Any, request: dict[str, Any]) -> None:
-        self.record = record
-        self.endpoint = endpoint
+    def __init__(
+        self,
+        endpoint: str,
+        op: Any,
+        request: dict[str, Any],
+        feature: str,
+        provider: str,
+        model: str | None,
+        stream: bool,
+    ) -> None:
+        self.started_at = time.time()
         self.t0 = time.perf_counter()
+        self.endpoint = endpoint
         self.op = op
         self.request = request
+        self.feature = feature
+        self.provider = provider
+        self.model = model
+        self.stream = stream
+        # The operation's tags when the call began (it may add more later).
+        self.tags: dict[str, str] | None = dict(op.record.tags) if op is not None else None
+        self._record: CallRecord | None = None
         self.result: Any = None
         # Each HTTP attempt's response headers (None if it raised): attempts are counted and
         # request ids read off them on the exporter thread (a header lookup walks every header).
         self.attempt_headers: list[Any] = []
         self.injected = False
+        self.http_status: int | None = None
+        self.duration: float | None = None
+        self.stream_end: str | None = None
         # Popped by the one ``finish`` that runs: ``list.pop`` is atomic (the GIL, or the list's
         # own lock on free-threaded builds), and far cheaper on a cold path than a Lock.
         self._once: list[None] = [None]
@@ -99,6 +133,30 @@ class Call:
         # reports no duration (see _audio).
         self.upload: bytes | str | None = None
 
+    @property
+    def record(self) -> CallRecord:
+        """The call's record (built on first use)."""
+        rec = self._record
+        if rec is None:
+            op = self.op
+            scope = op.record if op is not None else None
+            rec = self._record = CallRecord(
+                # Given its id when prepared (``_runtime.prepare``): formatting one costs
+                # microseconds, and nothing reads it before then.
+                record_id="",
+                parent_id=scope.record_id if scope is not None else None,
+                started_at=self.started_at,
+                feature=self.feature,
+                operation=scope.operation if scope is not None else None,
+                function=scope.function if scope is not None else None,
+                tags=self.tags if self.tags is not None else {},
+                endpoint=self.endpoint,
+                provider=self.provider,
+                model=self.model,
+                stream=self.stream,
+            )
+        return rec
+
     def fail(self, exc: BaseException) -> None:
         rec = self.record
         rec.status = "error"
@@ -106,7 +164,7 @@ class Call:
         rec.error_message = str(exc)[:_MAX_MESSAGE]
         status = getattr(exc, "status_code", None)
         if isinstance(status, int):
-            rec.http_status = status
+            self.http_status = status
         completion = getattr(exc, "completion", None)
         if completion is not None:
             # LengthFinishReasonError & co come after a billed 200: keep its usage.
@@ -114,33 +172,41 @@ class Call:
         self.finish()
 
     def finish(self, stream_end: str | None = None) -> None:
-        """Hand the record to the exporter. Only timing happens here: reading usage off the
-        response, params and estimates are deferred to the exporter thread (``_resolve``)."""
+        """Hand the call to the exporter. Only timing happens here: its record, usage, params
+        and estimates are made on the exporter thread (``to_record``)."""
         try:
             self._once.pop()
         except IndexError:
             return
-        rec = self.record
-        rec.duration_s = time.perf_counter() - self.t0
+        self.duration = time.perf_counter() - self.t0
         if stream_end is not None:
-            rec.stream_end = stream_end
-        rec.pending = partial(
-            _resolve, self.endpoint, self.request, self.result, self.body, self.upload, self.attempt_headers
-        )
-        self.request = {}
-        self.upload = None
-        self.body = None
-        self.result = None
+            self.stream_end = stream_end
         # Every enclosing operation rolls up this call, so an operation's totals include its
         # nested operations' calls and summing top-level runs never counts a call twice.
         op = self.op
         if op is None:
-            _runtime.submit(rec)
+            _runtime.submit(self)
             return
-        ready = call_closed(op, rec)
-        _runtime.submit(rec)
+        ready = call_closed(op, self)
+        _runtime.submit(self)
         for op_record in ready:
             _runtime.submit(op_record)
+
+    def to_record(self) -> CallRecord:
+        """Exporter thread: the finished call's record, complete but for its id and cost (request
+        ids, params, the observed body or the usage of a typed result, an estimate if the
+        response had none). Releases what the call held."""
+        rec = self.record
+        rec.duration_s = self.duration
+        if self.stream_end is not None:
+            rec.stream_end = self.stream_end
+        if self.http_status is not None:
+            rec.http_status = self.http_status
+        request, result, body, upload = self.request, self.result, self.body, self.upload
+        self.request, self.result, self.body, self.upload = {}, None, None, None
+        with internal_errors("usage estimate"):
+            _resolve(self.endpoint, request, result, body, upload, self.attempt_headers, rec)
+        return rec
 
 
 def _resolve(
@@ -162,7 +228,7 @@ def _resolve(
         if request_id:
             rec.request_ids.append(request_id)
     rec.params = params_of(request)
-    events = body.finish() if body is not None else []
+    events = body.finish(rec) if body is not None else []
     if isinstance(result, (str, bytes)):
         text, result = result, None  # a text/srt/vtt transcription: no usage in it
     else:
@@ -241,36 +307,29 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
     op = _current_op.get()
     settings = _runtime.settings
     model = request.get("model")
-    record = CallRecord(
-        # Given its id when prepared on the exporter thread (``_runtime.prepare``): nothing reads
-        # a call's id before then, and formatting one costs microseconds on a cold path.
-        record_id="",
-        parent_id=op.record.record_id if op is not None else None,
-        started_at=time.time(),
-        feature=op.record.feature if op is not None else settings.default_feature,
-        operation=op.record.operation if op is not None else None,
-        function=op.record.function if op is not None else None,
-        tags=dict(op.record.tags) if op is not None else {},
-        endpoint=endpoint,
-        provider="azure" if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)) else "openai",
-        model=model if isinstance(model, str) else None,
-        stream=bool(stream or request.get("stream")),
+    call = Call(
+        endpoint,
+        op,
+        request,
+        op.record.feature if op is not None else settings.default_feature,
+        "azure" if isinstance(client, (AzureOpenAI, AsyncAzureOpenAI)) else "openai",
+        model if isinstance(model, str) else None,
+        bool(stream or request.get("stream")),
     )
     if endpoint == "audio.speech" and isinstance(request.get("input"), str):
-        record.usage = Usage(characters=len(request["input"]))
+        call.record.usage = Usage(characters=len(request["input"]))
     if settings.capture_content:
-        record.content = {
+        call.record.content = {
             "request": {
                 k: request[k]
                 for k in ("messages", "input", "prompt", "instructions")
                 if k in request
             }
         }
-    call = Call(record, endpoint, op, request)
     if endpoint in _AUDIO_IN:
         call.upload = capture_upload(getattr(options, "files", None))
     if (
-        record.stream
+        call.stream
         and endpoint in ("chat.completions", "completions")
         and settings.inject_stream_usage
         and raw is None
@@ -388,8 +447,7 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
     """Observe ``response``'s body; returns True when the injected usage chunk is dropped from
     the bytes themselves (the SDK then never parses it, which is cheaper than hiding the object).
     Headers are read here only to decide that; the parser reads them on the exporter thread."""
-    record = call.record
-    record.http_status = response.status_code
+    call.http_status = response.status_code
     headers = response.headers
     module: Any = httpx2 if isinstance(response, httpx2.Response) or httpx is None else httpx
     state = getattr(response, "__dict__", None)
@@ -398,8 +456,8 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
         # Body already read (with_raw_response on a non-stream call, binary speech).
         kind = _kind_of(headers)
         if kind != "other":
-            call.body = _BodyParser(record, call.endpoint, kind, None, [response.content])
-        call.finish("complete" if record.stream else None)
+            call.body = _BodyParser(call.endpoint, kind, None, [response.content])
+        call.finish("complete" if call.stream else None)
         return False
     observer = _BodyObserver(call, headers, module)
     # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
@@ -527,19 +585,7 @@ class _SyncTee:
 
     def __iter__(self) -> Iterator[bytes]:
         observer = self.observer
-        # Bound once: one call per chunk is all the caller's thread pays.
-        feed = observer.filter if observer.filtering else observer.keep
-        try:
-            for chunk in self.inner:
-                out = feed(chunk)
-                if out:
-                    yield out
-            rest = observer.remainder()
-            if rest:
-                yield rest
-        except _TRANSPORT_ERRORS as exc:
-            observer.transport_error(exc)
-            raise
+        return (_tee_filtered if observer.filtering else _tee_kept)(self.inner, observer)
 
     def close(self) -> None:
         try:
@@ -554,34 +600,130 @@ class _AsyncTee:
         self.observer = observer
         self.observed = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        inner = self.inner
+    def __aiter__(self) -> AsyncIterator[bytes]:
         if self.observed:
             # AsyncStream drains the body after [DONE] by iterating it again; an in-memory
             # stream then replays it, which must not be observed (counted) twice.
-            async for chunk in inner:
-                yield chunk
-            return
+            return _replay(self.inner)
         self.observed = True
         observer = self.observer
-        feed = observer.filter if observer.filtering else observer.keep
-        try:
-            async for chunk in inner:
-                out = feed(chunk)
-                if out:
-                    yield out
-            rest = observer.remainder()
-            if rest:
-                yield rest
-        except _TRANSPORT_ERRORS as exc:
-            observer.transport_error(exc)
-            raise
+        return (_atee_filtered if observer.filtering else _atee_kept)(self.inner, observer)
 
     async def aclose(self) -> None:
         try:
             await self.inner.aclose()
         finally:
             self.observer.close("closed")
+
+
+# The tee's loops: one per mode and flavour, each chunk handled in the loop itself (locals, no
+# call per chunk in the usual case), because this is the only code of ours that runs once per
+# chunk. The bytes count towards ``_INLINE_PARSE_BYTES`` here and, for reads the general filter
+# handles, in the observer, so a stream holds at most twice that before it is parsed inline.
+
+
+def _tee_kept(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
+    """The body unchanged, each chunk kept for the parser."""
+    chunks = observer.chunks
+    kept = 0
+    try:
+        for chunk in inner:
+            if observer.call is not None:  # not closed (at exit) while still being read
+                chunks.append(chunk)
+                kept += len(chunk)
+                if kept > _INLINE_PARSE_BYTES:
+                    kept = 0
+                    observer.parse_inline()
+            yield chunk
+    except _TRANSPORT_ERRORS as exc:
+        observer.transport_error(exc)
+        raise
+
+
+def _tee_filtered(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
+    """The body as the caller would have received it without the injection (see
+    ``_BodyObserver``), each chunk kept for the parser."""
+    chunks = observer.chunks
+    kept = 0
+    try:
+        for chunk in inner:
+            # The usual read: one event, ending (as OpenAI writes every chunk) with the injected
+            # member; checked from the end and by one memchr-speed search for the first blank
+            # line. Anything else (the usage-only event, several events in one read, a partial
+            # event, other spacing or member order) takes the observer's general path.
+            if (
+                chunk.endswith(_USAGE_NULL_END)
+                and chunk.find(b"\n\n") == len(chunk) - 2
+                and not observer.pending
+                and observer.call is not None
+            ):
+                chunks.append(chunk)
+                kept += len(chunk)
+                if kept > _INLINE_PARSE_BYTES:
+                    kept = 0
+                    observer.parse_inline()
+                yield chunk[:_USAGE_NULL_CUT] + b"}\n\n"
+                continue
+            out = observer.filter(chunk)
+            if out:
+                yield out
+        rest = observer.remainder()
+        if rest:
+            yield rest
+    except _TRANSPORT_ERRORS as exc:
+        observer.transport_error(exc)
+        raise
+
+
+async def _atee_kept(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIterator[bytes]:
+    chunks = observer.chunks
+    kept = 0
+    try:
+        async for chunk in inner:
+            if observer.call is not None:
+                chunks.append(chunk)
+                kept += len(chunk)
+                if kept > _INLINE_PARSE_BYTES:
+                    kept = 0
+                    observer.parse_inline()
+            yield chunk
+    except _TRANSPORT_ERRORS as exc:
+        observer.transport_error(exc)
+        raise
+
+
+async def _atee_filtered(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIterator[bytes]:
+    chunks = observer.chunks
+    kept = 0
+    try:
+        async for chunk in inner:
+            if (
+                chunk.endswith(_USAGE_NULL_END)
+                and chunk.find(b"\n\n") == len(chunk) - 2
+                and not observer.pending
+                and observer.call is not None
+            ):
+                chunks.append(chunk)
+                kept += len(chunk)
+                if kept > _INLINE_PARSE_BYTES:
+                    kept = 0
+                    observer.parse_inline()
+                yield chunk[:_USAGE_NULL_CUT] + b"}\n\n"
+                continue
+            out = observer.filter(chunk)
+            if out:
+                yield out
+        rest = observer.remainder()
+        if rest:
+            yield rest
+    except _TRANSPORT_ERRORS as exc:
+        observer.transport_error(exc)
+        raise
+
+
+async def _replay(inner: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in inner:
+        yield chunk
 
 
 _TEE_CLASSES: dict[type[Any], type[Any]] = {}  # keyed by base: each is sync or async
@@ -607,13 +749,11 @@ class _BodyObserver:
         "module",
         "parser",
         "pending",
-        "record",
         "response_ref",
     )
 
     def __init__(self, call: Call, headers: Any, module: Any) -> None:
         self.call: Call | None = call
-        self.record = call.record
         self.endpoint = call.endpoint
         self.headers = headers  # the response's; read by the parser
         self.module = module  # httpx2 or httpx, whichever the response came from
@@ -624,36 +764,18 @@ class _BodyObserver:
         self.pending = b""  # filtering: bytes not yet handed to the caller
         self.response_ref: Any = None
 
-    def keep(self, chunk: bytes) -> bytes:
-        """Keep ``chunk`` for the parser; the caller gets it unchanged."""
-        if self.call is not None:  # not closed (at exit) while still being read
-            self.chunks.append(chunk)
-            self.kept += len(chunk)
-            if self.kept > _INLINE_PARSE_BYTES:
-                self._parse_inline()
-        return chunk
-
     def filter(self, chunk: bytes) -> bytes:
         """Keep ``chunk``; return the complete events it ends, as the caller would have received
-        them. A fault of ours releases the bytes unfiltered."""
+        them (the reads ``_tee_filtered`` does not handle itself). A fault of ours releases the
+        bytes unfiltered."""
         if self.call is None:
             return chunk
-        if not self.pending and chunk.endswith(_USAGE_NULL_END) and chunk.find(b"\n\n") == len(chunk) - 2:
-            # The usual read: one event, ending (as OpenAI writes every chunk) with the injected
-            # member; checked from the end and by one memchr-speed search for the first blank
-            # line. Anything else (the usage-only event, several events in one read, a partial
-            # event, other spacing or member order) takes the general path.
-            self.chunks.append(chunk)
-            self.kept += len(chunk)
-            if self.kept > _INLINE_PARSE_BYTES:
-                self._parse_inline()
-            return chunk[: -len(_USAGE_NULL_END)] + b"}\n\n"
         if not self.pending and chunk.find(b"\n\n") == len(chunk) - 2 and _USAGE_ONLY in chunk:
             # The usage-only event we asked for, alone in its read, as OpenAI writes it.
             self.chunks.append(chunk)
             self.kept += len(chunk)
             if self.kept > _INLINE_PARSE_BYTES:
-                self._parse_inline()
+                self.parse_inline()
             return b""
         return self._filter(chunk)
 
@@ -670,7 +792,7 @@ class _BodyObserver:
         self.chunks.append(chunk)
         self.kept += len(chunk)
         if self.kept > _INLINE_PARSE_BYTES:
-            self._parse_inline()
+            self.parse_inline()
         try:
             return _filter_events(chunk)
         except Exception as exc:
@@ -684,7 +806,7 @@ class _BodyObserver:
             self.chunks.append(rest)
         return rest
 
-    def _parse_inline(self) -> None:
+    def parse_inline(self) -> None:
         # A long stream: parse what we have now rather than hold it all until it ends.
         self.kept = 0
         try:
@@ -696,23 +818,28 @@ class _BodyObserver:
 
     def _parser(self) -> _BodyParser:
         """The parser, holding every kept byte not parsed yet."""
-        chunks, self.chunks = self.chunks, []
+        # Emptied in place: the tee's loop holds the list.
+        chunks = self.chunks[:]
+        self.chunks.clear()
         parser = self.parser
         if parser is None:
             kind, decoder = _kind_of(self.headers), _decoder_for(self.headers, self.module)
             if decoder is False:
                 kind, decoder = "other", None
-            parser = self.parser = _BodyParser(self.record, self.endpoint, kind, decoder, chunks)
+            parser = self.parser = _BodyParser(self.endpoint, kind, decoder, chunks)
         else:
             parser.chunks.extend(chunks)
         return parser
 
     def _parse_kept(self) -> None:
-        self._parser().parse_kept()
+        call = self.call
+        if call is not None:
+            self._parser().parse_kept(call.record)
 
-    def finish(self) -> list[bytes]:
-        """Exporter thread: parse the rest of the body; returns the events to estimate from."""
-        return self._parser().finish()
+    def finish(self, record: CallRecord) -> list[bytes]:
+        """Exporter thread: parse the rest of the body into ``record``; returns the events to
+        estimate from."""
+        return self._parser().finish(record)
 
     def transport_error(self, exc: BaseException) -> None:
         with internal_errors("stream observer"):
@@ -735,7 +862,7 @@ class _BodyObserver:
             _open_observers.discard(self)
             self.response_ref = None
             call.body = self
-            call.finish(how if call.record.stream else None)
+            call.finish(how if call.stream else None)
         except Exception as exc:
             report_internal_error(exc, "stream observer close")
 
@@ -754,6 +881,7 @@ def _events_end(data: bytes) -> int:
 
 
 _USAGE_NULL_END = b',"usage":null}\n\n'
+_USAGE_NULL_CUT = -len(_USAGE_NULL_END)
 _USAGE_ONLY = b'"choices":[],"usage":{'
 
 
@@ -815,10 +943,9 @@ class _BodyParser:
         "seen_first",
     )
 
-    def __init__(
-        self, record: CallRecord, endpoint: str, kind: str, decoder: Any, chunks: list[bytes]
-    ) -> None:
-        self.record = record
+    def __init__(self, endpoint: str, kind: str, decoder: Any, chunks: list[bytes]) -> None:
+        # The record parsed into, given with the bytes to parse (``parse_kept``, ``finish``).
+        self.record: CallRecord
         self.endpoint = endpoint
         self.kind = kind
         self.decoder = decoder
@@ -836,17 +963,17 @@ class _BodyParser:
         self.events: list[bytes] | None = [] if endpoint in _ESTIMABLE else None
         self.events_bytes = 0
 
-    def parse_kept(self) -> None:
+    def parse_kept(self, record: CallRecord) -> None:
+        self.record = record
         chunks, self.chunks = self.chunks, []
         if self.broken:
             return
         for chunk in chunks:
             self.feed(chunk)
 
-    def finish(self) -> list[bytes]:
-        """Parse the rest of the body into the record; returns the events to estimate from."""
-        self.parse_kept()
-        record = self.record
+    def finish(self, record: CallRecord) -> list[bytes]:
+        """Parse the rest of the body into ``record``; returns the events to estimate from."""
+        self.parse_kept(record)
         if not self.broken:
             if self.decoder is not None:
                 self.feed(self.decoder.flush(), decoded=True)

@@ -89,8 +89,9 @@ def _at_exit() -> None:
             exporter.exit_flush()
 
 
-def submit(record: Record) -> None:
-    """Hand a finished record to the exporter (O(1), never raises)."""
+def submit(record: Record | Any) -> None:
+    """Hand a finished record, or a finished tracked call (``_instrument.Call``, made into its
+    record by ``prepare``), to the exporter (O(1), never raises)."""
     exporter = _exporter
     if exporter is None:
         with internal_errors("exporter.start"):
@@ -99,15 +100,14 @@ def submit(record: Record) -> None:
         exporter.submit(record)
 
 
-def prepare(record: Record) -> None:
-    """Fill derived fields on the exporter thread: estimated usage, cost, operation roll-ups."""
+def prepare(item: Record | Any) -> Record:
+    """On the exporter thread: the record of a finished tracked call (``Call.to_record``), or the
+    record given, with its derived fields filled: id, estimated usage, cost, operation roll-ups."""
+    # ``to_record`` keeps its own faults in (reported), so a call is never lost to them.
+    record: Record = item if isinstance(item, (CallRecord, OperationRecord)) else item.to_record()
     if isinstance(record, CallRecord):
         if not record.record_id:  # a tracked call's record is named here, off the caller's path
             record.record_id = new_record_id()
-        pending, record.pending = record.pending, None
-        if pending is not None:
-            with internal_errors("usage estimate"):
-                pending(record)
         if record.cost_status == "pending":
             with internal_errors("pricing"):
                 from .pricing import price_record
@@ -118,7 +118,8 @@ def prepare(record: Record) -> None:
     elif isinstance(record, OperationRecord):
         children, record.children = record.children, []
         if children:
-            _roll_up(record, children)
+            _roll_up(record, [child.record for child in children])
+    return record
 
 
 _ROLLUP_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")

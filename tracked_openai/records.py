@@ -1,9 +1,9 @@
 """What tracked-openai records: one :class:`CallRecord` per paid API call, one
 :class:`OperationRecord` per ``track`` block or decorated function.
 
-Records are plain slotted dataclasses so building one on the caller's path costs a few
-microseconds. Derived fields (cost, estimated usage, an operation's roll-up) are filled by
-:func:`tracked_openai._runtime.prepare` on the exporter's thread, before any sink sees the record.
+Records are plain slotted dataclasses. A tracked client's call records are built, and every
+record's derived fields (cost, estimated usage, an operation's roll-up) filled, by
+:func:`tracked_openai._runtime.prepare` on the exporter's thread, before any sink sees them.
 ``to_dict()`` gives JSON-safe data; ``record_from_dict()`` reads it back (the spool uses both).
 """
 
@@ -179,8 +179,6 @@ class CallRecord:
     request_ids: list[str] = field(default_factory=list)
     stream_end: str | None = None
     content: dict[str, Any] | None = None
-    # Filled on the caller's path, consumed on the exporter thread; never serialised.
-    pending: Any = None
 
     kind: Literal["call"] = "call"
 
@@ -242,7 +240,8 @@ class OperationRecord:
     usage: Usage = field(default_factory=Usage)
     cost_usd: Decimal | None = None
     unpriced_calls: int = 0
-    children: list[CallRecord] = field(default_factory=list)
+    # The tracked calls (``_instrument.Call``) to roll up; emptied when the record is prepared.
+    children: list[Any] = field(default_factory=list)
 
     kind: Literal["operation"] = "operation"
 
@@ -272,7 +271,7 @@ class OperationRecord:
 
 Record = CallRecord | OperationRecord
 
-_CALL_FIELDS = {f.name for f in fields(CallRecord)} - {"pending", "kind", "usage", "cost", "started_at"}
+_CALL_FIELDS = {f.name for f in fields(CallRecord)} - {"kind", "usage", "cost", "started_at"}
 _OP_FIELDS = {f.name for f in fields(OperationRecord)} - {
     "children",
     "kind",
