@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import tracked_openai
 from tests.fakeopenai import FakeOpenAI, FakeResponse
 
@@ -39,3 +41,59 @@ def test_every_call_record_gets_its_own_id(client: tracked_openai.OpenAI, fake: 
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
     (op,) = records.operations
     assert op.record_id not in ids and records.calls[-1].parent_id == op.record_id
+
+
+def test_call_records_are_built_off_the_callers_thread(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, records, monkeypatch
+) -> None:
+    """A finished call reaches the exporter as it is; its record (thirty-odd fields) is built on
+    the exporter thread, so the caller never waits for it, streamed or not."""
+    import threading
+
+    import tracked_openai._instrument as instrument
+
+    built_on: list[int] = []
+    real = instrument.CallRecord
+
+    def spy(**fields: Any) -> Any:
+        built_on.append(threading.get_ident())
+        return real(**fields)
+
+    monkeypatch.setattr(instrument, "CallRecord", spy)
+    fake.add("POST", "/chat/completions", FakeResponse.from_fixture("chat_gpt5_nano_reasoning"))
+    msgs = [{"role": "user", "content": "x"}]
+    client.chat.completions.create(model="gpt-5-nano", messages=msgs)
+    with tracked_openai.track("threads", "stream"):
+        for _ in client.chat.completions.create(model="gpt-5-nano", messages=msgs, stream=True):
+            pass
+    calls = records.calls
+    assert len(calls) == 2 and all(c.duration_s is not None and c.duration_s > 0 for c in calls)
+    assert len(built_on) == 2 and threading.get_ident() not in built_on
+    assert calls[1].parent_id == records.operations[0].record_id
+
+
+def test_a_call_keeps_the_feature_and_tags_it_began_with(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, records
+) -> None:
+    """The record is built after the call, but from what held when it began: tags the
+    operation gains later and a default feature changed later are not the call's."""
+    fake.add("POST", "/chat/completions", FakeResponse.from_fixture("chat_gpt5_nano_reasoning"))
+    msgs = [{"role": "user", "content": "x"}]
+    from tracked_openai import _runtime
+
+    settings = _runtime.settings
+    before = settings.default_feature
+    try:
+        stream = client.chat.completions.create(model="gpt-5-nano", messages=msgs, stream=True)
+        tracked_openai.configure(default_feature="changed_later")
+        with tracked_openai.track("tagged", "op", team="a") as op:
+            inner = client.chat.completions.create(model="gpt-5-nano", messages=msgs, stream=True)
+            op.set_tags(step="later")
+            list(inner)
+        list(stream)
+    finally:
+        tracked_openai.configure(default_feature=before)
+    first, second = sorted(records.calls, key=lambda c: c.started_at)
+    assert first.feature == before and first.parent_id is None
+    assert second.feature == "tagged" and second.tags == {"team": "a"}
+    assert records.operations[0].tags == {"team": "a", "step": "later"}
