@@ -97,3 +97,25 @@ def test_a_call_keeps_the_feature_and_tags_it_began_with(
     assert first.feature == before and first.parent_id is None
     assert second.feature == "tagged" and second.tags == {"team": "a"}
     assert records.operations[0].tags == {"team": "a", "step": "later"}
+
+
+def test_a_fault_making_the_record_still_exports_what_the_call_knew(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, records, monkeypatch
+) -> None:
+    """Injected fault: making a finished call into its record fails on the exporter thread. The
+    caller is unaffected, the fault is reported, and the record still reaches the sinks with
+    what the call knew (and is priced as far as that goes)."""
+    import tracked_openai._instrument as instrument
+
+    def boom(self: Any) -> Any:
+        raise RuntimeError("to_record fault")
+
+    monkeypatch.setattr(instrument.Call, "to_record", boom)
+    fake.add("POST", "/chat/completions", FakeResponse.from_fixture("chat_gpt5_nano_reasoning"))
+    out = client.chat.completions.create(model="gpt-5-nano", messages=[{"role": "user", "content": "x"}])
+    assert out.usage is not None and out.usage.total_tokens == 239
+    (call,) = records.calls
+    assert call.model == "gpt-5-nano" and call.endpoint == "chat.completions" and call.record_id
+    assert call.status == "success" and call.usage_source == "none"
+    assert [str(e) for e in records.internal_errors] == ["to_record fault"]
+    records.internal_errors.clear()  # expected here; the fixture fails tests on any other

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._config import Settings, load_settings
-from ._errors import internal_error_count, internal_errors, logger
+from ._errors import internal_error_count, internal_errors, logger, report_internal_error
 from ._exporter import Exporter
 from .records import CallRecord, OperationRecord, Record, new_record_id
 
@@ -103,8 +103,7 @@ def submit(record: Record | Any) -> None:
 def prepare(item: Record | Any) -> Record:
     """On the exporter thread: the record of a finished tracked call (``Call.to_record``), or the
     record given, with its derived fields filled: id, estimated usage, cost, operation roll-ups."""
-    # ``to_record`` keeps its own faults in (reported), so a call is never lost to them.
-    record: Record = item if isinstance(item, (CallRecord, OperationRecord)) else item.to_record()
+    record: Record = item if isinstance(item, (CallRecord, OperationRecord)) else _record_of(item)
     if isinstance(record, CallRecord):
         if not record.record_id:  # a tracked call's record is named here, off the caller's path
             record.record_id = new_record_id()
@@ -119,6 +118,16 @@ def prepare(item: Record | Any) -> Record:
         children, record.children = record.children, []
         if children:
             _roll_up(record, [child.record for child in children])
+    return record
+
+
+def _record_of(call: Any) -> CallRecord:
+    try:
+        record: CallRecord = call.to_record()
+    except Exception as exc:
+        # Export what the call knew rather than hand the sinks something that is not a record.
+        report_internal_error(exc, "call record")
+        record = call.record
     return record
 
 
