@@ -584,8 +584,7 @@ class _SyncTee:
         self.observer = observer
 
     def __iter__(self) -> Iterator[bytes]:
-        observer = self.observer
-        return (_tee_filtered if observer.filtering else _tee_kept)(self.inner, observer)
+        return _tee(self.inner, self.observer)
 
     def close(self) -> None:
         try:
@@ -606,8 +605,7 @@ class _AsyncTee:
             # stream then replays it, which must not be observed (counted) twice.
             return _replay(self.inner)
         self.observed = True
-        observer = self.observer
-        return (_atee_filtered if observer.filtering else _atee_kept)(self.inner, observer)
+        return _atee(self.inner, self.observer)
 
     async def aclose(self) -> None:
         try:
@@ -616,57 +614,39 @@ class _AsyncTee:
             self.observer.close("closed")
 
 
-# The tee's loops: one per mode and flavour, each chunk handled in the loop itself (locals, no
-# call per chunk in the usual case), because this is the only code of ours that runs once per
-# chunk. The bytes count towards ``_INLINE_PARSE_BYTES`` here and, for reads the general filter
-# handles, in the observer, so a stream holds at most twice that before it is parsed inline.
+# The tee's loops, one per flavour: each chunk is handled in the loop itself (locals, no call per
+# chunk in the usual case), because this is the only code of ours that runs once per chunk. When
+# filtering, the usual read is one event ending (as OpenAI writes every chunk) with the injected
+# member, checked from the end and by one memchr-speed search for the first blank line; anything
+# else (the usage-only event, several events in one read, a partial event, other spacing or member
+# order) takes the observer's general path. Bytes count towards ``_INLINE_PARSE_BYTES`` here and,
+# for the general path, in the observer, so a stream holds at most twice that before it is parsed.
 
 
-def _tee_kept(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
-    """The body unchanged, each chunk kept for the parser."""
+def _tee(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
+    """The body as the caller would have received it (see ``_BodyObserver``), kept for the parser."""
     chunks = observer.chunks
+    filtering = observer.filtering
     kept = 0
     try:
         for chunk in inner:
-            if observer.call is not None:  # not closed (at exit) while still being read
-                chunks.append(chunk)
-                kept += len(chunk)
-                if kept > _INLINE_PARSE_BYTES:
-                    kept = 0
-                    observer.parse_inline()
-            yield chunk
-    except _TRANSPORT_ERRORS as exc:
-        observer.transport_error(exc)
-        raise
-
-
-def _tee_filtered(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
-    """The body as the caller would have received it without the injection (see
-    ``_BodyObserver``), each chunk kept for the parser."""
-    chunks = observer.chunks
-    kept = 0
-    try:
-        for chunk in inner:
-            # The usual read: one event, ending (as OpenAI writes every chunk) with the injected
-            # member; checked from the end and by one memchr-speed search for the first blank
-            # line. Anything else (the usage-only event, several events in one read, a partial
-            # event, other spacing or member order) takes the observer's general path.
-            if (
+            if observer.call is None:  # closed (at exit) while still being read
+                yield chunk
+            elif not filtering or (
                 chunk.endswith(_USAGE_NULL_END)
                 and chunk.find(b"\n\n") == len(chunk) - 2
                 and not observer.pending
-                and observer.call is not None
             ):
                 chunks.append(chunk)
                 kept += len(chunk)
                 if kept > _INLINE_PARSE_BYTES:
                     kept = 0
                     observer.parse_inline()
-                yield chunk[:_USAGE_NULL_CUT] + b"}\n\n"
-                continue
-            out = observer.filter(chunk)
-            if out:
-                yield out
+                yield chunk[:_USAGE_NULL_CUT] + b"}\n\n" if filtering else chunk
+            else:
+                out = observer.filter(chunk)
+                if out:
+                    yield out
         rest = observer.remainder()
         if rest:
             yield rest
@@ -675,44 +655,29 @@ def _tee_filtered(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[b
         raise
 
 
-async def _atee_kept(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIterator[bytes]:
+async def _atee(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIterator[bytes]:
     chunks = observer.chunks
+    filtering = observer.filtering
     kept = 0
     try:
         async for chunk in inner:
-            if observer.call is not None:
-                chunks.append(chunk)
-                kept += len(chunk)
-                if kept > _INLINE_PARSE_BYTES:
-                    kept = 0
-                    observer.parse_inline()
-            yield chunk
-    except _TRANSPORT_ERRORS as exc:
-        observer.transport_error(exc)
-        raise
-
-
-async def _atee_filtered(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIterator[bytes]:
-    chunks = observer.chunks
-    kept = 0
-    try:
-        async for chunk in inner:
-            if (
+            if observer.call is None:
+                yield chunk
+            elif not filtering or (
                 chunk.endswith(_USAGE_NULL_END)
                 and chunk.find(b"\n\n") == len(chunk) - 2
                 and not observer.pending
-                and observer.call is not None
             ):
                 chunks.append(chunk)
                 kept += len(chunk)
                 if kept > _INLINE_PARSE_BYTES:
                     kept = 0
                     observer.parse_inline()
-                yield chunk[:_USAGE_NULL_CUT] + b"}\n\n"
-                continue
-            out = observer.filter(chunk)
-            if out:
-                yield out
+                yield chunk[:_USAGE_NULL_CUT] + b"}\n\n" if filtering else chunk
+            else:
+                out = observer.filter(chunk)
+                if out:
+                    yield out
         rest = observer.remainder()
         if rest:
             yield rest
@@ -766,7 +731,7 @@ class _BodyObserver:
 
     def filter(self, chunk: bytes) -> bytes:
         """Keep ``chunk``; return the complete events it ends, as the caller would have received
-        them (the reads ``_tee_filtered`` does not handle itself). A fault of ours releases the
+        them (the reads the tee's loop does not handle itself). A fault of ours releases the
         bytes unfiltered."""
         if self.call is None:
             return chunk
