@@ -4,6 +4,11 @@ The current scope lives in one ``ContextVar``, so it is isolated per thread and 
 and nests: an inner ``track`` wins while it runs and the outer scope is restored with
 ``ContextVar.reset`` when it ends, even on error.
 
+A call belongs to its innermost operation and that operation's feature. An operation's record
+rolls up every call made inside it, nested operations' calls included whatever their feature;
+when some belong to another feature, the share of its own feature is kept apart
+(``feature_call_count``/``feature_cost_usd``), which is what reports per feature count for it.
+
 An operation's record rolls up its calls, so it is submitted only once every call begun inside
 it has finished: a stream returned from a decorated function (a web handler returning a
 streaming response) is read after the function returned, and the operation waits for it. The

@@ -5,7 +5,12 @@ Mapping (the contract reports and the REST API read; see ``docs/mlflow-mapping.m
 * one experiment per feature, named by the feature registry (``tracked_openai._features``), with
   the experiment tag ``tracked_openai.feature=<key>``;
 * an operation record is a run; a call is a run whose ``mlflow.parentRunId`` is its operation's
-  run when both are in the same experiment (otherwise it is top-level with ``parent_record_id``);
+  run (a call is always in its innermost operation's feature); an operation nested in one of
+  another feature is top-level in its own experiment, linked by ``parent_record_id`` and
+  ``parent_feature`` (MLflow cannot nest across experiments);
+* run names ``<operation> · <model(s)> · <short id>`` and ``<endpoint> · <model>``; operations
+  carry the ``model`` their calls used; ``mlflow.user``/``mlflow.source.name`` as on MLflow's
+  own runs;
 * run start/end are the record's real times; status FINISHED (success) or FAILED (error).
 
 Speed: a run costs three requests (``create_run`` with every tag, ``log_batch`` with metrics and
