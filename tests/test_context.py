@@ -13,7 +13,7 @@ import pytest
 import tracked_openai
 from tests.test_clients_helpers import fixture_responder, make_clients
 from tracked_openai import current_scope, track
-from tracked_openai.records import LATE_TAG
+from tracked_openai.records import LATE_TAG, OperationRecord, record_from_dict
 
 MSG = [{"role": "user", "content": "x"}]
 
@@ -400,8 +400,12 @@ def test_a_call_belongs_to_its_innermost_feature(chat, records) -> None:
     # The models the calls used, each once.
     assert outer.models == ["gpt-5-nano", "text-embedding-3-small"]
     assert score.models == ["gpt-5-nano"]
-    data = outer.to_dict()
-    assert data["feature_call_count"] == 2 and data["models"] == outer.models
+    # The spool keeps all of it.
+    back = record_from_dict(outer.to_dict())
+    assert isinstance(back, OperationRecord)
+    assert (back.feature_call_count, back.feature_cost_usd) == (2, cost[0] + cost[3])
+    assert back.models == outer.models and back.cost_usd == outer.cost_usd
+    assert record_from_dict(score.to_dict()).parent_feature == "checkout"  # type: ignore[union-attr]
 
 
 def test_boolean_tags_are_true_false(records) -> None:

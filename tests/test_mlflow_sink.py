@@ -578,3 +578,37 @@ def test_usage_kinds_that_apply_are_metrics(store: Store, fake: FakeOpenAI) -> N
     assert metrics["audio_input_tokens"] == 20 and metrics["audio_output_tokens"] == 280
     assert "image_input_tokens" not in metrics
     assert metrics["reasoning_tokens"] == 0 and metrics["cached_tokens"] == 0
+
+
+def test_a_cost_logged_by_hand_counts_once(store: Store, fake: FakeOpenAI) -> None:
+    """An operation's own ``cost_usd`` is counted when no call is rolled up into it (a manual
+    result, nested or not); an operation with calls is counted through its calls only."""
+    from tests.test_reports_helpers import chat_by_model
+    from tracked_openai import reports
+    from tracked_openai.tracker import mlflow_tracker
+
+    fake.add("POST", "/chat/completions", chat_by_model)
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    mlflow_tracker.log_experiment_result(
+        feature="pfd_conversion", operation="external_ocr", metrics={"cost_usd": 0.25}
+    )
+
+
+    @track_custom_operation("pfd_conversion", "vendor_check")
+    def vendor_check() -> dict[str, float]:  # a paid service of its own, nested in "spec"
+        return {"cost_usd": 0.5}
+
+    with track("pfd_conversion", "spec"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        vendor_check()
+    client.close()
+    store.flush()
+    (call,) = store.memory.calls
+    assert call.cost is not None
+    m = reports.feature_metrics("pfd_conversion", tracking_uri=store.uri)
+    assert m["total_calls"] == 1
+    assert m["total_cost"] == pytest.approx(0.25 + 0.5 + float(call.cost.total_usd))
+    ops = {r["key"]: r for r in m["by_operation"]}
+    assert ops["external_ocr"]["total_cost"] == pytest.approx(0.25)
+    assert ops["spec"]["total_cost"] == pytest.approx(float(call.cost.total_usd))
+    assert (ops["vendor_check"]["total_runs"], ops["vendor_check"]["total_cost"]) == (0, pytest.approx(0.5))

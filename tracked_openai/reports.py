@@ -594,7 +594,7 @@ def feature_metrics(
         items = sorted(slices[dim].items()) if dim == "day" else sorted(
             slices[dim].items(), key=lambda kv: (-kv[1].cost, -kv[1].runs, kv[0])
         )
-        result[f"by_{dim}"] = [{"key": k, **g.slice_row()} for k, g in items if g.runs or g.calls]
+        result[f"by_{dim}"] = [{"key": k, **g.slice_row()} for k, g in items if g.runs or g.calls or g.cost]
     return result
 
 
