@@ -124,3 +124,39 @@ def test_router_mounts_in_any_app(seeded: Seeded) -> None:
         r = client.get("/internal/llm/metrics/", params={"feature": "crs_analysis"})
     assert r.status_code == 200
     assert r.json()["total_runs"] == 1
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, float]]:
+    """``track("fraud_check")`` inside ``track("checkout")``, written by the library itself."""
+    pytest.importorskip("tracked_openai.sinks.mlflow", reason="needs the MLflow sink")
+    from .test_reports_helpers import seed_nested_features
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('nested') / 'mlflow.db'}"
+    return uri, seed_nested_features(uri)
+
+
+def test_metrics_count_a_nested_features_calls_under_it(nested: tuple[str, dict[str, float]]) -> None:
+    """Each call is counted once, under its innermost feature: per feature and in the totals,
+    through the REST API as through the Python reports (FastAPI and Django share the handlers)."""
+    from tracked_openai import reports
+    from tracked_openai.contrib import _endpoints
+
+    uri, costs = nested
+    with TestClient(create_app(tracking_uri=uri)) as client:
+        checkout = client.get(f"{PREFIX}/metrics/", params={"feature": "checkout"}).json()
+        fraud = client.get(f"{PREFIX}/metrics/", params={"feature": "fraud_check"}).json()
+        every = client.get(f"{PREFIX}/metrics/").json()
+        fraud_runs = client.get(f"{PREFIX}/runs/", params={"feature": "fraud_check"}).json()
+    assert (checkout["total_runs"], checkout["total_calls"]) == (1, 2)
+    assert checkout["total_cost"] == pytest.approx(costs["checkout"])
+    assert (fraud["total_runs"], fraud["total_calls"]) == (1, 1)
+    assert fraud["total_cost"] == pytest.approx(costs["fraud_check"])
+    assert (every["total_runs"], every["total_calls"]) == (2, 3)
+    assert every["total_cost"] == pytest.approx(costs["checkout"] + costs["fraud_check"])
+    assert sum(r["total_cost"] for r in every["by_feature"]) == pytest.approx(every["total_cost"])
+    assert fraud_runs["count"] == 1 and fraud_runs["runs"][0]["tags.parent_feature"] == "checkout"
+    # The same numbers as the Python API and the framework-free handlers Django serves.
+    assert checkout == reports.feature_metrics("checkout", tracking_uri=uri)
+    status, body = _endpoints.metrics(uri, feature="fraud_check")
+    assert status == 200 and body == fraud

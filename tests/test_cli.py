@@ -62,8 +62,10 @@ class TestReport:
         assert r.returncode == 0, r.stderr
         rows = list(csv.DictReader(io.StringIO(r.stdout)))
         assert {row["operation"] for row in rows} == {"(none)", "report", "sub"}
-        report = next(row for row in rows if row["operation"] == "report")
-        assert (report["total_runs"], float(report["total_cost"])) == ("1", 0.002)
+        # Each call (and its cost) under the operation it was made in: the nested one.
+        by_op = {row["operation"]: row for row in rows}
+        assert (by_op["report"]["total_runs"], float(by_op["report"]["total_cost"])) == ("1", 0.0)
+        assert (by_op["sub"]["total_calls"], float(by_op["sub"]["total_cost"])) == ("1", 0.002)
 
     def test_by_day_table_through_console_script(self, seeded: Seeded) -> None:
         r = subprocess.run(

@@ -13,7 +13,7 @@ import pytest
 import tracked_openai
 from tests.test_clients_helpers import fixture_responder, make_clients
 from tracked_openai import current_scope, track
-from tracked_openai.records import LATE_TAG
+from tracked_openai.records import LATE_TAG, OperationRecord, record_from_dict
 
 MSG = [{"role": "user", "content": "x"}]
 
@@ -360,3 +360,57 @@ def test_exit_with_an_open_stream_keeps_the_operation(tmp_path) -> None:
     # The open stream is recorded at exit, which completes its operation's roll-up.
     assert op["operation"] == "left_open" and op["call_count"] == 1
     assert call["stream_end"] == "abandoned" and call["parent_id"] == op["record_id"]
+
+
+def test_a_call_belongs_to_its_innermost_feature(chat, records) -> None:
+    """Roll-ups include nested operations' calls; the share of the run's own feature is kept
+    apart only when a nested operation of another feature made some of them."""
+    client, _, _ = make_clients(chat, is_async=False)
+    with track("checkout", "place_order") as checkout:
+        _ask(client)
+        with track("fraud_check", "score") as fraud:
+            _ask(client)
+            with track("checkout", "recheck") as recheck:  # back in checkout, under fraud_check
+                _ask(client)
+        with track(None, "confirm"):  # same feature: part of checkout's own share
+            client.embeddings.create(model="text-embedding-3-small", input="x", encoding_format="float")
+    assert checkout is not None and fraud is not None and recheck is not None
+
+    calls = records.calls
+    assert [c.feature for c in calls] == ["checkout", "fraud_check", "checkout", "checkout"]
+    ops = {op.operation: op for op in records.operations}
+    assert ops["place_order"].parent_feature is None
+    assert ops["score"].parent_feature == "checkout" and ops["score"].parent_id == checkout.record_id
+    assert ops["recheck"].parent_feature == "fraud_check"
+    assert ops["confirm"].parent_feature == "checkout"
+
+    cost = [c.cost.total_usd for c in calls if c.cost is not None]
+    assert len(cost) == 4
+    outer = ops["place_order"]
+    assert outer.call_count == 4 and outer.cost_usd == sum(cost)
+    # The fraud check's call, and the recheck made inside it, belong to the runs of their own
+    # feature (score, recheck): not to place_order's share, though its roll-up has them.
+    assert outer.feature_call_count == 2 and outer.feature_cost_usd == cost[0] + cost[3]
+    score = ops["score"]
+    assert score.call_count == 2 and score.cost_usd == cost[1] + cost[2]
+    assert score.feature_call_count == 1 and score.feature_cost_usd == cost[1]
+    # Nothing of another feature inside: no separate share.
+    assert ops["recheck"].feature_call_count is None and ops["recheck"].feature_cost_usd is None
+    assert ops["confirm"].feature_call_count is None
+    # The models the calls used, each once.
+    assert outer.models == ["gpt-5-nano", "text-embedding-3-small"]
+    assert score.models == ["gpt-5-nano"]
+    # The spool keeps all of it.
+    back = record_from_dict(outer.to_dict())
+    assert isinstance(back, OperationRecord)
+    assert (back.feature_call_count, back.feature_cost_usd) == (2, cost[0] + cost[3])
+    assert back.models == outer.models and back.cost_usd == outer.cost_usd
+    assert record_from_dict(score.to_dict()).parent_feature == "checkout"  # type: ignore[union-attr]
+
+
+def test_boolean_tags_are_true_false(records) -> None:
+    with track("f", "op", cached=True) as op:
+        assert op is not None
+        op.set_tags(retried=False, attempt=2)
+    (rec,) = records.operations
+    assert rec.tags == {"cached": "true", "retried": "false", "attempt": "2"}

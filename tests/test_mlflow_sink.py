@@ -7,7 +7,12 @@ read back with ``MlflowClient`` exactly as reports and the REST API will read th
 from __future__ import annotations
 
 import dataclasses
+import getpass
+import json
+import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +33,7 @@ from tracked_openai.sinks.mlflow import MlflowSink
 
 API_KEY = "sk-test-hardcoded"
 MSG = [{"role": "user", "content": "x"}]
+MLFLOW_USER = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
 
 @dataclasses.dataclass
@@ -111,9 +117,12 @@ def test_decorated_function_and_its_call_become_nested_runs(
     op_run = store.run_of(op.record_id, "pid_verification")
     call_run = store.run_of(call.record_id, "pid_verification")
 
-    # Operation run: names, tags, metrics the original system's users see.
-    assert op_run.info.run_name == "diagram_analysis"
+    # Operation run: names, tags, metrics the original system's users see; the name tells runs
+    # of the same operation apart (model, short id).
+    assert re.fullmatch(r"diagram_analysis · gpt-5-nano · [0-9a-f]{6}", op_run.info.run_name)
     assert op_run.info.status == "FINISHED"
+    assert op_run.data.params == {"model": "gpt-5-nano"}  # the model its call used
+    assert op_run.data.tags["model"] == "gpt-5-nano"
     tags = op_run.data.tags
     assert tags["kind"] == "operation" and tags["status"] == "success"
     assert tags["feature"] == "pid_verification" and tags["operation"] == "diagram_analysis"
@@ -131,7 +140,7 @@ def test_decorated_function_and_its_call_become_nested_runs(
 
     # Call run: a child of the operation's run.
     assert call_run.data.tags["mlflow.parentRunId"] == op_run.info.run_id
-    assert call_run.info.run_name == call.endpoint
+    assert call_run.info.run_name == "chat.completions · gpt-5-nano"
     ctags = call_run.data.tags
     assert ctags["kind"] == "call" and ctags["endpoint"] == call.endpoint
     assert ctags["model"] == "gpt-5-nano" and ctags["response_model"] == "gpt-5-nano-2025-08-07"
@@ -143,6 +152,16 @@ def test_decorated_function_and_its_call_become_nested_runs(
     assert cm["prompt_tokens"] == 11 and cm["completion_tokens"] == 228 and cm["attempts"] == 1
     assert call.cost is not None and cm["cost_usd"] == pytest.approx(float(call.cost.total_usd))
     assert call_run.info.start_time == round(call.started_at * 1000)
+    # The response says 0 audio tokens on this text chat: not a metric. Cached tokens 0 is an
+    # answer (no cache hit) and stays.
+    assert call.usage.audio_input_tokens == 0 and call.usage.audio_output_tokens == 0
+    for run in (op_run, call_run):
+        assert not {"audio_input_tokens", "audio_output_tokens", "image_input_tokens"} & set(run.data.metrics)
+        assert run.data.metrics["cached_tokens"] == 0
+        # Where the run came from, as MLflow's own runs say it.
+        assert run.data.tags["mlflow.source.name"] == sys.argv[0]
+        assert run.data.tags["mlflow.user"] == MLFLOW_USER
+        assert run.data.tags["mlflow.source.type"] == "LOCAL"
 
 
 def test_failed_operation_is_failed_run_with_traceback(store: Store) -> None:
@@ -353,3 +372,243 @@ def test_streamed_operations_cost_counts_once_on_time_or_late(
     assert m["total_runs"] == 3 and m["total_calls"] == 2
     assert m["total_cost"] == pytest.approx(float(on_time_call.cost.total_usd + late_call.cost.total_usd))
     client.close()
+
+
+def test_nested_feature_counts_once_in_mlflow_reports_and_cli(
+    store: Store, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``track("fraud_check")`` inside ``track("checkout")``: each call belongs to its innermost
+    feature. MLflow's runs, the Python report and the CLI report give the same per-feature runs,
+    calls and cost, and the all-features totals count each call once."""
+    from tests.test_reports_helpers import chat_by_model, checkout_with_fraud_check
+    from tracked_openai import cli, reports
+
+    fake.add("POST", "/chat/completions", chat_by_model)
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    checkout_with_fraud_check(client)
+    client.close()
+    store.flush()
+    first, fraud_call, last = store.memory.calls
+    assert [c.feature for c in (first, fraud_call, last)] == ["checkout", "fraud_check", "checkout"]
+    assert first.cost and fraud_call.cost and last.cost
+    checkout_cost = float(first.cost.total_usd + last.cost.total_usd)
+    fraud_cost = float(fraud_call.cost.total_usd)
+    ops = {op.operation: op for op in store.memory.operations}
+
+    # MLflow: each feature's experiment has one top-level run, its calls nested under it.
+    (place_order,) = [r for r in store.runs("checkout") if r.data.tags["kind"] == "operation"]
+    (score,) = [r for r in store.runs("fraud_check") if r.data.tags["kind"] == "operation"]
+    assert "mlflow.parentRunId" not in score.data.tags
+    assert score.data.tags["parent_feature"] == "checkout"
+    assert score.data.tags["parent_record_id"] == ops["place_order"].record_id
+    for feature, op_run in (("checkout", place_order), ("fraud_check", score)):
+        calls = [r for r in store.runs(feature) if r.data.tags["kind"] == "call"]
+        assert calls and all(r.data.tags["mlflow.parentRunId"] == op_run.info.run_id for r in calls)
+    # The outer run's own roll-up has all three calls; its feature's share is two of them.
+    pm = place_order.data.metrics
+    assert pm["call_count"] == 3 and pm["cost_usd"] == pytest.approx(checkout_cost + fraud_cost)
+    assert pm["feature_call_count"] == 2 and pm["feature_cost_usd"] == pytest.approx(checkout_cost)
+    assert place_order.data.params["model"] == "gpt-4o,gpt-4o-mini"
+    sm = score.data.metrics
+    assert sm["call_count"] == 1 and sm["cost_usd"] == pytest.approx(fraud_cost)
+    assert "feature_call_count" not in sm and "feature_cost_usd" not in sm
+    assert score.data.params["model"] == "gpt-4o"
+
+    # Reports: the same figures per feature; totals count each call once.
+    checkout = reports.feature_metrics("checkout", tracking_uri=store.uri)
+    fraud = reports.feature_metrics("fraud_check", tracking_uri=store.uri)
+    assert (checkout["total_runs"], checkout["total_calls"]) == (1, pm["feature_call_count"])
+    assert checkout["total_cost"] == pytest.approx(pm["feature_cost_usd"])
+    assert (fraud["total_runs"], fraud["total_calls"]) == (1, sm["call_count"])
+    assert fraud["total_cost"] == pytest.approx(sm["cost_usd"])
+    every = reports.feature_metrics(tracking_uri=store.uri)
+    assert (every["total_runs"], every["total_calls"]) == (2, 3)
+    assert every["total_cost"] == pytest.approx(pm["cost_usd"])
+    by_feature = {r["key"]: r for r in every["by_feature"]}
+    assert (by_feature["checkout"]["total_runs"], by_feature["checkout"]["total_calls"]) == (1, 2)
+    assert by_feature["checkout"]["total_cost"] == pytest.approx(checkout_cost)
+    assert (by_feature["fraud_check"]["total_runs"], by_feature["fraud_check"]["total_calls"]) == (1, 1)
+    assert by_feature["fraud_check"]["total_cost"] == pytest.approx(fraud_cost)
+    by_model = {r["key"]: r for r in every["by_model"]}
+    assert (by_model["gpt-4o"]["total_calls"], by_model["gpt-4o-mini"]["total_calls"]) == (1, 2)
+    assert by_model["gpt-4o"]["total_cost"] == pytest.approx(fraud_cost)
+    # The nested run is listed among its feature's runs.
+    (row,) = reports.recent_runs("fraud_check", tracking_uri=store.uri)
+    assert row["run_id"] == score.info.run_id
+
+    # The CLI report reads the same.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    for feature, want in (("checkout", checkout), ("fraud_check", fraud)):
+        capsys.readouterr()
+        assert cli.main(["report", "--feature", feature, "--format", "json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        assert (got["total_runs"], got["total_calls"]) == (want["total_runs"], want["total_calls"])
+        assert got["total_cost"] == pytest.approx(want["total_cost"])
+
+
+def test_operation_runs_carry_their_models_and_names_tell_them_apart(store: Store, fake: FakeOpenAI) -> None:
+    """Runs group by model: an operation's param and tag ``model`` name the model its calls
+    used (several: sorted, comma-joined); a model the caller logged wins. Three runs of one
+    operation have three names."""
+    from tests.test_reports_helpers import chat_by_model
+
+    fake.add("POST", "/chat/completions", chat_by_model)
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    for model in ("gpt-4o", "gpt-4o", "gpt-4o-mini"):
+        with track("pid_verification", "diagram_analysis"):
+            client.chat.completions.create(model=model, messages=MSG)
+    with track("pid_verification", "mixed"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        client.chat.completions.create(model="gpt-4o", messages=MSG)
+    with track("pid_verification", "logged") as op:
+        assert op is not None
+        op.log_params(model="my-router")
+        client.chat.completions.create(model="gpt-4o", messages=MSG)
+    with track("pid_verification", "no_calls"):
+        pass
+    client.close()
+    store.flush()
+    runs = store.runs("pid_verification")
+    ops = [r for r in runs if r.data.tags["kind"] == "operation"]
+    by_op: dict[str, list[Run]] = {}
+    for run in ops:
+        by_op.setdefault(run.data.tags["operation"], []).append(run)
+
+    diagram = by_op["diagram_analysis"]
+    assert sorted(r.data.params["model"] for r in diagram) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
+    assert all(r.data.tags["model"] == r.data.params["model"] for r in diagram)
+    names = [r.info.run_name for r in diagram]
+    assert len(set(names)) == 3
+    for run in diagram:
+        assert run.info.run_name.startswith(f"diagram_analysis · {run.data.params['model']} · ")
+    # MLflow's own search finds them by model.
+    exp_id = diagram[0].info.experiment_id
+    found = store.client.search_runs([exp_id], filter_string="params.model = 'gpt-4o'")
+    assert {r.data.tags["kind"] for r in found} == {"operation", "call"}
+    assert sum(r.data.tags["kind"] == "operation" for r in found) == 2
+
+    (mixed,) = by_op["mixed"]
+    assert mixed.data.params["model"] == mixed.data.tags["model"] == "gpt-4o,gpt-4o-mini"
+    assert mixed.info.run_name.startswith("mixed · gpt-4o,gpt-4o-mini · ")
+    (logged,) = by_op["logged"]
+    assert logged.data.params["model"] == logged.data.tags["model"] == "my-router"
+    (empty,) = by_op["no_calls"]
+    assert "model" not in empty.data.params and "model" not in empty.data.tags
+    assert re.fullmatch(r"no_calls · [0-9a-f]{6}", empty.info.run_name)
+    # Call runs: endpoint and model.
+    call_names = {r.info.run_name for r in runs if r.data.tags["kind"] == "call"}
+    assert call_names == {"chat.completions · gpt-4o", "chat.completions · gpt-4o-mini"}
+
+
+def test_booleans_are_true_false_in_params_and_tags(store: Store, fake: FakeOpenAI) -> None:
+    from tests.test_clients_helpers import usage_aware_stream
+
+    fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    with track("pfd_conversion", "spec", cached=False) as op:
+        assert op is not None
+        op.log_params(strict=True)
+        list(client.chat.completions.create(model="gpt-4", messages=MSG, stream=True))
+    client.close()
+    store.flush()
+    runs = {r.data.tags["kind"]: r for r in store.runs("pfd_conversion")}
+    op_run, call_run = runs["operation"], runs["call"]
+    assert op_run.data.params["strict"] == "true" and op_run.data.tags["cached"] == "false"
+    assert call_run.data.tags["cached"] == "false"
+    assert call_run.data.tags["stream"] == "true" and call_run.data.params["stream"] == "true"
+    values = [*op_run.data.params.values(), *op_run.data.tags.values(), *call_run.data.params.values(),
+              *call_run.data.tags.values()]
+    assert "True" not in values and "False" not in values
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_params_are_what_the_caller_passed(store: Store, fake: FakeOpenAI, is_async: bool) -> None:
+    """The SDK sends ``encoding_format=base64`` when the caller gave none: not a param. A format
+    the caller chose, base64 included, is."""
+    import asyncio
+
+    from tests.test_clients_helpers import make_clients
+
+    fake.add("POST", "/embeddings", lambda request: FakeResponse(json_body={
+        "object": "list", "model": "text-embedding-3-small",
+        "data": [{"object": "embedding", "index": 0, "embedding": "AAAAPw=="}],
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }))
+    client, _, _ = make_clients(fake, is_async=is_async)
+
+    async def embed() -> None:
+        for fmt in (None, "base64", "float"):
+            kwargs: dict[str, Any] = {"encoding_format": fmt} if fmt else {}
+            with track("crs_analysis", f"embed_{fmt}"):
+                result = client.embeddings.create(model="text-embedding-3-small", input="hi", **kwargs)
+                if is_async:
+                    await result
+        if is_async:
+            await client.close()
+        else:
+            client.close()
+
+    asyncio.run(embed())
+    # The SDK really sent base64 each time the caller gave no format.
+    assert [b["encoding_format"] for b in fake.bodies] == ["base64", "base64", "float"]
+    store.flush()
+    calls = [r for r in store.runs("crs_analysis") if r.data.tags["kind"] == "call"]
+    params = {r.data.tags["operation"]: r.data.params for r in calls}
+    assert params["embed_None"] == {"model": "text-embedding-3-small"}
+    assert params["embed_base64"] == {"model": "text-embedding-3-small", "encoding_format": "base64"}
+    assert params["embed_float"] == {"model": "text-embedding-3-small", "encoding_format": "float"}
+    by_op = {c.operation: c for c in store.memory.calls}
+    assert "encoding_format" not in by_op["embed_None"].params
+
+
+def test_usage_kinds_that_apply_are_metrics(store: Store, fake: FakeOpenAI) -> None:
+    """An audio chat's audio tokens are metrics; the image tokens it reports as 0 are not."""
+    fake.add("POST", "/chat/completions", FakeResponse.from_fixture("chat_gpt4o_audio_tokens"))
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    client.chat.completions.create(
+        model="gpt-4o-audio-preview", messages=MSG, modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+    )
+    client.close()
+    store.flush()
+    (call,) = store.memory.calls
+    assert call.usage.image_input_tokens == 0
+    (run,) = store.runs(_runtime.settings.default_feature)
+    metrics = run.data.metrics
+    assert metrics["audio_input_tokens"] == 20 and metrics["audio_output_tokens"] == 280
+    assert "image_input_tokens" not in metrics
+    assert metrics["reasoning_tokens"] == 0 and metrics["cached_tokens"] == 0
+
+
+def test_a_cost_logged_by_hand_counts_once(store: Store, fake: FakeOpenAI) -> None:
+    """An operation's own ``cost_usd`` is counted when no call is rolled up into it (a manual
+    result, nested or not); an operation with calls is counted through its calls only."""
+    from tests.test_reports_helpers import chat_by_model
+    from tracked_openai import reports
+    from tracked_openai.tracker import mlflow_tracker
+
+    fake.add("POST", "/chat/completions", chat_by_model)
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    mlflow_tracker.log_experiment_result(
+        feature="pfd_conversion", operation="external_ocr", metrics={"cost_usd": 0.25}
+    )
+
+
+    @track_custom_operation("pfd_conversion", "vendor_check")
+    def vendor_check() -> dict[str, float]:  # a paid service of its own, nested in "spec"
+        return {"cost_usd": 0.5}
+
+    with track("pfd_conversion", "spec"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        vendor_check()
+    client.close()
+    store.flush()
+    (call,) = store.memory.calls
+    assert call.cost is not None
+    m = reports.feature_metrics("pfd_conversion", tracking_uri=store.uri)
+    assert m["total_calls"] == 1
+    assert m["total_cost"] == pytest.approx(0.25 + 0.5 + float(call.cost.total_usd))
+    ops = {r["key"]: r for r in m["by_operation"]}
+    assert ops["external_ocr"]["total_cost"] == pytest.approx(0.25)
+    assert ops["spec"]["total_cost"] == pytest.approx(float(call.cost.total_usd))
+    assert (ops["vendor_check"]["total_runs"], ops["vendor_check"]["total_cost"]) == (0, pytest.approx(0.5))

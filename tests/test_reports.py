@@ -212,8 +212,13 @@ class TestOnWhatTheLibraryWrites:
         ops = {r["key"]: r for r in m["by_operation"]}
         assert (ops["image_analysis"]["total_runs"], ops["image_analysis"]["total_calls"]) == (2, 4)
         assert ops["image_analysis"]["total_cost"] == pytest.approx(3 * 0.00027)
+        # The call made in the nested operation is counted under it, cost and all (each call
+        # under its innermost operation); the outer run's own roll-up is not added again.
         assert (ops["sub"]["total_runs"], ops["sub"]["total_calls"]) == (0, 1)
-        assert ops["report"]["total_cost"] == pytest.approx(0.00027)
+        assert ops["sub"]["total_cost"] == pytest.approx(0.00027)
+        assert (ops["report"]["total_runs"], ops["report"]["total_calls"]) == (1, 0)
+        assert ops["report"]["total_cost"] == 0
+        assert sum(r["total_cost"] for r in ops.values()) == pytest.approx(m["total_cost"])
 
     def test_all_features_with_unpriced_top_level_call(self, uri: str) -> None:
         m = reports.feature_metrics(tracking_uri=uri)

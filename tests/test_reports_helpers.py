@@ -221,3 +221,52 @@ def seed_through_library(uri: str) -> None:
         client.close()
         tracked_openai.shutdown(timeout=30)
         tracked_openai.configure(sinks=[])
+
+
+def chat_by_model(request: Any) -> Any:
+    """A chat answer from the model the request names (1000 prompt / 200 completion tokens)."""
+    import json
+
+    from .fakeopenai import FakeResponse
+
+    return FakeResponse(json_body=_chat_body(json.loads(request.content)["model"], 1000, 200))
+
+
+def checkout_with_fraud_check(client: Any) -> None:
+    """``track("fraud_check")`` inside ``track("checkout")``: two checkout calls (gpt-4o-mini)
+    around one fraud-check call (gpt-4o)."""
+    from tracked_openai import track
+
+    messages: Any = [{"role": "user", "content": "order 42"}]
+    with track("checkout", "place_order"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        with track("fraud_check", "score"):
+            client.chat.completions.create(model="gpt-4o", messages=messages)
+        client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+
+def seed_nested_features(uri: str) -> dict[str, float]:
+    """Write :func:`checkout_with_fraud_check` into ``uri`` through the library (tracked client,
+    exporter, ``MlflowSink``); returns the cost of each feature's own calls as recorded."""
+    import tracked_openai
+    from tracked_openai.sinks import InMemorySink
+    from tracked_openai.sinks.mlflow import MlflowSink
+
+    from .fakeopenai import FakeOpenAI
+
+    fake = FakeOpenAI().add("POST", "/chat/completions", chat_by_model)
+    memory = InMemorySink()
+    tracked_openai.configure(sinks=[MlflowSink(tracking_uri=uri), memory], enabled=True)
+    client = tracked_openai.OpenAI(api_key="sk-test", http_client=fake.sync_client(), max_retries=0)
+    try:
+        checkout_with_fraud_check(client)
+        assert tracked_openai.flush(timeout=60)
+    finally:
+        client.close()
+        tracked_openai.shutdown(timeout=30)
+        tracked_openai.configure(sinks=[])
+    costs: dict[str, float] = {}
+    for call in memory.calls:
+        assert call.cost is not None
+        costs[call.feature] = costs.get(call.feature, 0.0) + float(call.cost.total_usd)
+    return costs

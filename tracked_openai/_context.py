@@ -4,6 +4,11 @@ The current scope lives in one ``ContextVar``, so it is isolated per thread and 
 and nests: an inner ``track`` wins while it runs and the outer scope is restored with
 ``ContextVar.reset`` when it ends, even on error.
 
+A call belongs to its innermost operation and that operation's feature. An operation's record
+rolls up every call made inside it, nested operations' calls included whatever their feature;
+when some belong to another feature, the share of its own feature is kept apart
+(``feature_call_count``/``feature_cost_usd``), which is what reports per feature count for it.
+
 An operation's record rolls up its calls, so it is submitted only once every call begun inside
 it has finished: a stream returned from a decorated function (a web handler returning a
 streaming response) is read after the function returned, and the operation waits for it. The
@@ -26,7 +31,7 @@ from typing import Any, TypeVar, overload
 
 from . import _runtime
 from ._errors import internal_errors
-from .records import LATE_TAG, OperationRecord, new_record_id
+from .records import LATE_TAG, OperationRecord, new_record_id, tag_value
 
 __all__ = [
     "Operation",
@@ -107,7 +112,7 @@ class Operation:
 
     def set_tags(self, tags: Mapping[str, Any] | None = None, **kw: Any) -> None:
         with internal_errors("set_tags"):
-            self.record.tags.update({k: str(v) for k, v in {**(tags or {}), **kw}.items()})
+            self.record.tags.update({k: tag_value(v) for k, v in {**(tags or {}), **kw}.items()})
 
     # -- lifecycle -------------------------------------------------------------------------
     def _start(self) -> None:
@@ -249,7 +254,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
     ) -> None:
         self._feature = feature
         self._operation = operation
-        self._tags = {k: str(v) for k, v in tags.items()}
+        self._tags = {k: tag_value(v) for k, v in tags.items()}
         self._metrics_fn = _metrics_fn
         self._function = _function
         self._op: Operation | None = None
@@ -269,6 +274,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
             operation=self._operation if self._operation is not None else function,
             function=function or self._function,
             tags=tags,
+            parent_feature=parent.feature if parent is not None else None,
         )
         return Operation(record, self._metrics_fn, parent)
 

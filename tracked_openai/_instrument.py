@@ -33,7 +33,7 @@ from ._audio import capture_upload
 from ._context import _current as _current_op
 from ._context import call_closed, call_opened
 from ._errors import internal_errors, logger, report_internal_error
-from ._usage import ENDPOINTS, _get, apply_body, params_of, usage_from_body
+from ._usage import ENDPOINTS, _get, apply_body, embeddings_request, params_of, usage_from_body
 from .records import USAGE_KEYS, CallRecord, Usage
 
 __all__ = ["Call", "active_call", "begin", "close_open_streams", "observe_async", "observe_sync"]
@@ -328,6 +328,9 @@ def begin(client: Any, options: Any, stream: bool) -> tuple[Call | None, Any]:
         }
     if endpoint in _AUDIO_IN:
         call.upload = capture_upload(getattr(options, "files", None))
+    elif endpoint == "embeddings":
+        # Recorded params are what the caller passed, not the SDK's default encoding.
+        call.request = embeddings_request(request, options)
     if (
         call.stream
         and endpoint in ("chat.completions", "completions")

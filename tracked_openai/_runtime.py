@@ -117,8 +117,20 @@ def prepare(item: Record | Any) -> Record:
     elif isinstance(record, OperationRecord):
         children, record.children = record.children, []
         if children:
-            _roll_up(record, [child.record for child in children])
+            _roll_up(record, [(child.record, _in_own_feature(child, record)) for child in children])
     return record
+
+
+def _in_own_feature(call: Any, op: OperationRecord) -> bool:
+    """Whether a call rolled up into ``op`` belongs to ``op``'s own feature: every operation
+    between the call and ``op`` (the call's innermost one included) is in that feature. A call
+    inside a nested operation of another feature belongs to that one (the innermost feature)."""
+    scope = getattr(call, "op", None)
+    while scope is not None and scope.record is not op:
+        if scope.record.feature != op.feature:
+            return False
+        scope = scope.parent
+    return True
 
 
 def _record_of(call: Any) -> CallRecord:
@@ -134,11 +146,19 @@ def _record_of(call: Any) -> CallRecord:
 _ROLLUP_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
 
 
-def _roll_up(op: OperationRecord, children: Iterable[CallRecord]) -> None:
+def _roll_up(op: OperationRecord, children: Iterable[tuple[CallRecord, bool]]) -> None:
+    """Fill ``op``'s roll-up from its calls (nested operations' calls included), each given with
+    whether it belongs to ``op``'s own feature; the own-feature share is kept apart only when
+    some call belongs to another feature (see ``OperationRecord.feature_call_count``)."""
     total = Decimal(0)
     priced = False
-    for call in children:
+    own_total = Decimal(0)
+    own_priced = False
+    own_calls = 0
+    models: set[str] = set()
+    for call, own in children:
         op.call_count += 1
+        own_calls += own
         for key in _ROLLUP_KEYS:
             value = getattr(call.usage, key)
             if value is not None:
@@ -146,10 +166,20 @@ def _roll_up(op: OperationRecord, children: Iterable[CallRecord]) -> None:
         if call.cost is not None:
             total += call.cost.total_usd
             priced = True
+            if own:
+                own_total += call.cost.total_usd
+                own_priced = True
         elif call.status == "success" or call.usage_source != "none":
             op.unpriced_calls += 1
+        model = call.model or call.response_model
+        if model:
+            models.add(model)
     if priced:
         op.cost_usd = total
+    op.models = sorted(models)
+    if own_calls < op.call_count:
+        op.feature_call_count = own_calls
+        op.feature_cost_usd = own_total if own_priced else None
 
 
 def configure(

@@ -10,7 +10,7 @@ from typing import Any
 
 from .records import Usage
 
-__all__ = ["ENDPOINTS", "PARAM_KEYS", "apply_body", "usage_from_body"]
+__all__ = ["ENDPOINTS", "PARAM_KEYS", "apply_body", "embeddings_request", "params_of", "usage_from_body"]
 
 # options.url (query stripped) -> endpoint name. Anything else is free (or not yet known) and
 # passes through untracked.
@@ -90,7 +90,40 @@ def _num(value: Any) -> float | None:
     return None
 
 
+def embeddings_request(request: dict[str, Any], options: Any) -> dict[str, Any]:
+    """An embeddings request as the caller made it: without ``encoding_format`` when that is the
+    SDK's own default (``request`` itself otherwise; the SDK's body is never changed)."""
+    if request.get("encoding_format") == "base64" and sdk_chose_encoding(options):
+        return {k: v for k, v in request.items() if k != "encoding_format"}
+    return request
+
+
+def sdk_chose_encoding(options: Any) -> bool:
+    """Whether an embeddings request's ``encoding_format="base64"`` is the SDK's own choice, not
+    the caller's: the SDK sends base64 when the caller gave no format and decodes the answer
+    back to floats in its ``post_parser``, which keeps the caller's argument. Read from there
+    (a ``functools.partial`` in SDK 3.x, a closure in older releases); when it can't be read the
+    SDK's choice is assumed, since every release sends base64 by default and asking for it
+    explicitly is rare."""
+    parser = getattr(options, "post_parser", None)
+    keywords = getattr(parser, "keywords", None)
+    if isinstance(keywords, dict) and "encoding_format" in keywords:
+        return not isinstance(keywords["encoding_format"], str)
+    code = getattr(parser, "__code__", None)
+    closure = getattr(parser, "__closure__", None)
+    if code is not None and closure and "encoding_format" in code.co_freevars:
+        try:
+            value = closure[code.co_freevars.index("encoding_format")].cell_contents
+        except (ValueError, IndexError):
+            return True
+        return not isinstance(value, str)
+    return True
+
+
 def params_of(request: dict[str, Any]) -> dict[str, Any]:
+    """The request parameters worth recording (``PARAM_KEYS``, never the prompt), as the request
+    body carries them. Values the SDK adds by itself are taken out before (see ``begin`` and
+    :func:`sdk_chose_encoding`), so these are the caller's choices."""
     params: dict[str, Any] = {}
     for key in PARAM_KEYS:
         value = request.get(key)

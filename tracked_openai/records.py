@@ -26,6 +26,7 @@ __all__ = [
     "LATE_TAG",
     "new_record_id",
     "record_from_dict",
+    "tag_value",
 ]
 
 # Tag of a call that finished after its operation's record was submitted: the operation's
@@ -60,6 +61,14 @@ def _reseed_ids() -> None:
 
 # A forked child must not repeat its parent's ids.
 os.register_at_fork(after_in_child=_reseed_ids)
+
+
+def tag_value(value: Any) -> str:
+    """A tag or parameter value as text: booleans as ``true``/``false`` (what MLflow's own
+    autologging writes, and what a search like ``tags.stream = 'true'`` expects), else ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def new_record_id() -> str:
@@ -229,17 +238,28 @@ class OperationRecord:
     operation: str | None = None
     function: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Feature of the enclosing operation (``None`` at top level). When it differs from
+    # ``feature`` this operation is a run of its own feature in reports, not a part of its parent.
+    parent_feature: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     status: Status = "success"
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
-    # Roll-up of the calls made inside the block (filled when the record is prepared).
+    # Roll-up of the calls made inside the block, nested operations' calls included (filled
+    # when the record is prepared).
     call_count: int = 0
     usage: Usage = field(default_factory=Usage)
     cost_usd: Decimal | None = None
     unpriced_calls: int = 0
+    # The request models of the rolled-up calls, sorted, each once.
+    models: list[str] = field(default_factory=list)
+    # Set only when the roll-up includes calls of a nested operation of another feature: the
+    # calls (and their cost) that belong to this operation's own feature, which is what a
+    # report per feature counts for this run. Each call belongs to its innermost feature.
+    feature_call_count: int | None = None
+    feature_cost_usd: Decimal | None = None
     # The tracked calls (``_instrument.Call``) to roll up; emptied when the record is prepared.
     children: list[Any] = field(default_factory=list)
 
@@ -256,6 +276,7 @@ class OperationRecord:
             "operation": self.operation,
             "function": self.function,
             "tags": dict(self.tags),
+            "parent_feature": self.parent_feature,
             "params": dict(self.params),
             "metrics": dict(self.metrics),
             "status": self.status,
@@ -266,6 +287,9 @@ class OperationRecord:
             "usage": self.usage.to_dict(),
             "cost_usd": float(self.cost_usd) if self.cost_usd is not None else None,
             "unpriced_calls": self.unpriced_calls,
+            "models": list(self.models),
+            "feature_call_count": self.feature_call_count,
+            "feature_cost_usd": float(self.feature_cost_usd) if self.feature_cost_usd is not None else None,
         }
 
 
@@ -277,6 +301,7 @@ _OP_FIELDS = {f.name for f in fields(OperationRecord)} - {
     "kind",
     "usage",
     "cost_usd",
+    "feature_cost_usd",
     "started_at",
 }
 
@@ -289,6 +314,8 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         op.usage = Usage.from_dict(data.get("usage"))
         cost = data.get("cost_usd")
         op.cost_usd = Decimal(str(cost)) if cost is not None else None
+        feature_cost = data.get("feature_cost_usd")
+        op.feature_cost_usd = Decimal(str(feature_cost)) if feature_cost is not None else None
         return op
     call = CallRecord(**{k: data[k] for k in _CALL_FIELDS if k in data})
     call.started_at = _from_iso(data.get("started_at", 0.0))

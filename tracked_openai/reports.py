@@ -5,17 +5,20 @@ MLflow sink writes), page by page, so a report over 100k runs never holds 100k r
 each page is folded into running sums and dropped. Only one float per run is kept, for the
 latency percentiles.
 
-What counts as a **run** (``total_runs``, ``success_rate``, ``avg_execution_time``, ``total_cost``,
-latency percentiles): a *top-level* MLflow run, i.e. a run without ``mlflow.parentRunId`` (nor
-``parent_record_id``, the sink's link to a parent operation in another feature's experiment).
-That is an operation (a ``track`` block or a decorated function) or a call made outside any
-operation.
-A call made inside an operation is a nested child run; it is counted in ``total_calls`` and in the
-token sums, never again as a run. An operation's ``cost_usd`` already includes all the calls made
-inside it (nested operations too), so summing top-level runs never counts a call twice.
+The rule (docs/reports.md, "What is counted"): **every call belongs to its innermost operation and
+that operation's feature**, and is counted once, there. An operation's own MLflow run rolls up every
+call made inside it, nested operations' calls included, but a report never adds those roll-ups:
 
-Token sums and the model breakdown are taken from call runs only (every call, nested or not),
-which again counts each call exactly once.
+* A **run** (``total_runs``, ``success_rate``, ``avg_execution_time``, latency percentiles,
+  ``avg_confidence``) is a top-level run of its feature: an operation with no enclosing operation
+  or whose enclosing operation is in another feature (tag ``parent_feature``), or a call made
+  outside any operation. Operations nested in an operation of the same feature, and calls made
+  inside operations, are children, not runs.
+* **Calls, tokens and cost** are summed over call runs, each under its own feature, operation,
+  model and day. So ``track("fraud_check")`` inside ``track("checkout")``: the fraud check's calls
+  and cost are fraud_check's, the rest checkout's, and the all-features total has each call once.
+  The cost an operation's run carries itself (``cost_usd``) is added only when no call is rolled
+  up into it: a cost logged by hand (``mlflow_tracker.log_experiment_result``).
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-
-from .records import LATE_TAG
 
 __all__ = [
     "BREAKDOWNS",
@@ -49,9 +50,11 @@ __all__ = [
 
 FEATURE_TAG = "tracked_openai.feature"
 PARENT_TAG = "mlflow.parentRunId"
-# Set on a run whose parent operation was recorded in another feature's experiment (MLflow cannot
-# nest across experiments): such a run is part of that operation, not a run of its own.
+# Set on every run that has an enclosing operation (the link that survives across experiments,
+# which MLflow cannot nest).
 PARENT_RECORD_TAG = "parent_record_id"
+# Set on an operation nested in another: the enclosing operation's feature.
+PARENT_FEATURE_TAG = "parent_feature"
 BREAKDOWNS = ("model", "operation", "day", "feature")
 
 # The seed system's features; used until (or unless) the feature registry module is importable.
@@ -315,11 +318,22 @@ def run_row(run: Any) -> dict[str, Any]:
     return row
 
 
-_TOP_LEVEL = f"tags.`{PARENT_TAG}` IS NULL AND tags.`{PARENT_RECORD_TAG}` IS NULL"
+# Every run of a feature has no MLflow parent; the few without one that are not runs (calls
+# written before their operation and not yet nested under it) are left out by ``_is_run``.
+_NO_MLFLOW_PARENT = f"tags.`{PARENT_TAG}` IS NULL"
 
 
-def _is_top_level(tags: Mapping[str, str]) -> bool:
-    return PARENT_TAG not in tags and PARENT_RECORD_TAG not in tags
+def _is_run(tags: Mapping[str, str]) -> bool:
+    """A top-level run of its feature (see the module docstring)."""
+    if PARENT_TAG not in tags and PARENT_RECORD_TAG not in tags:
+        return True
+    if tags.get("kind") != "operation":
+        return False  # a call inside an operation (always of the same feature)
+    parent_feature = tags.get(PARENT_FEATURE_TAG)
+    if parent_feature is not None:
+        return parent_feature != tags.get("feature")
+    # Written before the tag existed: only an operation in another experiment has no MLflow parent.
+    return PARENT_TAG not in tags
 
 
 def recent_runs(
@@ -331,20 +345,22 @@ def recent_runs(
 ) -> list[dict[str, Any]]:
     """The newest ``limit`` runs of ``feature`` (all features when ``None``), newest first.
 
-    By default only top-level runs (operations and calls outside any operation); with
-    ``include_calls`` the calls nested in operations are listed too.
+    By default only the runs reports count (operations with no enclosing operation of the same
+    feature, calls outside any operation); with ``include_calls`` every run, nested ones too.
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
     runs = iter_runs(
         feature,
         tracking_uri=tracking_uri,
-        filter_string="" if include_calls else _TOP_LEVEL,
+        filter_string="" if include_calls else _NO_MLFLOW_PARENT,
         page_size=min(limit, _PAGE_SIZE),
         order_by=["attributes.start_time DESC"],
     )
     rows = []
     for run in runs:
+        if not include_calls and not _is_run(run.data.tags):
+            continue
         rows.append(run_row(run))
         if len(rows) >= limit:
             break
@@ -373,8 +389,8 @@ class _Group:
     exec_n: int = 0
     conf_sum: float = 0.0
     conf_n: int = 0
-    run_cost: float = 0.0
-    run_cost_n: int = 0
+    # Calls' cost plus costs logged by hand on operations without calls (each counted once).
+    cost: float = 0.0
     latencies: array[float] = field(default_factory=lambda: array("d"))
     calls: int = 0
     call_errors: int = 0
@@ -398,15 +414,9 @@ class _Group:
         if c is not None:
             self.conf_sum += c
             self.conf_n += 1
-        cost = metrics.get("cost_usd")
-        if cost is not None:
-            self.run_cost += cost
-            self.run_cost_n += 1
 
-    def add_late_cost(self, metrics: Mapping[str, float]) -> None:
-        cost = metrics.get("cost_usd")
-        if cost is not None:
-            self.run_cost += cost
+    def add_cost(self, cost: float) -> None:
+        self.cost += cost
 
     def add_call(self, ok: bool, metrics: Mapping[str, float], unpriced: bool) -> None:
         self.calls += 1
@@ -421,6 +431,7 @@ class _Group:
         if cost is not None:
             self.call_cost += cost
             self.call_cost_n += 1
+            self.cost += cost
         for name, metric in _TOKEN_METRICS.items():
             value = metrics.get(metric)
             if value is not None:
@@ -436,7 +447,7 @@ class _Group:
             "avg_execution_time": self.exec_sum / self.exec_n if self.exec_n else None,
             "success_rate": 100.0 * self.successes / self.runs if self.runs else None,
             "avg_confidence": self.conf_sum / self.conf_n if self.conf_n else None,
-            "total_cost": round(self.run_cost, 10),
+            "total_cost": round(self.cost, 10),
             "total_calls": self.calls,
             "failed_calls": self.call_errors,
             "unpriced_calls": self.unpriced_calls,
@@ -469,7 +480,7 @@ class _Group:
             "p50_execution_time": _percentile(lat, 0.50),
             "p95_execution_time": _percentile(lat, 0.95),
             "avg_confidence": self.conf_sum / self.conf_n if self.conf_n else None,
-            "total_cost": round(self.run_cost, 10),
+            "total_cost": round(self.cost, 10),
             "total_calls": self.calls,
             "unpriced_calls": self.unpriced_calls,
             "prompt_tokens": int(self.tokens["prompt_tokens"]),
@@ -493,6 +504,14 @@ def _is_unpriced(tags: Mapping[str, str], metrics: Mapping[str, float]) -> bool:
     if tags.get("cost_status") == "unpriced":
         return True
     return tags.get("status") == "success" or tags.get("usage_source", "none") != "none"
+
+
+def _hand_logged_cost(tags: Mapping[str, str], metrics: Mapping[str, float]) -> float | None:
+    """The ``cost_usd`` of a run that is not a call and has no calls rolled up into it (a cost
+    logged by hand). An operation with calls carries their roll-up, counted with the calls."""
+    if tags.get("kind") == "call" or metrics.get("call_count"):
+        return None
+    return metrics.get("cost_usd")
 
 
 def feature_metrics(
@@ -546,15 +565,15 @@ def feature_metrics(
             "day": day,
             "feature": tags.get("feature") or "(none)",
         }
-        if _is_top_level(tags):
+        if _is_run(tags):
             total.add_run(ok, metrics)
             for dim, key in keys.items():
                 group(dim, key).add_run(ok, metrics)
-        elif tags.get(LATE_TAG) == "true":
-            # Finished after its operation's record was written: not in that roll-up.
-            total.add_late_cost(metrics)
+        hand_cost = _hand_logged_cost(tags, metrics)
+        if hand_cost is not None:
+            total.add_cost(hand_cost)
             for dim, key in keys.items():
-                group(dim, key).add_late_cost(metrics)
+                group(dim, key).add_cost(hand_cost)
         if tags.get("kind") == "call":
             unpriced = _is_unpriced(tags, metrics)
             total.add_call(ok, metrics, unpriced)
@@ -573,9 +592,9 @@ def feature_metrics(
     ]
     for dim in ("operation", "day", "feature"):
         items = sorted(slices[dim].items()) if dim == "day" else sorted(
-            slices[dim].items(), key=lambda kv: (-kv[1].run_cost, -kv[1].runs, kv[0])
+            slices[dim].items(), key=lambda kv: (-kv[1].cost, -kv[1].runs, kv[0])
         )
-        result[f"by_{dim}"] = [{"key": k, **g.slice_row()} for k, g in items if g.runs or g.calls]
+        result[f"by_{dim}"] = [{"key": k, **g.slice_row()} for k, g in items if g.runs or g.calls or g.cost]
     return result
 
 

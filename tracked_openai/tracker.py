@@ -14,7 +14,7 @@ from typing import Any
 
 from . import _runtime
 from ._errors import internal_errors
-from .records import OperationRecord
+from .records import OperationRecord, tag_value
 
 __all__ = ["MlflowTracker", "mlflow_tracker"]
 
@@ -88,7 +88,7 @@ class MlflowTracker:
                 feature=feature,
                 operation=operation,
                 function=None if function == "<module>" else function,
-                tags={str(k): str(v) for k, v in (tags or {}).items()},
+                tags={str(k): tag_value(v) for k, v in (tags or {}).items()},
                 params=dict(params or {}),
                 metrics=numeric,
             )

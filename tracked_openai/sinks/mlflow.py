@@ -5,7 +5,12 @@ Mapping (the contract reports and the REST API read; see ``docs/mlflow-mapping.m
 * one experiment per feature, named by the feature registry (``tracked_openai._features``), with
   the experiment tag ``tracked_openai.feature=<key>``;
 * an operation record is a run; a call is a run whose ``mlflow.parentRunId`` is its operation's
-  run when both are in the same experiment (otherwise it is top-level with ``parent_record_id``);
+  run (a call is always in its innermost operation's feature); an operation nested in one of
+  another feature is top-level in its own experiment, linked by ``parent_record_id`` and
+  ``parent_feature`` (MLflow cannot nest across experiments);
+* run names ``<operation> · <model(s)> · <short id>`` and ``<endpoint> · <model>``; operations
+  carry the ``model`` their calls used; ``mlflow.user``/``mlflow.source.name`` as on MLflow's
+  own runs;
 * run start/end are the record's real times; status FINISHED (success) or FAILED (error).
 
 Speed: a run costs three requests (``create_run`` with every tag, ``log_batch`` with metrics and
@@ -24,6 +29,7 @@ because it asks the store, not process memory.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import threading
@@ -32,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ..records import CallRecord, OperationRecord, Record
+from ..records import CallRecord, OperationRecord, Record, tag_value
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -103,6 +109,46 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+# Usage kinds a response reports as 0 when they do not apply (a text chat says "0 audio
+# tokens"): written only when non-zero. Cached and reasoning tokens keep their 0, which is an
+# answer there (no cache hit, no reasoning) that hit rates and averages need.
+_ZERO_MEANS_ABSENT = (
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+)
+_SEP = " · "
+_MAX_NAME_MODELS = 80  # characters of the model list shown in an operation run's name
+
+
+@functools.cache
+def _source_tags() -> tuple[tuple[str, str], ...]:
+    """``mlflow.user``, ``mlflow.source.name`` and ``mlflow.source.type`` as MLflow's own runs
+    get them (its default run context: the script or entry point, the user), once per process."""
+    try:
+        from mlflow.tracking.context.default_context import DefaultRunContext
+
+        tags = {str(k): str(v) for k, v in DefaultRunContext().tags().items()}  # type: ignore[no-untyped-call]
+    except Exception:  # an MLflow without that module: the same facts, read here
+        import getpass
+        import sys
+
+        try:
+            user = getpass.getuser()
+        except Exception:
+            user = "unknown"
+        source = sys.argv[0] if sys.argv and sys.argv[0] else "<console>"
+        tags = {"mlflow.user": user, "mlflow.source.name": source, "mlflow.source.type": "LOCAL"}
+    return tuple(tags.items())
+
+
+def _short_id(record_id: str) -> str:
+    # Six hex digits that tell runs apart in a run table; derived from the record id, so a
+    # re-exported record keeps its name.
+    return hashlib.blake2s(record_id.encode(), digest_size=3).hexdigest()
+
+
 def run_fields(
     record: Record,
 ) -> tuple[str, dict[str, str], dict[str, float], dict[str, str]]:
@@ -113,7 +159,7 @@ def run_fields(
 
     def tag(name: str, value: Any) -> None:
         if value is not None and value != "":
-            tags[name] = str(value)[:_MAX_TAG_VALUE]
+            tags[name] = tag_value(value)[:_MAX_TAG_VALUE]
 
     def metric(name: str, value: Any) -> None:
         if value is None:
@@ -144,22 +190,18 @@ def run_fields(
     metric("total_tokens", usage.total_tokens)
     metric("cached_tokens", usage.cached_input_tokens)
     metric("reasoning_tokens", usage.reasoning_tokens)
-    for name in (
-        "audio_input_tokens",
-        "audio_output_tokens",
-        "image_input_tokens",
-        "image_output_tokens",
-        "images",
-        "seconds",
-        "characters",
-    ):
+    for name in _ZERO_MEANS_ABSENT:
+        if getattr(usage, name):
+            metric(name, getattr(usage, name))
+    for name in ("images", "seconds", "characters"):
         metric(name, getattr(usage, name))
     for param_name, param_value in record.params.items():
         if param_value is not None:
-            params[_key(param_name)] = str(param_value)[:_MAX_PARAM_VALUE]
+            params[_key(param_name)] = tag_value(param_value)[:_MAX_PARAM_VALUE]
 
     if isinstance(record, CallRecord):
-        name = record.endpoint or "call"
+        model = record.model or record.response_model
+        name = _SEP.join(part for part in (record.endpoint or "call", model) if part)
         tag("endpoint", record.endpoint)
         tag("model", record.model)
         tag("response_model", record.response_model)
@@ -170,7 +212,7 @@ def run_fields(
         tag("provider", record.provider)
         tag("http_status", record.http_status)
         if record.stream:
-            tag("stream", "true")
+            tag("stream", True)
         tag("stream_end", record.stream_end)
         if record.request_ids:
             tag("request_ids", ",".join(record.request_ids))
@@ -183,8 +225,8 @@ def run_fields(
             params["model"] = record.model[:_MAX_PARAM_VALUE]
     else:
         assert isinstance(record, OperationRecord)
-        name = record.operation or record.function or "operation"
         tag("error_traceback", record.traceback)
+        tag("parent_feature", record.parent_feature)
         # Operation metrics by name (confidence_score among them); ours below win on clashes.
         for metric_name, metric_value in record.metrics.items():
             metric(metric_name, metric_value)
@@ -192,11 +234,25 @@ def run_fields(
         metric("unpriced_calls", record.unpriced_calls)
         if record.cost_usd is not None:
             metric("cost_usd", record.cost_usd)
-        model = record.params.get("model")
+        if record.feature_call_count is not None:
+            metric("feature_call_count", record.feature_call_count)
+            metric("feature_cost_usd", record.feature_cost_usd)
+        # The model(s) its calls used, so runs group and filter by model; one the caller logged
+        # (``op.log_params(model=...)``, manual results) wins.
+        logged = record.params.get("model")
+        model = tag_value(logged) if logged is not None else ",".join(record.models) or None
         if model is not None:
-            params["model"] = str(model)[:_MAX_PARAM_VALUE]
+            params["model"] = model[:_MAX_PARAM_VALUE]
+            tag("model", model)
+        label = record.operation or record.function or "operation"
+        shown = model
+        if shown is not None and len(shown) > _MAX_NAME_MODELS:
+            shown = shown[: _MAX_NAME_MODELS - 1] + "…"
+        name = _SEP.join(part for part in (label, shown, _short_id(record.record_id)) if part)
     if "confidence" in metrics and "confidence_score" not in metrics:
         metrics["confidence_score"] = metrics["confidence"]
+    for key, value in _source_tags():
+        tags.setdefault(key, value)
     return name, tags, metrics, params
 
 

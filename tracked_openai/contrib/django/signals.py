@@ -17,7 +17,7 @@ from django.db.models.signals import post_save
 
 from ... import _runtime
 from ..._errors import internal_errors
-from ...records import OperationRecord, new_record_id
+from ...records import OperationRecord, new_record_id, tag_value
 
 __all__ = ["track_model_saves"]
 
@@ -66,7 +66,7 @@ def track_model_saves(
     """
     label = f"{model._meta.app_label}.{model._meta.model_name}"
     op_name = operation or f"{label}.save"
-    extra_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    extra_tags = {str(k): tag_value(v) for k, v in (tags or {}).items()}
 
     def receiver(sender: type[Any], instance: Any, created: bool, **kwargs: Any) -> None:
         if not _runtime.settings.enabled or (created_only and not created):
