@@ -338,8 +338,8 @@ def _feature_origin(key: str, registered: dict[str, str]) -> str:
     if key in _features.DEFAULT_FEATURES and registered.get(key) == _features.DEFAULT_FEATURES[key]:
         return "default AIFlow feature"
     if key in registered:
-        return "registered"
-    return "found in the store"
+        return "registered feature"
+    return "in the store only (not registered)"
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -355,7 +355,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
     registered = features()
     table = Table(title=f"experiments in {shown}", title_justify="left")
-    for name in ("feature", "experiment", "experiment id", "listed because"):
+    for name in ("feature", "experiment", "experiment id", "note"):
         table.add_column(name)
     for row in rows:
         table.add_row(

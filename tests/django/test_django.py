@@ -84,9 +84,9 @@ class TestEndpoints:
         assert r.status_code == 404
         body = r.json()
         assert (body["error"], body["feature"]) == ("unknown_feature", "nope")
-        assert body["known_features"] == [
-            "crs_analysis", "default", "pfd_conversion", "pid_verification", "visual_generation",
-        ]
+        # The default AIFlow features, `default` and the store's (tests may register more).
+        expected = {"crs_analysis", "default", "pfd_conversion", "pid_verification", "visual_generation"}
+        assert expected <= set(body["known_features"])
 
     @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
     def test_missing_store_is_503_and_not_created(
