@@ -19,6 +19,8 @@ from tracked_openai import reports
 
 pytest.importorskip("tracked_openai.sinks.mlflow", reason="the demo writes through the MLflow sink")
 
+pytestmark = pytest.mark.slow  # the whole demo, end to end, in a subprocess
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:

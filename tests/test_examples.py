@@ -22,6 +22,9 @@ NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.name.startswith("_
 
 pytest.importorskip("tracked_openai.sinks.mlflow", reason="examples write through the MLflow sink")
 
+# Every example is a whole program run end to end (~2 min on 2 cores): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Ran:
