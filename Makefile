@@ -1,9 +1,10 @@
-# One command each: `make demo` sets up and runs the offline demo, `make test` runs the tests.
+# One command each: `make demo` sets up and runs the offline demo, `make test` runs the tests,
+# `make test-fast` the tests that start no server process and are not marked slow.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +19,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/tracked-openai demo
 
+# Progress: one line per test file with its dots and a running "[done/total]" count, so a long
+# run shows where it is and how far it has to go (-v would print a line per test: ~1,500 lines
+# that bury the failures). PYTEST_ARGS passes more options, e.g. PYTEST_ARGS=-x.
+PROGRESS := -o console_output_style=count
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PROGRESS) $(PYTEST_ARGS)
+
+# No mlflow server, no PostgreSQL, no `serve` process, nothing marked slow (see pyproject markers).
+test-fast: setup
+	$(BIN)/python -m pytest $(PROGRESS) -m "not server and not postgres and not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check tracked_openai tests benchmarks examples

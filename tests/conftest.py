@@ -18,6 +18,18 @@ API_KEY = "sk-test-hardcoded"  # hardcoded so a key in the environment is never 
 tracked_openai.configure(sinks=[])
 
 
+# Fixtures that start a real `mlflow server` (tests/mlflow_server.py). A test using one is marked
+# `server` even when its module forgot to say so, so `make test-fast` (-m "not server ...") never
+# waits for a server.
+_SERVER_FIXTURES = frozenset({"mlflow_server", "mlflow_pg_server", "restartable_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 @pytest.fixture
 def records(tracked_records: TrackedRecords) -> TrackedRecords:
     """Records of this test (in memory); swallowed internal errors fail the test."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +86,52 @@ class TestEndpoints:
         paths = api.get("/api/openapi.json").json()["paths"]
         assert {f"{PREFIX}/{name}/" for name in ("experiments", "runs", "metrics", "health")} <= set(paths)
 
+    def test_bodies_name_the_store(self, api: TestClient, seeded: Seeded) -> None:
+        assert api.get(f"{PREFIX}/metrics/").json()["tracking_uri"] == seeded.uri
+        assert api.get(f"{PREFIX}/runs/").json()["tracking_uri"] == seeded.uri
+
+
+def _references(html: str) -> list[str]:
+    return re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+
+
+class TestOfflineDocs:
+    """`/api/docs/` works without network: every file the page loads comes from the app."""
+
+    def test_swagger_ui_from_the_app_itself(self, api: TestClient) -> None:
+        pytest.importorskip("fastapi_offline", reason="Swagger UI's files come with the [api] extra")
+        page = api.get("/api/docs/")
+        assert page.status_code == 200
+        html = page.text
+        assert "SwaggerUIBundle" in html
+        assert not re.search(r"https?://|//cdn|unpkg|jsdelivr", html), "the page names an external URL"
+        assert "url: '/api/openapi.json'" in html
+        assert '"validatorUrl": null' in html  # Swagger UI's online validator is a third party
+        refs = _references(html)
+        names = {ref.rsplit("/", 1)[-1] for ref in refs}
+        assert names == {"swagger-ui.css", "favicon.png", "swagger-ui-bundle.js"}
+        for ref in refs:
+            asset = api.get(ref)
+            assert asset.status_code == 200, ref
+            assert len(asset.content) > 1000, ref
+            if ref.endswith(".css"):
+                # No stylesheet imports or fonts from elsewhere either.
+                assert not re.search(r"@import|url\(\s*['\"]?(https?:)?//", asset.text)
+        assert api.get("/api/openapi.json").status_code == 200
+
+    def test_plain_page_without_the_package(self, seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # import fails
+        with TestClient(create_app(tracking_uri=seeded.uri)) as client:
+            page = client.get("/api/docs/")
+        assert page.status_code == 200
+        html = page.text
+        assert "<script" not in html
+        assert not re.search(r"https?://", html)
+        for name in ("experiments", "runs", "metrics", "health"):
+            assert f"GET {PREFIX}/{name}/" in html
+        assert "<code>feature</code> feature key; all features when omitted" in html
+        assert _references(html) == ["/api/openapi.json"]
+
 
 class TestErrors:
     @pytest.mark.parametrize("limit", ["0", "1001", "abc"])
@@ -100,6 +149,38 @@ class TestErrors:
             "error": "bad_request",
             "detail": "invalid date 'last tuesday': use YYYY-MM-DD, an ISO datetime, 'today' or Nd (e.g. 7d)",
         }
+
+    @pytest.mark.parametrize("name", ["runs", "metrics"])
+    def test_unknown_feature_is_404_with_the_known_ones(self, api: TestClient, name: str) -> None:
+        r = api.get(f"{PREFIX}/{name}/", params={"feature": "pid_verfication"})
+        assert r.status_code == 404
+        body = r.json()
+        known = body.pop("known_features")
+        # The default AIFlow features, `default` and the store's (tests may register more).
+        expected = {"crs_analysis", "default", "pfd_conversion", "pid_verification", "visual_generation"}
+        assert expected <= set(known)
+        assert body == {
+            "error": "unknown_feature",
+            "detail": f"unknown feature 'pid_verfication'; known features: {', '.join(known)}",
+            "feature": "pid_verfication",
+        }
+
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    def test_missing_store_is_503_and_not_created(self, tmp_path: Path, name: str) -> None:
+        uri = f"sqlite:///{tmp_path}/nope/mlflow.db"
+        with TestClient(create_app(tracking_uri=uri), raise_server_exceptions=False) as client:
+            r = client.get(f"{PREFIX}/{name}/")
+        assert r.status_code == 503
+        body = r.json()
+        if name == "health":
+            assert body["store"]["reachable"] is False
+            detail = body["store"]["detail"]
+        else:
+            assert body["error"] == "store_not_found"
+            assert body["tracking_uri"] == uri
+            detail = body["detail"]
+        assert detail.startswith(f"no MLflow store at {uri}: ")
+        assert list(tmp_path.iterdir()) == []
 
     @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
     def test_unreachable_store_is_503_json(self, name: str) -> None:
@@ -157,6 +238,8 @@ def test_metrics_count_a_nested_features_calls_under_it(nested: tuple[str, dict[
     assert sum(r["total_cost"] for r in every["by_feature"]) == pytest.approx(every["total_cost"])
     assert fraud_runs["count"] == 1 and fraud_runs["runs"][0]["tags.parent_feature"] == "checkout"
     # The same numbers as the Python API and the framework-free handlers Django serves.
+    # (the REST body also names the store it read)
+    assert checkout.pop("tracking_uri") == uri
     assert checkout == reports.feature_metrics("checkout", tracking_uri=uri)
     status, body = _endpoints.metrics(uri, feature="fraud_check")
     assert status == 200 and body == fraud

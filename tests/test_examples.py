@@ -9,6 +9,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 pytest.importorskip("tracked_openai.sinks.mlflow", reason="examples write through the MLflow sink")
+
+# Every example is a whole program run end to end (~2 min on 2 cores): not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -44,6 +48,8 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
         folder.mkdir()
         shutil.copy(template, folder / "mlflow.db")
         uri = f"sqlite:///{folder / 'mlflow.db'}"
+        if name == "compare_models":
+            _foreign_runs(uri)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI_"))}
         env.update(MLFLOW_TRACKING_URI=uri, TRACKED_OPENAI_SPOOL_DIR=str(folder / "spool"))
         r = subprocess.run(
@@ -106,14 +112,34 @@ def check_manual_logging(r: Ran) -> None:
     assert f"tracking_uri: {r.uri}" in r.stdout
 
 
+def _foreign_runs(uri: str) -> None:
+    """Other pfd_conversion work already in the store: a gpt-4o-mini call and an earlier
+    model_comparison run of gpt-4.1 (yesterday). The example must leave both out."""
+    from .test_reports_helpers import _Writer
+
+    w = _Writer(uri)
+    now = datetime.now(UTC)
+    w.run(feature="pfd_conversion", kind="call", when=now - timedelta(minutes=1), model="gpt-4o-mini",
+          operation="spec_generation", metrics={"execution_time": 9.0, "cost_usd": 5.0})
+    op = w.run(feature="pfd_conversion", kind="operation", when=now - timedelta(days=1),
+               operation="model_comparison", metrics={"execution_time": 1.0, "cost_usd": 1.0})
+    w.run(feature="pfd_conversion", kind="call", when=now - timedelta(days=1), parent=op, model="gpt-4.1",
+          operation="model_comparison", metrics={"execution_time": 1.0, "cost_usd": 1.0})
+
+
 def check_compare_models(r: Ran) -> None:
+    # What it prints is its own six calls: three per model, nothing from the foreign runs.
+    rows = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert {row[0]: row[1] for row in rows} == {"gpt-4o-2024-08-06": "3", "gpt-4o-mini": "3"}
+    assert "cost/call" in r.stdout
     m = reports.feature_metrics("pfd_conversion", tracking_uri=r.uri)
     models = {row["key"]: row for row in m["by_model"]}
-    big, small = models["gpt-4o-2024-08-06"], models["gpt-4o-mini"]
-    assert big["total_calls"] == small["total_calls"] == 3
-    assert big["avg_cost_per_call"] > small["avg_cost_per_call"]
-    assert big["avg_execution_time"] > small["avg_execution_time"]  # the fake's bigger model is slower
-    assert "gpt-4o-mini" in r.stdout and "cost/call" in r.stdout
+    assert set(models) == {"gpt-4o-2024-08-06", "gpt-4o-mini", "gpt-4.1"}  # the store has them all
+    assert (models["gpt-4o-2024-08-06"]["total_calls"], models["gpt-4o-mini"]["total_calls"]) == (3, 4)
+    latency = {row[0]: float(row[2].rstrip("s")) for row in rows}
+    cost = {row[0]: float(row[3].lstrip("$")) for row in rows}
+    assert latency["gpt-4o-2024-08-06"] > latency["gpt-4o-mini"]  # the fake's bigger model is slower
+    assert cost["gpt-4o-2024-08-06"] > cost["gpt-4o-mini"] > 0
 
 
 def check_streaming(r: Ran) -> None:
@@ -158,3 +184,45 @@ def check_django_app(r: Ran) -> None:
 CHECKS = {
     name.removeprefix("check_"): fn for name, fn in globals().items() if name.startswith("check_")
 }
+
+
+def _readme_commands() -> list[str]:
+    text = (EXAMPLES / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_commands_work_as_written(tmp_path: Path) -> None:
+    """The README's commands, verbatim, from a folder laid out like the repository after
+    `make setup` (`.venv` and `examples/` there): the example writes examples.db, the report
+    reads it. `mlflow ui` is a server: only its program is checked."""
+    venv = Path(sys.prefix)
+    if venv == Path(sys.base_prefix) or not (venv / "bin" / "tracked-openai").exists():
+        pytest.skip("the README's commands use the project's venv; this interpreter is not one")
+    (tmp_path / ".venv").symlink_to(venv)
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    commands = _readme_commands()
+    assert [c.split()[0] for c in commands] == [
+        "MLFLOW_TRACKING_URI=sqlite:///examples.db", ".venv/bin/tracked-openai", ".venv/bin/mlflow",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI_", "MLFLOW_"))}
+    env.update(TRACKED_OPENAI_SPOOL_DIR=str(tmp_path / "spool"), PATH="/usr/bin:/bin")
+    outputs = []
+    for command in commands[:2]:
+        r = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=180)
+        assert r.returncode == 0, (command, r.stderr[-2000:])
+        outputs.append(r.stdout)
+    assert "gpt-4o-mini" in outputs[0]
+    assert "store: sqlite:///examples.db" in outputs[1] and "by model" in outputs[1]
+    assert (tmp_path / "examples.db").is_file()
+    assert (tmp_path / commands[2].split()[0]).is_file()
+
+
+def test_examples_store_is_ignored_by_git() -> None:
+    root = EXAMPLES.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for name in ("examples.db", "mlflow.db"):
+        r = subprocess.run(["git", "check-ignore", "-q", name], cwd=root, capture_output=True)
+        assert r.returncode == 0, f"{name} is not in .gitignore"

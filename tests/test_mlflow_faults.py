@@ -31,6 +31,8 @@ from tracked_openai._features import experiment_name
 from tracked_openai.records import CallRecord, OperationRecord, Usage
 from tracked_openai.sinks.mlflow import MlflowSink
 
+pytestmark = pytest.mark.server  # every test here runs against `mlflow server` processes
+
 FAST = {"flush_interval": 0.05, "retry_initial": 0.05, "retry_max": 0.5, "retry_attempts": 3}
 
 

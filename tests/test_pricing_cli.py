@@ -81,22 +81,78 @@ def test_show_with_a_user_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, out, _ = run(capsys, "show", "acme-llm", "--pricing", str(user))
     assert code == 0
     assert f"acme-llm -> acme-llm (exact); version {VERSION}+acme-1; from {user}" in out
+    # The user's own words, as written.
+    assert out.splitlines()[1] == "source: internal"
+
+
+def test_show_says_where_shipped_prices_come_from_in_words(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "show", "gpt-4o")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1:5] == [
+        "where these prices come from (compared across public price lists):",
+        "  batch token rates: LiteLLM and MLflow 3.17.2 agree",
+        "  priority token rates: LiteLLM, MLflow 3.17.2 and OpenAI's pricing page agree",
+        "  standard token rates: LiteLLM, MLflow 3.17.2, genai-prices and llm-prices agree",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "has_note", "lines"),
+    [
+        ("prices.csv chat/1m_tokens/batch: SINGLE-SOURCE (sources=mlflow-3.17.2)", False,
+         ["batch token rates: only MLflow 3.17.2 lists them"]),
+        ("prices.csv 1m_tokens_when_input_gt_272k/standard: AGREE litellm,simonw/llm-prices", False,
+         ["standard token rates above 272k input tokens: LiteLLM and llm-prices agree"]),
+        ("prices.csv image/1m_image_tokens/standard: DISPUTED (sources=litellm,mlflow-3.17.2; CONFLICT x)",
+         True,
+         ["standard image-token rates: the sources disagree; the note says which price is used and why"]),
+        ("prices.csv minute/standard: AGREE litellm,page; output_per_1m absent in litellm", False,
+         ["standard price per minute: LiteLLM and OpenAI's pricing page agree",
+          "LiteLLM has no output rate"]),
+        ("contract with Acme, 2026-10", False, None),
+    ],
+)
+def test_plain_source(source: str, has_note: bool, lines: list[str] | None) -> None:
+    from tracked_openai._cli_pricing import plain_source
+
+    assert plain_source(source, has_note) == lines
+
+
+def test_no_shipped_source_is_shown_as_survey_jargon() -> None:
+    from tracked_openai._cli_pricing import plain_source
+
+    book = pricing.load_price_book()
+    for name, entry in book.models.items():
+        words = " ".join(plain_source(entry.source, bool(entry.note)) or [])
+        for jargon in ("prices.csv", "AGREE", "SINGLE-SOURCE", "DISPUTED", "RESOLVED", "1m_", "sources="):
+            assert jargon not in words, (name, words)
 
 
 def test_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    count = len(load_price_file(SHIPPED).models)
     code, out, _ = run(capsys, "check", str(SHIPPED))
-    assert code == 0
-    assert out.startswith(f"{SHIPPED}: ok, version {VERSION}, ")
+    # The shipped file overrides nothing: it is the shipped table.
+    assert (code, out) == (0, f"{SHIPPED}: ok, version {VERSION}, {count} models (the shipped price table)\n")
+    copy = tmp_path / "copy.yaml"
+    copy.write_bytes(SHIPPED.read_bytes())
+    code, out, _ = run(capsys, "check", str(copy))
+    assert out == f"{copy}: ok, version {VERSION}, {count} models (a copy of the shipped price table)\n"
     user = write(
         tmp_path / "acme.yaml",
         """
         version: acme-1
         models:
           gpt-4o: {source: contract, input: 2, output: 8}
+          acme-llm: {source: internal, input: 1}
         """,
     )
     code, out, _ = run(capsys, "check", str(user))
-    assert (code, out) == (0, f"{user}: ok, version acme-1, 1 models; overrides 1 shipped entries\n")
+    assert (code, out) == (
+        0,
+        f"{user}: ok, version acme-1, 2 models; "
+        "overrides the shipped price of 1 model (gpt-4o), adds 1 model\n",
+    )
 
 
 def test_check_invalid_file_exits_1_with_file_line_field(

@@ -17,13 +17,14 @@ plus ``crs_analysis``: one top-level gpt-4o call F (0.6 s, 0.001 USD, 5/5 tokens
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tracked_openai import reports
-from tracked_openai.reports import StoreUnavailableError
+from tracked_openai.reports import StoreNotFoundError, StoreUnavailableError, UnknownFeatureError
 
 from .test_reports_helpers import Seeded, seed_contract_store
 
@@ -32,6 +33,9 @@ from .test_reports_helpers import Seeded, seed_contract_store
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     path = tmp_path_factory.mktemp("store") / "mlflow.db"
     yield seed_contract_store(f"sqlite:///{path}")
+
+
+DEFAULT_KNOWN = ["crs_analysis", "default", "pfd_conversion", "pid_verification", "visual_generation"]
 
 
 def rounded(value: Any) -> Any:
@@ -123,12 +127,32 @@ class TestFeatureMetrics:
         paged = reports.feature_metrics(tracking_uri=seeded.uri, page_size=2)
         assert rounded(paged) == rounded(whole)
 
-    def test_unknown_feature_is_empty(self, seeded: Seeded) -> None:
-        m = reports.feature_metrics("nope", tracking_uri=seeded.uri)
+    def test_unknown_feature_says_so_and_lists_the_known_ones(self, seeded: Seeded) -> None:
+        """A typo is an error, not a report of zeros."""
+        with pytest.raises(UnknownFeatureError) as caught:
+            reports.feature_metrics("pid_verfication", tracking_uri=seeded.uri)
+        # Registered (the default AIFlow features; other tests in this process may register more),
+        # the default feature, and what the store holds; sorted.
+        known = caught.value.known
+        assert set(DEFAULT_KNOWN) <= set(known) and known == sorted(known)
+        assert "pid_verfication" not in known
+        assert str(caught.value) == f"unknown feature 'pid_verfication'; known features: {', '.join(known)}"
+        with pytest.raises(UnknownFeatureError):
+            reports.recent_runs("pid_verfication", tracking_uri=seeded.uri)
+
+    def test_registered_feature_without_runs_is_empty(self, seeded: Seeded) -> None:
+        m = reports.feature_metrics("visual_generation", tracking_uri=seeded.uri)
         assert m["total_runs"] == 0
         assert m["success_rate"] is None
         assert m["total_cost"] == 0
         assert m["by_model"] == []
+
+    def test_one_operation(self, seeded: Seeded) -> None:
+        """``operation=``: that operation's runs and the calls made inside them, nothing else."""
+        m = reports.feature_metrics("pid_verification", operation="image_analysis", tracking_uri=seeded.uri)
+        assert (m["operation"], m["total_runs"], m["total_calls"]) == ("image_analysis", 2, 4)
+        assert m["total_cost"] == pytest.approx(0.035)
+        assert {r["key"] for r in m["by_model"]} == {"gpt-4o", "gpt-4o-mini"}
 
     def test_bad_dates(self, seeded: Seeded) -> None:
         with pytest.raises(ValueError, match="invalid date"):
@@ -178,6 +202,112 @@ class TestStore:
         (tmp_path / "file").write_text("x")
         with pytest.raises(StoreUnavailableError):
             reports.feature_metrics(tracking_uri=f"sqlite:///{tmp_path}/file/sub/mlflow.db")
+
+    def test_credentials_never_in_messages(self) -> None:
+        with pytest.raises(StoreUnavailableError) as caught:
+            reports.check_store("http://alice:s3cret@127.0.0.1:9", timeout=1)
+        # The probe sends the credentials as basic auth (it reached the port: refused, not a bad host).
+        assert str(caught.value).startswith("tracking server http://127.0.0.1:9 is unreachable")
+        assert "refused" in str(caught.value)
+        assert "s3cret" not in str(caught.value) and "alice" not in str(caught.value)
+        assert reports.display_uri("postgresql://u:pw@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+
+
+def _reads(uri: str) -> list[Any]:
+    return [
+        lambda: reports.feature_metrics(tracking_uri=uri),
+        lambda: reports.recent_runs(tracking_uri=uri),
+        lambda: reports.experiments(tracking_uri=uri),
+        lambda: reports.check_store(uri),
+    ]
+
+
+class TestReadingNeverCreatesAStore:
+    """A missing store is an error naming the URI, and nothing is created: not the file, not its
+    folder, not MLflow's tables in an existing file or database."""
+
+    def test_missing_sqlite_file_and_folder(self, tmp_path: Path) -> None:
+        uri = f"sqlite:///{tmp_path}/nope/mlflow.db"
+        for read in _reads(uri):
+            with pytest.raises(StoreNotFoundError) as caught:
+                read()
+            assert str(caught.value).startswith(
+                f"no MLflow store at {uri}: {tmp_path}/nope/mlflow.db does not exist"
+            )
+        assert list(tmp_path.iterdir()) == []
+
+    def test_relative_sqlite_path(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(StoreNotFoundError) as caught:
+            reports.feature_metrics(tracking_uri="sqlite:///mlflow.db")
+        assert f"at sqlite:///mlflow.db: {tmp_path}/mlflow.db does not exist" in str(caught.value)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_sqlite_file_of_another_application(self, tmp_path: Path) -> None:
+        import sqlite3
+
+        path = tmp_path / "app.db"
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("CREATE TABLE orders (id INTEGER)")
+            db.commit()
+        before = path.read_bytes()
+        for read in _reads(f"sqlite:///{path}"):
+            with pytest.raises(StoreNotFoundError, match="has no MLflow tables"):
+                read()
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+    def test_file_that_is_not_a_database(self, tmp_path: Path) -> None:
+        path = tmp_path / "notes.txt"
+        path.write_text("not a database")
+        with pytest.raises(StoreNotFoundError, match="is not a SQLite database"):
+            reports.feature_metrics(tracking_uri=f"sqlite:///{path}")
+        assert path.read_text() == "not a database"
+
+    @pytest.mark.parametrize("form", ["path", "file-uri"])
+    def test_missing_or_foreign_store_folder(self, tmp_path: Path, form: str) -> None:
+        folder = tmp_path / "mlruns"
+        uri = str(folder) if form == "path" else folder.as_uri()
+        with pytest.raises(StoreNotFoundError, match=f"folder {folder} does not exist"):
+            reports.feature_metrics(tracking_uri=uri)
+        assert not folder.exists()
+        folder.mkdir()
+        (folder / "readme.txt").write_text("x")
+        with pytest.raises(StoreNotFoundError, match="is not an MLflow store"):
+            reports.feature_metrics(tracking_uri=uri)
+        assert sorted(p.name for p in folder.iterdir()) == ["readme.txt"]
+
+    @pytest.mark.postgres
+    def test_database_without_mlflow_tables(self) -> None:
+        from sqlalchemy import create_engine, inspect
+
+        from .mlflow_server import create_pg_database, drop_pg_database, postgres_available
+
+        if not postgres_available():
+            pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (trust auth, user postgres)")
+        name, uri = create_pg_database()
+        try:
+            with pytest.raises(StoreNotFoundError, match="the database has no MLflow tables"):
+                reports.feature_metrics(tracking_uri=uri)
+            engine = create_engine(uri)
+            try:
+                with engine.connect() as conn:
+                    assert inspect(conn).get_table_names() == []
+            finally:
+                engine.dispose()
+        finally:
+            drop_pg_database(name)
+
+    def test_unreachable_database(self) -> None:
+        unreachable = r"^tracking database postgresql\S*127\.0\.0\.1:9/x is unreachable"
+        with pytest.raises(StoreUnavailableError, match=unreachable):
+            reports.check_store("postgresql+psycopg2://postgres@127.0.0.1:9/x", timeout=1)
+
+    def test_writers_may_create(self, tmp_path: Path) -> None:
+        """The demo writes: ``create=True`` lets a missing local store through (the sink makes it)."""
+        uri = f"sqlite:///{tmp_path}/new.db"
+        assert reports.check_store(uri, create=True) == uri
+        assert list(tmp_path.iterdir()) == []
 
     def test_parse_when(self) -> None:
         assert reports.parse_when("2026-01-02").isoformat() == "2026-01-02T00:00:00+00:00"  # type: ignore[union-attr]
@@ -248,6 +378,7 @@ def http_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         server.stop()
 
 
+@pytest.mark.server
 def test_reports_over_an_mlflow_server(http_store: Seeded, seeded: Seeded) -> None:
     """Through the REST store (paged: 3 runs a page) the answers equal the embedded store's."""
     assert reports.check_store(http_store.uri) == http_store.uri

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
@@ -97,6 +98,109 @@ def _load_book(path: str | None) -> PriceBook:
     return pricing.get_price_book()
 
 
+# ------------------------------------------------------------------------------- source, in words
+
+# The shipped table's `source:` fields are terse survey notes ("prices.csv 1m_tokens/standard: AGREE
+# litellm,mlflow-3.17.2"); `pricing show` says them in words.
+_SOURCE_NAMES = {
+    "litellm": "LiteLLM",
+    "pydantic/genai-prices": "genai-prices",
+    "genai-prices": "genai-prices",
+    "simonw/llm-prices": "llm-prices",
+    "simonw": "llm-prices",
+    "page": "OpenAI's pricing page",
+}
+_UNITS = {
+    "1m_tokens": "token rates",
+    "1m_text_tokens": "text-token rates",
+    "1m_image_tokens": "image-token rates",
+    "1m_audio_tokens": "audio-token rates",
+    "1m_characters": "price per character",
+    "minute": "price per minute",
+    "image": "price per image",
+}
+_SEGMENT = re.compile(r"^(?P<what>\S+): (?P<verdict>AGREE|SINGLE-SOURCE|DISPUTED|RESOLVED)\b ?(?P<rest>.*)$")
+
+
+def _source_name(raw: str) -> str:
+    raw = raw.strip()
+    if raw.startswith("mlflow-"):
+        return "MLflow " + raw.removeprefix("mlflow-")
+    if raw in _SOURCE_NAMES:
+        return _SOURCE_NAMES[raw]
+    # A name cut short in the note ("litel").
+    prefixed = [name for key, name in _SOURCE_NAMES.items() if len(raw) >= 3 and key.startswith(raw)]
+    return prefixed[0] if prefixed else raw
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _split_top(text: str) -> list[str]:
+    """``text`` split at the semicolons outside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == ";" and depth <= 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def _what(category: str) -> str:
+    """``chat/1m_tokens/batch`` → ``batch token rates``."""
+    *head, tier = category.split("/")
+    unit = head[-1] if head else ""
+    above = re.fullmatch(r"(\w+?)_when_input_gt_(\d+k)", unit)
+    if above:
+        unit = above.group(1)
+    words = "mixed token rates" if unit.startswith("1m_mixed") else _UNITS.get(unit, unit.replace("_", " "))
+    text = f"{tier} {words}".strip()
+    return f"{text} above {above.group(2)} input tokens" if above else text
+
+
+def plain_source(source: str, has_note: bool) -> list[str] | None:
+    """The shipped survey note ``source`` as lines in plain words; ``None`` when it is not such a
+    note (a user's own ``source:``, shown as written)."""
+    text = source.strip()
+    if not text.startswith("prices.csv"):
+        return None
+    lines = []
+    for part in _split_top(text.removeprefix("prices.csv").strip()):
+        found = _SEGMENT.match(part)
+        if found is None:
+            # Some notes were cut short when the table was drafted ("output_per_1m abs").
+            absent = re.fullmatch(r"([a-z_]+?)_per(?:_1?m?)?(?: a\w*)?(?: in)?(?: (\S+))?", part)
+            if absent:
+                rate = absent.group(1).replace("_", " ")
+                who = _source_name(absent.group(2)) if absent.group(2) else "one price list"
+                lines.append(f"{who} has no {rate} rate")
+            elif part.startswith("curated-history"):
+                rest = part.removeprefix("curated-history").lstrip(": ")
+                if rest.startswith("+ consensus"):
+                    rest = "and the lists' consensus" + rest.removeprefix("+ consensus")
+                lines.append(f"from the price history {rest}" if rest.startswith("and") else
+                             f"from the price history: {rest}")
+            else:
+                lines.append(part)
+            continue
+        what, verdict, rest = found.group("what", "verdict", "rest")
+        sources = re.search(r"sources=([^;)]*)", rest)
+        if verdict == "AGREE":
+            names = [_source_name(n) for n in rest.split(",") if n.strip()]
+            said = f"{_and(names)} agree" if len(names) > 1 else f"{_and(names)} lists them"
+        elif verdict == "SINGLE-SOURCE":
+            said = f"only {_source_name(sources.group(1)) if sources else 'one source'} lists them"
+        elif has_note:
+            said = "the sources disagree; the note says which price is used and why"
+        else:
+            said = f"the sources disagree: {rest.strip('() ')}"
+        lines.append(f"{_what(what)}: {said}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- show
 
 
@@ -161,7 +265,13 @@ def _show_model(book: PriceBook, name: str, provider: str) -> int:
     entry = book.models[key]
     console = _console()
     console.print(f"[bold]{name}[/bold] -> {key} ({rule}); version {book.version}; from {book.origin[key]}")
-    console.print(f"source: {entry.source}", markup=False)
+    plain = plain_source(entry.source, bool(entry.note))
+    if plain is None:
+        console.print(f"source: {entry.source}", markup=False)
+    else:
+        console.print("where these prices come from (compared across public price lists):")
+        for line in plain:
+            console.print(f"  {line}", markup=False)
     if entry.note:
         console.print(f"note: {entry.note}", markup=False)
     table = Table(title="USD per 1M tokens")
@@ -223,12 +333,41 @@ def _check(args: argparse.Namespace) -> int:
     except PricingError as exc:
         _err(str(exc))
         return EXIT_PROBLEM
+    shipped_files = pricing._yaml_files(pricing.shipped_pricing_dir())
+    shipped_paths = {p.resolve() for p in shipped_files}
+    shipped_versions = {pricing.load_price_file(p).version for p in shipped_files}
     shipped = pricing.load_price_book().models
     for pf, file in zip(files, pricing._yaml_files(path), strict=True):
-        overrides = sorted(set(pf.models) & set(shipped))
-        extra = f"; overrides {len(overrides)} shipped entries" if overrides else ""
-        print(f"{file}: ok, version {pf.version}, {len(pf.models)} models{extra}")
+        print(f"{file}: ok, version {pf.version}, {_plural(len(pf.models), 'model')}"
+              f"{_against_shipped(pf, file, shipped, shipped_paths, shipped_versions)}")
     return EXIT_OK
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _against_shipped(
+    pf: Any, file: Path, shipped: Mapping[str, ModelPrice], paths: set[Path], versions: set[str]
+) -> str:
+    """How a checked file relates to the shipped table: it is the shipped table (or a copy of
+    it), or it overrides some shipped models with other prices and adds others."""
+    if file.resolve() in paths:
+        return " (the shipped price table)"
+    same = [name for name, entry in pf.models.items() if shipped.get(name) == entry]
+    changed = sorted(name for name, entry in pf.models.items() if name in shipped and shipped[name] != entry)
+    added = len(pf.models) - len(same) - len(changed)
+    if pf.version in versions and not changed and not added:
+        return " (a copy of the shipped price table)"
+    parts = []
+    if changed:
+        names = f" ({', '.join(changed)})" if len(changed) <= 5 else ""
+        parts.append(f"overrides the shipped price of {_plural(len(changed), 'model')}{names}")
+    if added:
+        parts.append(f"adds {_plural(added, 'model')}")
+    if same:
+        parts.append(f"{len(same)} as shipped")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------- diff

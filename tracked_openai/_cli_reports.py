@@ -1,7 +1,8 @@
 """``tracked-openai report|experiments|runs|demo|serve``: the reading side of the command line.
 
-Every handler returns an exit code (see :mod:`tracked_openai.cli`): 0 ok, 2 bad arguments,
-3 store unreachable. Tables go to stdout through rich; errors go to stderr as one line.
+Every handler returns an exit code (see :mod:`tracked_openai.cli`): 0 ok, 2 bad arguments
+(an unknown ``--feature`` too), 3 store missing or unreachable (reading never creates a store).
+Tables go to stdout through rich; errors go to stderr as one line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import csv
 import io
 import json
+import math
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,14 +53,16 @@ def _when(text: str) -> str:
     return text
 
 
-def store_option() -> argparse.ArgumentParser:
+_READ_HELP = (
+    "MLflow store to read (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); "
+    "a store that does not exist is an error, never created"
+)
+
+
+def store_option(help_text: str = _READ_HELP) -> argparse.ArgumentParser:
     """``--tracking-uri`` accepted after the command name too (``report --tracking-uri X``)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--tracking-uri",
-        default=argparse.SUPPRESS,
-        help="MLflow store to read (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)",
-    )
+    parent.add_argument("--tracking-uri", default=argparse.SUPPRESS, help=help_text)
     return parent
 
 
@@ -69,21 +74,39 @@ def add_commands(sub: Any) -> None:
         help="cost, latency and reliability per feature",
         description="Totals (runs, success rate, latency, cost, tokens) and one breakdown table. "
         "A run is an operation or a call made outside any operation; calls inside operations "
-        "are counted as calls, never twice.",
+        "are counted as calls, never twice. The header names the store read.",
     )
-    p.add_argument("--feature", help="feature key (default: every tracked feature)")
+    p.add_argument("--feature", help="feature key (default: every tracked feature); "
+                   "an unknown key is an error that lists the known ones")
+    p.add_argument("--operation", help="only this operation (its runs and the calls made inside them)")
     p.add_argument("--since", type=_when, help="from this date: YYYY-MM-DD, ISO datetime, today, 7d")
     p.add_argument("--until", type=_when, help="up to this date (a bare date includes the whole day)")
     p.add_argument("--by", choices=reports.BREAKDOWNS, default=None, help="breakdown table")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", dest="fmt")
     p.set_defaults(handler=cmd_report)
 
-    p = sub.add_parser("experiments", parents=common, help="features and their MLflow experiments")
+    p = sub.add_parser(
+        "experiments",
+        parents=common,
+        help="features and their MLflow experiments",
+        description="One row per feature: its key, the MLflow experiment its runs go to, and the "
+        "experiment's id in the store (none yet when nothing was recorded). Lists the default "
+        "AIFlow features (pid_verification, pfd_conversion, crs_analysis, visual_generation) even "
+        "before they have runs, and every feature found in the store.",
+    )
     p.add_argument("--format", choices=("table", "json"), default="table", dest="fmt")
     p.set_defaults(handler=cmd_experiments)
 
-    p = sub.add_parser("runs", parents=common, help="the most recent runs of a feature")
-    p.add_argument("--feature", help="feature key (default: every tracked feature)")
+    p = sub.add_parser(
+        "runs",
+        parents=common,
+        help="the most recent runs of a feature",
+        description="The newest runs, newest first: operations (track blocks, decorated "
+        "functions) and calls made outside any operation, with status, time, confidence and "
+        "cost. --calls adds the calls made inside operations.",
+    )
+    p.add_argument("--feature", help="feature key (default: every tracked feature); "
+                   "an unknown key is an error that lists the known ones")
     p.add_argument("--limit", type=_positive_int, default=10, help="how many runs (default 10)")
     p.add_argument("--calls", action="store_true", help="also list calls nested in operations")
     p.add_argument("--format", choices=("table", "json"), default="table", dest="fmt")
@@ -91,19 +114,37 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser(
         "demo",
-        parents=common,
+        parents=[
+            store_option(
+                "MLflow store the demo writes its runs to, created if missing "
+                "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+            )
+        ],
         help="offline demo: tracked calls against a local fake OpenAI, then the report",
+        description="Starts a fake OpenAI-compatible server on a loopback port, makes tracked "
+        "calls for the four default features through a tracked client, writes them to MLflow, "
+        "prints the report and the commands to look further. No network, no API key.",
     )
     p.add_argument("--quiet", action="store_true", help="print only the report")
     p.set_defaults(handler=cmd_demo)
 
-    p = sub.add_parser("serve", parents=common, help="serve the REST API (needs tracked-openai[api])")
+    p = sub.add_parser(
+        "serve",
+        parents=common,
+        help="serve the REST API (needs tracked-openai[api])",
+        description="Serves the REST API (experiments, runs, metrics, health) and its docs at "
+        "/api/docs/ (work offline). Prints the address once the port accepts connections.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.set_defaults(handler=cmd_serve)
 
 
 # -- output helpers ------------------------------------------------------------------------------
+# Shown for a value that does not exist (no runs, no confidence logged, a cost nobody can price).
+NO_VALUE = "\u2013"  # an en dash
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -113,7 +154,7 @@ def _console() -> Any:
 
 def _num(value: Any, digits: int = 2) -> str:
     if value is None:
-        return "-"
+        return NO_VALUE
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     if isinstance(value, int):
@@ -122,10 +163,26 @@ def _num(value: Any, digits: int = 2) -> str:
 
 
 def _usd(value: Any) -> str:
+    """Dollars: four decimals from one cent up; below, three significant digits and never an
+    exponent (a single embedding call costs ``$0.0000002``, not ``$2e-07`` nor ``$0.000000``)."""
     if value is None:
-        return "-"
-    # Single calls cost fractions of a cent: keep their significant digits visible.
-    return f"${value:,.6f}" if 0 < abs(value) < 0.01 else f"${value:,.4f}"
+        return NO_VALUE
+    amount = float(value)
+    if amount == 0:
+        return "$0"
+    if abs(amount) >= 0.01:
+        return f"${amount:,.4f}"
+    digits = 2 - math.floor(math.log10(abs(amount)))
+    return "$" + f"{amount:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _cost(row: dict[str, Any], key: str) -> str:
+    """A cost cell: :data:`NO_VALUE` when there is no price to add up (every call unpriced),
+    not ``$0``."""
+    value = row.get(key)
+    if not value and row.get("unpriced_calls"):
+        return NO_VALUE
+    return _usd(value)
 
 
 def _day(iso: str | None) -> str:
@@ -135,49 +192,69 @@ def _day(iso: str | None) -> str:
 
 
 def _pct(value: Any) -> str:
-    return "-" if value is None else f"{value:.1f}%"
+    return NO_VALUE if value is None else f"{value:.1f}%"
 
 
 def _secs(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}s"
+    return NO_VALUE if value is None else f"{value:.3f}s"
 
 
-_BREAKDOWN_COLUMNS: dict[str, list[tuple[str, str, Any]]] = {
+Cell = Callable[[dict[str, Any]], str]
+
+
+def _col(key: str, fmt: Callable[[Any], str]) -> Cell:
+    return lambda row: fmt(row.get(key))
+
+
+def _cost_col(key: str) -> Cell:
+    return lambda row: _cost(row, key)
+
+
+_BREAKDOWN_COLUMNS: dict[str, list[tuple[str, Cell]]] = {
     "model": [
-        ("calls", "total_calls", _num),
-        ("success", "success_rate", _pct),
-        ("avg latency", "avg_execution_time", _secs),
-        ("p95", "p95_execution_time", _secs),
-        ("tokens in", "prompt_tokens", _num),
-        ("tokens out", "completion_tokens", _num),
-        ("cost", "total_cost", _usd),
-        ("cost/call", "avg_cost_per_call", _usd),
-        ("unpriced", "unpriced_calls", _num),
+        ("calls", _col("total_calls", _num)),
+        ("success", _col("success_rate", _pct)),
+        ("avg latency", _col("avg_execution_time", _secs)),
+        ("p95", _col("p95_execution_time", _secs)),
+        ("tokens in", _col("prompt_tokens", _num)),
+        ("tokens out", _col("completion_tokens", _num)),
+        ("cost", _cost_col("total_cost")),
+        ("cost/call", _cost_col("avg_cost_per_call")),
+        ("unpriced", _col("unpriced_calls", _num)),
     ],
     "slice": [
-        ("runs", "total_runs", _num),
-        ("calls", "total_calls", _num),
-        ("success", "success_rate", _pct),
-        ("avg time", "avg_execution_time", _secs),
-        ("p95", "p95_execution_time", _secs),
-        ("confidence", "avg_confidence", _num),
-        ("tokens in", "prompt_tokens", _num),
-        ("tokens out", "completion_tokens", _num),
-        ("cost", "total_cost", _usd),
-        ("unpriced", "unpriced_calls", _num),
+        ("runs", _col("total_runs", _num)),
+        ("calls", _col("total_calls", _num)),
+        ("success", _col("success_rate", _pct)),
+        ("avg time", _col("avg_execution_time", _secs)),
+        ("p95", _col("p95_execution_time", _secs)),
+        ("confidence", _col("avg_confidence", _num)),
+        ("tokens in", _col("prompt_tokens", _num)),
+        ("tokens out", _col("completion_tokens", _num)),
+        ("cost", _cost_col("total_cost")),
+        ("unpriced", _col("unpriced_calls", _num)),
     ],
 }
 
 
-def render_report(metrics: dict[str, Any], by: str | None, console: Any) -> None:
-    """Print the totals table and the breakdown(s) as rich tables."""
+def render_report(
+    metrics: dict[str, Any], by: str | None, console: Any, tracking_uri: str | None = None
+) -> None:
+    """Print the totals table and the breakdown(s) as rich tables; the header names the store."""
     from rich.table import Table
 
     scope = metrics["feature"] or "all features"
+    if metrics.get("operation"):
+        scope += f", operation {metrics['operation']}"
     when = ""
     if metrics["since"] or metrics["until"]:
         when = f", {_day(metrics['since'])} → {_day(metrics['until'])}"
-    totals = Table(title=f"tracked-openai report: {scope}{when}", show_header=False, title_justify="left")
+    # Header lines of their own: a table title would wrap a long store path at the table's width.
+    console.print(f"tracked-openai report: {scope}{when}", markup=False, highlight=False, soft_wrap=True)
+    if tracking_uri:
+        console.print(f"store: {reports.display_uri(tracking_uri)}", markup=False, highlight=False,
+                      soft_wrap=True)
+    totals = Table(show_header=False)
     totals.add_column("metric", style="bold")
     totals.add_column("value", justify="right")
     rows = [
@@ -187,7 +264,7 @@ def render_report(metrics: dict[str, Any], by: str | None, console: Any) -> None
         ("p50 / p95 execution time",
          f"{_secs(metrics['p50_execution_time'])} / {_secs(metrics['p95_execution_time'])}"),
         ("avg confidence", _num(metrics["avg_confidence"])),
-        ("total cost", _usd(metrics["total_cost"])),
+        ("total cost", _cost(metrics, "total_cost")),
         ("API calls (failed)", f"{_num(metrics['total_calls'])} ({_num(metrics['failed_calls'])})"),
         ("unpriced calls", _num(metrics["unpriced_calls"])),
         ("tokens in / out", f"{_num(metrics['prompt_tokens'])} / {_num(metrics['completion_tokens'])}"),
@@ -205,10 +282,10 @@ def render_report(metrics: dict[str, Any], by: str | None, console: Any) -> None
         columns = _BREAKDOWN_COLUMNS["model" if dim == "model" else "slice"]
         table = Table(title=f"by {dim}", title_justify="left")
         table.add_column(dim, style="bold")
-        for header, _, _ in columns:
+        for header, _ in columns:
             table.add_column(header, justify="right")
         for row in table_rows:
-            table.add_row(str(row["key"]), *(fmt(row.get(key)) for _, key, fmt in columns))
+            table.add_row(str(row["key"]), *(cell(row) for _, cell in columns))
         console.print(table)
 
 
@@ -238,34 +315,64 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     uri = reports.check_store(_uri(args))
     try:
-        metrics = reports.feature_metrics(args.feature, args.since, args.until, tracking_uri=uri)
+        metrics = reports.feature_metrics(
+            args.feature, args.since, args.until, operation=args.operation, tracking_uri=uri
+        )
     except ValueError as exc:
+        # Also an unknown --feature (reports.UnknownFeatureError lists the known ones).
         print(f"tracked-openai report: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.fmt == "json":
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps({"tracking_uri": reports.display_uri(uri), **metrics}, indent=2))
     elif args.fmt == "csv":
         dim = args.by or "model"
         sys.stdout.write(_csv(metrics[f"by_{dim}"], dim))
     else:
-        render_report(metrics, args.by, _console())
+        render_report(metrics, args.by, _console(), tracking_uri=uri)
     return EXIT_OK
+
+
+def _feature_origin(key: str, registered: dict[str, str]) -> str:
+    from . import _features
+
+    if key in _features.DEFAULT_FEATURES and registered.get(key) == _features.DEFAULT_FEATURES[key]:
+        return "default AIFlow feature"
+    if key in registered:
+        return "registered feature"
+    return "in the store only (not registered)"
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
     uri = reports.check_store(_uri(args))
     rows = reports.experiments(tracking_uri=uri)
+    shown = reports.display_uri(uri)
     if args.fmt == "json":
-        print(json.dumps({"tracking_uri": uri, "experiments": rows}, indent=2))
+        print(json.dumps({"tracking_uri": shown, "experiments": rows}, indent=2))
         return EXIT_OK
     from rich.table import Table
 
-    table = Table(title=f"experiments in {uri}", title_justify="left")
-    for name in ("feature", "experiment", "experiment id"):
+    from ._features import features
+
+    registered = features()
+    table = Table(title=f"experiments in {shown}", title_justify="left")
+    for name in ("feature", "experiment", "experiment id", "note"):
         table.add_column(name)
     for row in rows:
-        table.add_row(row["key"], row["name"], row["experiment_id"] or "- (no runs yet)")
-    _console().print(table)
+        table.add_row(
+            row["key"],
+            row["name"],
+            row["experiment_id"] or f"{NO_VALUE} (no runs yet)",
+            _feature_origin(row["key"], registered),
+        )
+    console = _console()
+    console.print(table)
+    if not any(row["experiment_id"] for row in rows):
+        console.print(
+            "Nothing recorded in this store yet. The features listed are the default AIFlow "
+            "features (and any registered with register_feature or configure(features=...)): "
+            "their runs will go to these experiments.",
+            soft_wrap=True,
+        )
     return EXIT_OK
 
 
@@ -277,14 +384,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
 
-    table = Table(title=f"recent runs: {args.feature or 'all features'}", title_justify="left")
-    columns: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    console = _console()
+    console.print(f"recent runs: {args.feature or 'all features'}", markup=False, highlight=False)
+    console.print(f"store: {reports.display_uri(uri)}", markup=False, highlight=False, soft_wrap=True)
+    table = Table()
+    columns: list[tuple[str, Cell]] = [
         ("started (UTC)", lambda r: (r["start_time"] or "")[:19].replace("T", " ")),
         ("run id", lambda r: r["run_id"][:12]),
-        ("feature", lambda r: r.get("tags.feature") or "-"),
-        ("kind", lambda r: r.get("tags.kind") or "-"),
-        ("operation", lambda r: r.get("tags.operation") or "-"),
-        ("model", lambda r: r.get("tags.model") or "-"),
+        ("feature", lambda r: r.get("tags.feature") or NO_VALUE),
+        ("kind", lambda r: r.get("tags.kind") or NO_VALUE),
+        ("operation", lambda r: r.get("tags.operation") or NO_VALUE),
+        ("model", lambda r: r.get("tags.model") or NO_VALUE),
         ("status", lambda r: r.get("tags.status") or r["status"]),
         ("time", lambda r: _secs(r.get("metrics.execution_time"))),
         ("confidence", lambda r: _num(r.get("metrics.confidence_score"))),
@@ -294,7 +404,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         table.add_column(header)
     for row in rows:
         table.add_row(*(get(row) for _, get in columns))
-    _console().print(table)
+    console.print(table)
     return EXIT_OK
 
 
@@ -316,8 +426,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PROBLEM
-    uri = _uri(args)
-    print(f"tracked-openai API on http://{args.host}:{args.port}/api/docs/ (store: "
-          f"{reports.resolve_tracking_uri(uri)})", file=sys.stderr)
-    uvicorn.run(create_app(tracking_uri=uri), host=args.host, port=args.port, log_level="warning")
+    uri = reports.resolve_tracking_uri(_uri(args))
+    try:
+        reports.check_store(uri)
+    except reports.StoreUnavailableError as exc:
+        # The store may appear later (the application has not written yet): serve anyway.
+        print(f"tracked-openai serve: warning: {exc}; the endpoints answer 503 until it is there",
+              file=sys.stderr)
+    app = create_app(tracking_uri=uri)
+    host = args.host
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            # Only now does the port accept connections (a failed bind has exited above).
+            port = args.port
+            for server in getattr(self, "servers", []):
+                for sock in server.sockets:
+                    port = sock.getsockname()[1]
+            print(f"tracked-openai API on http://{host}:{port}/api/docs/ "
+                  f"(store: {reports.display_uri(uri)})", file=sys.stderr, flush=True)
+
+    Server(uvicorn.Config(app, host=host, port=args.port, log_level="warning")).run()
     return EXIT_OK

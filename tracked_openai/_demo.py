@@ -4,16 +4,21 @@ Starts the fake OpenAI-compatible server on a free loopback port, makes tracked 
 seed features (vision, text, a stream, RAG with embeddings, image generation, a custom operation
 and one failing call) with a tracked client pointed at it, writes them to MLflow (the store
 ``MLFLOW_TRACKING_URI`` names, else MLflow's default ``./mlflow.db``), flushes, prints the
-report and says how to open the MLflow UI.
+report and prints the commands to look further, as this environment can run them
+(``.venv/bin/mlflow ui ...`` when the venv is not activated).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import shutil
 import sys
+import sysconfig
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from . import reports
@@ -159,7 +164,9 @@ def run_demo(tracking_uri: str | None = None, *, quiet: bool = False) -> int:
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     _quiet_mlflow()
-    uri = reports.check_store(tracking_uri)
+    # The demo writes: a missing local store is created by the sink (an unreachable server is
+    # still an error, found before any call is made).
+    uri = reports.check_store(tracking_uri, create=True)
     console = _console()
     try:
         from .sinks.mlflow import MlflowSink  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
@@ -192,21 +199,49 @@ def run_demo(tracking_uri: str | None = None, *, quiet: bool = False) -> int:
             f"{counters.get('exported', '?')} records to MLflow\n"
         )
     metrics = reports.feature_metrics(since=_day_of(started), tracking_uri=uri)
-    render_report(metrics, None, console)
+    render_report(metrics, None, console, tracking_uri=uri)
     if metrics["total_runs"] == 0:
         print("tracked-openai demo: error: the report is empty; nothing reached the store", file=sys.stderr)
         return 1
     if not quiet:
-        ui = f"mlflow ui --backend-store-uri {uri}"
+        from rich.markup import escape
+
+        ui = f"{command('mlflow', 'mlflow')} ui --backend-store-uri {shlex.quote(uri)}"
+        cli = command("tracked-openai", "tracked_openai.cli")
+        if "MLFLOW_TRACKING_URI" in os.environ:
+            # Name the store: the next command may run in a shell without the variable.
+            cli += f" --tracking-uri {shlex.quote(uri)}"
         console.print(
             "\nNext:\n"
-            f"  [bold]{ui}[/bold]   then open http://127.0.0.1:5000 (one experiment per feature)\n"
-            "  [bold]tracked-openai report --by operation[/bold]   "
-            "[bold]tracked-openai runs --feature pid_verification[/bold]\n"
-            "  [bold]tracked-openai serve[/bold]   REST API, docs at http://127.0.0.1:8000/api/docs/",
+            f"  [bold]{escape(ui)}[/bold]\n    then open http://127.0.0.1:5000 (one experiment per feature)\n"
+            f"  [bold]{escape(cli)} report --by operation[/bold]\n"
+            f"  [bold]{escape(cli)} runs --feature pid_verification[/bold]\n"
+            f"  [bold]{escape(cli)} serve[/bold]\n    REST API, docs at http://127.0.0.1:8000/api/docs/",
             soft_wrap=True,
         )
     return 0
+
+
+def command(script: str, module: str) -> str:
+    """How to run one of this environment's console scripts from the current folder.
+
+    The script next to the running interpreter (``.venv/bin/mlflow``), relative when it is
+    under the current folder, bare when that very file is what ``PATH`` finds, else absolute;
+    ``<python> -m <module>`` when there is no such script.
+    """
+    folder = Path(sysconfig.get_path("scripts"))
+    path = folder / script
+    if not path.is_file():
+        return f"{shlex.quote(sys.executable)} -m {module}"
+    try:
+        relative = path.relative_to(Path.cwd())
+    except ValueError:
+        found = shutil.which(script)
+        if found and Path(found).resolve() == path.resolve():
+            return script
+        return shlex.quote(str(path))
+    text = str(relative)
+    return shlex.quote(text if "/" in text else f"./{text}")
 
 
 def _day_of(ts: float) -> str:

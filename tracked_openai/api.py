@@ -10,8 +10,13 @@ app.include_router(create_router())          # GET /api/v1/mlflow/tracking/{expe
 ```
 
 Shapes keep the seed system's field names. A bad query value answers 400 (FastAPI's own type
-checks answer 422), an unreachable tracking store 503; both are JSON with ``error`` and
-``detail``, never a stack trace.
+checks answer 422), an unknown ``feature`` 404 with the known ones, a missing or unreachable
+tracking store 503 (reading never creates a store); all are JSON with ``error`` and ``detail``,
+never a stack trace.
+
+The app's docs page (``/api/docs/``) works offline: Swagger UI's files are served by the app
+itself (from the ``fastapi-offline`` package of the ``api`` extra), or, without that package, a
+plain page lists the endpoints.
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ def _respond(payload: tuple[int, dict[str, Any]]) -> JSONResponse:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad query value (`error`, `detail`)"},
-    503: {"description": "Tracking store unreachable (`error`, `detail`, `tracking_uri`)"},
+    503: {"description": "Tracking store missing or unreachable (`error`, `detail`, `tracking_uri`)"},
+}
+_FEATURE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    404: {"description": "Unknown feature (`error`, `detail`, `feature`, `known_features`)"},
 }
 
 
@@ -48,14 +57,16 @@ def create_router(tracking_uri: str | None = None, prefix: str = PREFIX) -> APIR
     def experiments() -> JSONResponse:
         return _respond(_endpoints.experiments(tracking_uri))
 
-    @api.get("/runs/", responses=_ERRORS, summary="Most recent runs (operations and top-level calls)")
+    @api.get("/runs/", responses=_FEATURE_ERRORS, summary="Most recent runs (operations and top-level calls)")
     def runs(
         feature: Annotated[str | None, Query(description="feature key; all features when omitted")] = None,
         limit: Annotated[int, Query(ge=1, le=_endpoints.MAX_LIMIT)] = 10,
     ) -> JSONResponse:
         return _respond(_endpoints.runs(tracking_uri, feature, limit))
 
-    @api.get("/metrics/", responses=_ERRORS, summary="Cost, latency and reliability totals and breakdowns")
+    @api.get(
+        "/metrics/", responses=_FEATURE_ERRORS, summary="Cost, latency and reliability totals and breakdowns"
+    )
     def metrics(
         feature: Annotated[str | None, Query(description="feature key; all features when omitted")] = None,
         since: Annotated[str | None, Query(description="YYYY-MM-DD, ISO datetime, today or Nd")] = None,
@@ -73,16 +84,65 @@ def create_router(tracking_uri: str | None = None, prefix: str = PREFIX) -> APIR
 router = create_router()
 
 
+DOCS_URL = "/api/docs/"
+_DOCS_STATIC = "/api/docs/static"
+
+
+def _new_app(**kwargs: Any) -> FastAPI:
+    """A FastAPI app whose docs page needs no network: Swagger UI's files come from the
+    ``fastapi-offline`` package when it is installed, else :func:`_offline_docs` is mounted."""
+    # FastAPI's default page loads Swagger UI from a CDN: blank offline, and a third party learns
+    # who reads the docs. Swagger UI's online validator is a third party too: off.
+    kwargs["swagger_ui_parameters"] = {"validatorUrl": None}
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        app = FastAPI(docs_url=None, redoc_url=None, **kwargs)
+        _offline_docs(app)
+        return app
+    return FastAPIOffline(docs_url=DOCS_URL, redoc_url=None, static_url=_DOCS_STATIC, **kwargs)
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """A self-contained docs page (no script, no external file): each endpoint, its summary and
+    its query parameters, from the app's OpenAPI schema."""
+    from html import escape
+
+    from fastapi.responses import HTMLResponse
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        schema = app.openapi()
+        items = []
+        for path, methods in schema.get("paths", {}).items():
+            for method, op in methods.items():
+                params = "".join(
+                    f"<li><code>{escape(p['name'])}</code> {escape(p.get('description') or '')}</li>"
+                    for p in op.get("parameters", [])
+                )
+                items.append(
+                    f"<h2><code>{escape(method.upper())} {escape(path)}</code></h2>"
+                    f"<p>{escape(op.get('summary') or '')}</p>"
+                    + (f"<ul>{params}</ul>" if params else "")
+                )
+        body = (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(app.title)} API</title>"
+            "</head><body>"
+            f"<h1>{escape(app.title)} API</h1><p>Schema: <a href='{escape(app.openapi_url or '')}'>"
+            f"{escape(app.openapi_url or '')}</a> (install <code>fastapi-offline</code> for the "
+            "interactive Swagger UI).</p>" + "".join(items) + "</body></html>"
+        )
+        return HTMLResponse(body)
+
+
 def create_app(tracking_uri: str | None = None) -> FastAPI:
-    """A FastAPI app serving the endpoints, with OpenAPI docs at ``/api/docs/``."""
+    """A FastAPI app serving the endpoints, with OpenAPI docs at ``/api/docs/`` (offline)."""
     from fastapi.exceptions import RequestValidationError
     from starlette.requests import Request
 
-    app = FastAPI(
+    app = _new_app(
         title="tracked-openai",
         summary="Cost, latency and reliability of your OpenAI calls, per feature.",
-        docs_url="/api/docs/",
-        redoc_url=None,
         openapi_url="/api/openapi.json",
     )
 

@@ -2,7 +2,8 @@
 itself through ``add_commands(subparsers)``; a handler returns the process exit code.
 
 Exit codes (stable, for scripts): 0 ok, 1 the command ran and found a problem (e.g. an invalid
-pricing file), 2 bad arguments, 3 the tracking store is unreachable, 130 interrupted.
+pricing file), 2 bad arguments (an unknown feature too), 3 the tracking store is missing or
+unreachable, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ __all__ = ["main"]
 
 _COMMAND_MODULES = ("tracked_openai._cli_reports", "tracked_openai._cli_pricing")
 
-EXIT_STORE_UNREACHABLE = 3
+EXIT_USAGE, EXIT_STORE_UNREACHABLE = 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracked-openai",
         description="Reports, pricing tables, a REST API and an offline demo for tracked-openai.",
-        epilog="Exit codes: 0 ok, 1 problem found, 2 bad arguments, 3 tracking store unreachable.",
+        epilog="Exit codes: 0 ok, 1 problem found, 2 bad arguments (an unknown feature too), "
+        "3 tracking store missing or unreachable (reading never creates a store).",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .reports import StoreUnavailableError
+    from .reports import StoreUnavailableError, UnknownFeatureError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -58,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailableError as exc:
         print(f"tracked-openai {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_STORE_UNREACHABLE
+    except UnknownFeatureError as exc:
+        print(f"tracked-openai {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

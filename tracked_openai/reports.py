@@ -29,16 +29,21 @@ import urllib.error
 import urllib.request
 from array import array
 from collections.abc import Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "BREAKDOWNS",
     "DEFAULT_FEATURES",
     "FEATURE_TAG",
+    "StoreNotFoundError",
     "StoreUnavailableError",
+    "UnknownFeatureError",
     "check_store",
+    "display_uri",
     "experiment_name",
     "experiments",
     "feature_metrics",
@@ -81,6 +86,25 @@ class StoreUnavailableError(RuntimeError):
     """The tracking store could not be reached or read (CLI exit code 3, HTTP 503)."""
 
 
+class StoreNotFoundError(StoreUnavailableError):
+    """No MLflow store at the URI (a missing file, folder or database schema). Reading never
+    creates one; the message names the URI that was tried."""
+
+
+class UnknownFeatureError(ValueError):
+    """A feature neither registered nor found in the store (CLI exit code 2, HTTP 404).
+
+    ``known`` lists the features that are: the registered ones (the four default AIFlow features
+    unless configured otherwise), the default feature of calls made outside any operation, and
+    every feature the store holds.
+    """
+
+    def __init__(self, feature: str, known: list[str]) -> None:
+        self.feature = feature
+        self.known = known
+        super().__init__(f"unknown feature {feature!r}; known features: {', '.join(known) or '(none)'}")
+
+
 # -- store access ------------------------------------------------------------------------------
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """The store a report reads: the argument, else ``MLFLOW_TRACKING_URI``, else MLflow's default
@@ -92,28 +116,141 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return str(mlflow.get_tracking_uri())
 
 
-def check_store(tracking_uri: str | None = None, timeout: float = 3.0) -> str:
-    """Raise :class:`StoreUnavailableError` unless the store answers; return the resolved URI.
+def display_uri(uri: str) -> str:
+    """``uri`` without credentials (``https://user:token@host`` → ``https://host``), for messages,
+    report headers and API responses."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
 
-    For an HTTP server this asks ``/health`` with a short timeout first, because MlflowClient
-    would otherwise retry with backoff for minutes before giving up.
+
+_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def check_store(tracking_uri: str | None = None, timeout: float = 3.0, *, create: bool = False) -> str:
+    """Raise :class:`StoreUnavailableError` unless the store is there and answers; return the
+    resolved URI.
+
+    Reading never creates a store: a SQLite file, a store folder or a database without MLflow's
+    tables that is missing raises :class:`StoreNotFoundError` (MLflow itself would create it).
+    ``create=True`` is for writers (the demo): a missing local store is fine, the sink creates it.
+    For an HTTP server this asks ``/health`` with a short timeout, because MlflowClient would
+    otherwise retry with backoff for minutes before giving up.
     """
+    from urllib.parse import urlparse
+
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                resp.read()
-        except urllib.error.HTTPError as exc:
-            raise StoreUnavailableError(f"tracking server {uri} answered HTTP {exc.code}") from exc
-        except (OSError, ValueError) as exc:
-            raise StoreUnavailableError(f"tracking server {uri} is unreachable: {exc}") from exc
-    else:
-        _client(uri)
+    scheme = urlparse(uri).scheme.lower()
+    engine = scheme.split("+", 1)[0]
+    if scheme in ("http", "https"):
+        _probe_server(uri, timeout)
+    elif create or uri in ("databricks", "databricks-uc", "uc"):
+        pass
+    elif engine == "sqlite":
+        _check_sqlite(uri)
+    elif engine in _DB_SCHEMES:
+        _check_database(uri, timeout)
+    elif scheme in ("", "file"):
+        _check_folder(uri)
+    # Other schemes (Databricks, plugins) are left to MLflow.
     return uri
 
 
+def _probe_server(uri: str, timeout: float) -> None:
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri.rstrip("/") + "/health")
+    shown = display_uri(uri)
+    request = urllib.request.Request(
+        urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    )
+    if parts.username is not None:
+        # urllib does not take credentials from the URL; MLflow's client sends them as basic auth.
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        raise StoreUnavailableError(f"tracking server {shown} answered HTTP {exc.code}") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreUnavailableError(f"tracking server {shown} is unreachable: {exc}") from exc
+
+
+def _missing(uri: str, what: str) -> StoreNotFoundError:
+    return StoreNotFoundError(
+        f"no MLflow store at {display_uri(uri)}: {what} (reports never create one: name the store "
+        "your application writes with --tracking-uri or MLFLOW_TRACKING_URI)"
+    )
+
+
+def _check_sqlite(uri: str) -> None:
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(uri).database
+    except Exception as exc:
+        raise StoreUnavailableError(f"tracking URI {display_uri(uri)} is invalid: {_short(exc)}") from exc
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return  # in-memory or a SQLite URI filename: nothing on disk to find
+    path = Path(database).absolute()
+    if not path.exists():
+        raise _missing(uri, f"{path} does not exist")
+    if not path.is_file():
+        raise _missing(uri, f"{path} is not a file")
+    try:
+        # Read-only: opening it the usual way would turn any file into an (empty) SQLite database.
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as exc:
+        raise _missing(uri, f"{path} is not a SQLite database ({exc})") from exc
+    if "experiments" not in tables:
+        raise _missing(uri, f"{path} has no MLflow tables")
+
+
+def _check_database(uri: str, timeout: float) -> None:
+    from sqlalchemy import create_engine, inspect
+
+    scheme = uri.partition(":")[0].lower()
+    connect_args: dict[str, Any] = {}
+    if scheme.startswith(("postgresql", "mysql")):
+        connect_args["connect_timeout"] = max(1, math.ceil(timeout))
+    try:
+        engine = create_engine(uri, connect_args=connect_args)
+    except Exception as exc:
+        raise StoreUnavailableError(f"tracking URI {display_uri(uri)} is invalid: {_short(exc)}") from exc
+    try:
+        with engine.connect() as conn:
+            found = inspect(conn).has_table("experiments")
+    except Exception as exc:
+        raise StoreUnavailableError(
+            f"tracking database {display_uri(uri)} is unreachable: {_short(exc)}"
+        ) from exc
+    finally:
+        engine.dispose()
+    if not found:
+        raise _missing(uri, "the database has no MLflow tables")
+
+
+def _check_folder(uri: str) -> None:
+    from urllib.parse import unquote, urlparse
+
+    path = Path(unquote(urlparse(uri).path) if uri.startswith("file:") else uri).absolute()
+    if not path.is_dir():
+        raise _missing(uri, f"folder {path} does not exist")
+    # MLflow's file store keeps a `.trash` folder and one `<id>/meta.yaml` per experiment.
+    if not (path / ".trash").is_dir() and not any(path.glob("*/meta.yaml")):
+        raise _missing(uri, f"folder {path} is not an MLflow store (no experiments in it)")
+
+
 def _client(uri: str) -> Any:
+    # Check first: MlflowClient would create a missing store, or retry an unreachable server for
+    # minutes.
+    check_store(uri)
     from mlflow.tracking import MlflowClient
 
     try:
@@ -121,7 +258,9 @@ def _client(uri: str) -> Any:
         # Touch the store now so a broken URI fails here, with a clear message.
         client.search_experiments(max_results=1)
     except Exception as exc:
-        raise StoreUnavailableError(f"tracking store {uri} cannot be read: {_short(exc)}") from exc
+        raise StoreUnavailableError(
+            f"tracking store {display_uri(uri)} cannot be read: {_short(exc)}"
+        ) from exc
     return client
 
 
@@ -205,7 +344,27 @@ def _experiment_ids(client: Any, feature: str | None) -> list[str]:
     if found:
         return [found[0].experiment_id]
     exp = client.get_experiment_by_name(experiment_name(feature))
-    return [exp.experiment_id] if exp is not None and exp.lifecycle_stage == "active" else []
+    if exp is not None and exp.lifecycle_stage == "active":
+        return [exp.experiment_id]
+    known = _known_features(client)
+    if feature not in known:
+        # A typo must not read as "no runs": say so, and what the store does have.
+        raise UnknownFeatureError(feature, sorted(known))
+    return []
+
+
+def _known_features(client: Any) -> set[str]:
+    """Registered features, the default feature of calls outside any operation, and every
+    feature the store holds."""
+    known = set(_registry())
+    try:
+        from ._runtime import settings
+
+        known.add(str(settings.default_feature))
+    except Exception:
+        known.add("default")
+    known.update(str(e.tags.get(FEATURE_TAG)) for e in _tracked_experiments(client))
+    return known
 
 
 def _quote(value: str) -> str:
@@ -240,8 +399,8 @@ def parse_when(value: str | date | datetime | None, *, end: bool = False) -> dat
         ) from None
 
 
-def _time_filter(since: datetime | None, until: datetime | None) -> str:
-    parts = []
+def _time_filter(since: datetime | None, until: datetime | None, operation: str | None = None) -> str:
+    parts = [f"tags.operation = '{_quote(operation)}'"] if operation else []
     if since is not None:
         parts.append(f"attributes.start_time >= {int(since.timestamp() * 1000)}")
     if until is not None:
@@ -519,6 +678,7 @@ def feature_metrics(
     since: str | date | datetime | None = None,
     until: str | date | datetime | None = None,
     *,
+    operation: str | None = None,
     tracking_uri: str | None = None,
     page_size: int = _PAGE_SIZE,
 ) -> dict[str, Any]:
@@ -528,6 +688,7 @@ def feature_metrics(
         feature: Feature key (``"pid_verification"``); ``None`` for all features.
         since: Only runs started at or after this (``YYYY-MM-DD``, ISO datetime, ``today``, ``7d``).
         until: Only runs started before this; a bare date includes that whole day.
+        operation: Only runs of this operation (the operations and the calls made inside them).
         tracking_uri: Store to read (default: ``MLFLOW_TRACKING_URI`` or MLflow's default).
         page_size: Runs fetched per query.
 
@@ -554,7 +715,10 @@ def feature_metrics(
         return g
 
     for run in iter_runs(
-        feature, tracking_uri=tracking_uri, filter_string=_time_filter(start, end), page_size=page_size
+        feature,
+        tracking_uri=tracking_uri,
+        filter_string=_time_filter(start, end, operation),
+        page_size=page_size,
     ):
         tags = run.data.tags
         metrics = run.data.metrics
@@ -584,6 +748,7 @@ def feature_metrics(
 
     result = total.summary()
     result["feature"] = feature
+    result["operation"] = operation
     result["since"] = start.isoformat() if start else None
     result["until"] = end.isoformat() if end else None
     result["by_model"] = [

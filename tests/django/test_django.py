@@ -4,6 +4,7 @@ against a real SQLite database (pytest-django)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,6 +77,31 @@ class TestEndpoints:
 
     def test_post_is_405(self, web: Any, store: Seeded) -> None:
         assert web.post(f"{PREFIX}/metrics/").status_code == 405
+
+    @pytest.mark.parametrize("name", ["runs", "metrics"])
+    def test_unknown_feature_is_404_with_the_known_ones(self, web: Any, store: Seeded, name: str) -> None:
+        r = web.get(f"{PREFIX}/{name}/", {"feature": "nope"})
+        assert r.status_code == 404
+        body = r.json()
+        assert (body["error"], body["feature"]) == ("unknown_feature", "nope")
+        # The default AIFlow features, `default` and the store's (tests may register more).
+        expected = {"crs_analysis", "default", "pfd_conversion", "pid_verification", "visual_generation"}
+        assert expected <= set(body["known_features"])
+
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    def test_missing_store_is_503_and_not_created(
+        self, web: Any, settings: Any, tmp_path: Path, name: str
+    ) -> None:
+        uri = f"sqlite:///{tmp_path}/nope/mlflow.db"
+        settings.TRACKED_OPENAI_TRACKING_URI = uri
+        r = web.get(f"{PREFIX}/{name}/")
+        assert r.status_code == 503
+        body = r.json()
+        detail = body["store"]["detail"] if name == "health" else body["detail"]
+        assert detail.startswith(f"no MLflow store at {uri}: ")
+        if name != "health":
+            assert body["error"] == "store_not_found"
+        assert list(tmp_path.iterdir()) == []
 
     @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
     def test_unreachable_store_is_503(self, web: Any, settings: Any, name: str) -> None:

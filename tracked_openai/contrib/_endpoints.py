@@ -2,8 +2,9 @@
 
 The FastAPI router (:mod:`tracked_openai.api`) and the Django views
 (:mod:`tracked_openai.contrib.django.views`) are thin adapters over these, so both serve the
-same shapes (the seed's field names) and the same errors: 400 for a bad query value, 503 when
-the store cannot be read. No stack trace ever reaches a response.
+same shapes (the seed's field names) and the same errors: 400 for a bad query value, 404 for an
+unknown feature (with the known ones), 503 when the store is missing or cannot be read (reading
+never creates a store). No stack trace ever reaches a response.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from .. import reports
 from .._errors import logger
-from ..reports import StoreUnavailableError
+from ..reports import StoreNotFoundError, StoreUnavailableError, UnknownFeatureError
 
 __all__ = ["MAX_LIMIT", "experiments", "health", "metrics", "runs"]
 
@@ -23,9 +24,18 @@ Payload = tuple[int, dict[str, Any]]
 
 def _unavailable(uri: str | None, exc: Exception) -> Payload:
     return 503, {
-        "error": "store_unavailable",
+        "error": "store_not_found" if isinstance(exc, StoreNotFoundError) else "store_unavailable",
         "detail": str(exc),
         "tracking_uri": _safe_uri(uri),
+    }
+
+
+def _unknown_feature(exc: UnknownFeatureError) -> Payload:
+    return 404, {
+        "error": "unknown_feature",
+        "detail": str(exc),
+        "feature": exc.feature,
+        "known_features": exc.known,
     }
 
 
@@ -38,11 +48,8 @@ def _safe_uri(uri: str | None) -> str:
     try:
         resolved = reports.resolve_tracking_uri(uri)
     except Exception:
-        return uri or ""
-    scheme, sep, rest = resolved.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
+        resolved = uri or ""
+    return reports.display_uri(resolved)
 
 
 def _guard(uri: str | None, fn: Any) -> Payload:
@@ -50,6 +57,8 @@ def _guard(uri: str | None, fn: Any) -> Payload:
         return 200, fn()
     except StoreUnavailableError as exc:
         return _unavailable(uri, exc)
+    except UnknownFeatureError as exc:
+        return _unknown_feature(exc)
     except ValueError as exc:
         return _bad_request(str(exc))
     except Exception as exc:
@@ -86,7 +95,7 @@ def runs(uri: str | None = None, feature: str | None = None, limit: int = 10) ->
 
     def body() -> dict[str, Any]:
         rows = reports.recent_runs(feature or None, limit, tracking_uri=reports.check_store(uri))
-        return {"feature": feature or None, "count": len(rows), "runs": rows}
+        return {"feature": feature or None, "tracking_uri": _safe_uri(uri), "count": len(rows), "runs": rows}
 
     return _guard(uri, body)
 
@@ -99,9 +108,10 @@ def metrics(
     def body() -> dict[str, Any]:
         reports.parse_when(since)
         reports.parse_when(until, end=True)
-        return reports.feature_metrics(
+        found = reports.feature_metrics(
             feature or None, since or None, until or None, tracking_uri=reports.check_store(uri)
         )
+        return {**found, "tracking_uri": _safe_uri(uri)}
 
     return _guard(uri, body)
 
