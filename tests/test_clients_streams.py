@@ -1097,3 +1097,18 @@ def test_text_of_an_event_kept_in_part(endpoint: str, raw: bytes, want: str) -> 
     from tracked_openai._estimate import _prefix_text
 
     assert _prefix_text(endpoint, raw) == want
+
+
+def test_a_json_body_too_long_to_parse_is_let_go(monkeypatch) -> None:
+    import tracked_openai._instrument as instrument
+    from tracked_openai.records import CallRecord
+
+    monkeypatch.setattr(instrument, "_MAX_JSON_BODY", 1000)
+    usage = {"prompt_tokens": 1, "completion_tokens": 2}
+    body = json.dumps({"model": "gpt-4o", "usage": usage, "pad": "p" * 2000})
+    parser = instrument._BodyParser("chat.completions", "json", None, _reads(body.encode(), 300))
+    record = CallRecord(endpoint="chat.completions")
+    parser.parse_kept(record)
+    assert parser.body == [] and parser.body_size == len(body)
+    parser.finish(record)
+    assert record.usage_source == "none" and record.usage.output_tokens is None

@@ -1129,6 +1129,8 @@ class _BodyParser:
             self.body_size += len(chunk)
             if self.body_size <= _MAX_JSON_BODY:
                 self.body.append(chunk)
+            elif self.body:
+                self.body = []  # too long to parse: let go of what was held
             return
         if b"\n" not in chunk:
             self._hold(chunk)  # inside a line: only this read was searched
