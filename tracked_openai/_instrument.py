@@ -1180,11 +1180,11 @@ class _BodyParser:
             if self.events is not None:
                 room = _MAX_KEPT_EVENTS_BYTES - self.events_kept + 6  # and "data: "
                 head, size = [], 0
-                for piece in self.line:
+                for part in self.line:
                     if size >= room:
                         break
-                    head.append(piece)
-                    size += len(piece)
+                    head.append(part)
+                    size += len(part)
                 self.skipped_head = b"".join(head)[:room]
             self.skipped += self.line_size
             self.line = []
