@@ -1,8 +1,9 @@
 """A 32 MiB streamed output without usage: time, peak memory and exporter CPU, plain vs tracked.
 
-The shape of the SDK's large-payload contract test: a chat stream whose output is 32 MiB of text,
-no usage chunk (the server ignores ``stream_options``), the body handed over in 64 KiB reads as
-a socket would. Two shapes of that output:
+The case of the OpenAI SDK's large-payload contract test (which the installed package does not
+ship; built here to its description): a chat stream whose output is 32 MiB of text, no usage
+chunk (the server ignores ``stream_options``), the body handed over in 64 KiB reads as a socket
+would. Two shapes of that output:
 
     one-event   the whole output in one SSE event (one 32 MiB ``data:`` line)
     deltas      the output in 4 KiB deltas (8,192 events; reads cut events anywhere)
