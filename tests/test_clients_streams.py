@@ -585,6 +585,7 @@ async def test_server_ignoring_include_usage_is_estimated(fake, records, is_asyn
     text = "".join(c[2]["choices"][0]["delta"].get("content") or "" for c in got if c[2]["choices"])
     assert call.usage.output_tokens == count_tokens(text, "gpt-3.5-turbo-0125")
     assert call.stream_end == "complete"
+    assert "tracked_openai.usage_extrapolated" not in call.tags  # counted whole: exact
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
@@ -838,3 +839,276 @@ async def test_fault_in_the_stream_filter_breaks_neither_caller_nor_record(
     records.internal_errors.clear()  # expected here; the fixture fails tests on any other
     (call,) = records.calls
     assert call.status == "success" and call.usage.input_tokens == 12
+
+
+# -- very long streams: linear parsing, bounded keeping, bounded estimates ------------------------
+
+LOCAL_URL = "http://127.0.0.1:4010/v1"  # not OpenAI's host: nothing is injected
+
+
+def _words(size: int, seed: int = 10) -> str:
+    """``size`` characters of word-like text (deterministic)."""
+    import random
+
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["".join(rng.choice(letters) for _ in range(rng.randint(1, 9))) for _ in range(500)]
+    words = " ".join(rng.choice(vocab) for _ in range(size // 3))
+    return words[:size]
+
+
+def _chunk_event(delta: dict, model: str = "gpt-4o-mini-2024-07-18") -> bytes:
+    chunk = {
+        "id": "chatcmpl-long",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _long_stream(text: str, delta: int | None) -> bytes:
+    """A chat stream without usage whose output is ``text``: in one event, or in deltas of
+    ``delta`` characters."""
+    parts = [_chunk_event({"role": "assistant", "content": ""})]
+    if delta is None:
+        parts.append(_chunk_event({"content": text}))
+    else:
+        parts += [_chunk_event({"content": text[i : i + delta]}) for i in range(0, len(text), delta)]
+    return b"".join(parts) + b"data: [DONE]\n\n"
+
+
+def _reads(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def test_a_long_line_is_held_in_its_reads_not_copied_per_read() -> None:
+    """The parser keeps a line's reads as they came and joins them once, when its newline
+    arrives: holding a 16 MiB line read 64 KiB at a time allocates next to nothing (joining the
+    partial line on every read, as before, allocated the whole line again each time)."""
+    import tracemalloc
+
+    from tracked_openai._instrument import _MAX_KEPT_EVENTS_BYTES, _BodyParser
+    from tracked_openai.records import CallRecord
+
+    reads = _reads(_long_stream("y" * (16 << 20), None), 64 * 1024)
+    record = CallRecord(endpoint="chat.completions", stream=True)
+    parser = _BodyParser("chat.completions", "sse", None, [])
+    parser.parse_kept(record)
+    tracemalloc.start()
+    try:
+        for read in reads[:-1]:
+            parser.feed(read)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    parser.feed(reads[-1])
+    events, seen, cut = parser.finish(record)
+    assert record.response_model == "gpt-4o-mini-2024-07-18" and record.stream_end is None
+    # The events kept for an estimate stop at the cap, the huge one cut short, all counted.
+    assert sum(map(len, events)) == _MAX_KEPT_EVENTS_BYTES and cut
+    assert seen > 16 << 20
+
+
+def test_a_long_event_withheld_by_the_filter_is_not_copied_per_read() -> None:
+    """The same for the tee's filter (an injected ``include_usage``), which withholds an event
+    until it ends: it searches each read only, and joins the event once."""
+    import tracemalloc
+
+    from tracked_openai._instrument import Call, _BodyObserver
+
+    call = Call("chat.completions", None, {}, "f", "openai", "gpt-4", True)
+    observer = _BodyObserver(call, {"content-type": "text/event-stream"}, httpx2)
+    observer.filtering = True
+    first = _chunk_event({"role": "assistant", "content": ""})
+    event = _chunk_event({"content": "z" * (16 << 20)}).replace(b"}\n\n", b',"usage":null}\n\n')
+    reads = _reads(event, 64 * 1024)
+    assert observer.filter(first + reads[0][:100]) == first
+    tracemalloc.start()
+    try:
+        out = [observer.filter(reads[0][100:])]
+        for read in reads[1:-1]:
+            out.append(observer.filter(read))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20 and not any(out)
+    assert observer.filter(reads[-1]) == event.replace(b',"usage":null', b"")
+    observer.close("closed")
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_a_long_event_in_small_reads_through_the_filter(fake, records, is_async: bool) -> None:
+    """An event of 300 KB in 1,000-byte reads, CRLF-framed, with the usage injected: the caller
+    gets exactly the plain SDK's chunks and the record the server's usage."""
+
+    def inflate(sse: str) -> str:
+        sse = sse.replace('"content": " is"', '"content": "' + _words(300_000) + '"', 1)
+        return sse.replace("\n", "\r\n")
+
+    fake.add("POST", "/chat/completions", _reshaped_stream(inflate, chunk_size=1000))
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    if is_async:
+        got = [c.to_dict() async for c in await tracked.chat.completions.create(**kw)]
+        want = [c.to_dict() async for c in await plain.chat.completions.create(**kw)]
+    else:
+        got = [c.to_dict() for c in tracked.chat.completions.create(**kw)]
+        want = [c.to_dict() for c in plain.chat.completions.create(**kw)]
+    assert got == want and max(len(json.dumps(c)) for c in got) > 300_000
+    (call,) = records.calls
+    assert call.usage_source == "response" and call.usage.input_tokens == 12
+
+
+@pytest.mark.parametrize("delta", [None, 4096], ids=["one-event", "deltas"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_a_long_stream_without_usage_is_estimated_within_bounds(
+    fake, records, monkeypatch, is_async: bool, delta: int | None
+) -> None:
+    """A stream longer than the estimate keeps (here made small): only the first events are kept
+    (the one that crosses the cap cut short), tiktoken counts only the first part of their text,
+    and the rest is extrapolated, marked as such; the figure stays close to the exact count."""
+    import tracked_openai._estimate as estimate
+    import tracked_openai._instrument as instrument
+    from tracked_openai.records import EXTRAPOLATED_TAG
+
+    monkeypatch.setattr(instrument, "_MAX_KEPT_EVENTS_BYTES", 256 * 1024)
+    monkeypatch.setattr(estimate, "_EXACT_CHARS", 64 * 1024)
+    handed: list = []
+    real = estimate.estimate_stream_usage
+
+    def spy(endpoint, request, model, events, seen=0, cut=False):
+        handed.append((sum(map(len, events)), seen, cut))
+        return real(endpoint, request, model, events, seen, cut)
+
+    monkeypatch.setattr(estimate, "estimate_stream_usage", spy)
+    text = _words(1 << 20)
+    body = _long_stream(text, delta)
+    sse = FakeResponse(content=body, headers={"content-type": "text/event-stream"}, chunk_size=64 * 1024)
+    fake.add("POST", "/chat/completions", sse)
+    tracked, plain, _ = make_clients(fake, is_async=is_async, base_url=LOCAL_URL)
+    kw = dict(model="gpt-4o-mini", messages=MSG, stream=True)
+    if is_async:
+        got = [normalize(c) async for c in await tracked.chat.completions.create(**kw)]
+        want = [normalize(c) async for c in await plain.chat.completions.create(**kw)]
+    else:
+        got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
+        want = [normalize(c) for c in plain.chat.completions.create(**kw)]
+    assert got == want
+    (call,) = records.calls
+    ((kept, seen, cut),) = handed
+    assert kept == 256 * 1024 and cut and seen > len(text)
+    assert call.usage_source == "estimated" and call.tags[EXTRAPOLATED_TAG] == "true"
+    exact = count_tokens(text, "gpt-4o-mini")
+    assert abs(call.usage.output_tokens - exact) < 0.02 * exact
+    prompt = estimate.estimate_prompt_tokens("chat.completions", {"messages": MSG}, "gpt-4o-mini")
+    assert call.usage.input_tokens == prompt
+
+
+@pytest.mark.parametrize("with_usage", [True, False], ids=["usage", "no-usage"])
+def test_an_event_longer_than_any_we_parse_is_skipped(fake, records, monkeypatch, with_usage: bool) -> None:
+    """An event past ``_MAX_EVENT_BYTES`` (here made small) is skipped: the caller still gets it,
+    the usage that follows is still read, and an estimate counts its bytes."""
+    import tracked_openai._instrument as instrument
+    from tracked_openai.records import EXTRAPOLATED_TAG
+
+    monkeypatch.setattr(instrument, "_MAX_EVENT_BYTES", 4096)
+    big = _words(20_000)
+
+    def inflate(sse: str) -> str:
+        return sse.replace('"content": " is"', '"content": "' + big + '"', 1)
+
+    fake.add("POST", "/chat/completions", _reshaped_stream(inflate, chunk_size=500))
+    kw = {} if with_usage else {"base_url": LOCAL_URL}
+    tracked, plain, _ = make_clients(fake, is_async=False, **kw)
+    args = dict(model="gpt-4", messages=MSG, stream=True)
+    got = [normalize(c) for c in tracked.chat.completions.create(**args)]
+    assert got == [normalize(c) for c in plain.chat.completions.create(**args)]
+    assert any(big in json.dumps(c) for c in got)
+    (call,) = records.calls
+    if with_usage:
+        assert call.usage_source == "response" and call.usage.input_tokens == 12
+        assert EXTRAPOLATED_TAG not in call.tags
+    else:
+        assert call.usage_source == "estimated" and call.tags[EXTRAPOLATED_TAG] == "true"
+        # Estimated from the skipped event's first bytes and extrapolated over the rest of it.
+        exact = count_tokens(big, "gpt-4")
+        assert abs(call.usage.output_tokens - exact) < 0.15 * exact
+
+
+def test_token_counts_are_bounded_and_exact_below_the_bound(monkeypatch) -> None:
+    """tiktoken sees slices of at most ``_SLICE_CHARS`` (cut at whitespace, so ordinary text
+    counts exactly as it would whole) and at most ``_EXACT_CHARS`` of a text; beyond, the count
+    is extrapolated by characters and says so."""
+    import tracked_openai._estimate as estimate
+
+    enc = estimate.get_encoding("o200k_base")
+    text = _words(200_000)
+    counter = estimate._Counter(enc)
+    assert counter(text) == count_tokens(text, "gpt-4o") and not counter.extrapolated
+
+    seen: list[int] = []
+
+    class Spy:
+        def encode(self, text: str, disallowed_special: object = ()) -> list[int]:
+            seen.append(len(text))
+            return enc.encode(text, disallowed_special=disallowed_special)
+
+    counter = estimate._Counter(Spy())
+    run = "x" * (3 * estimate._EXACT_CHARS)  # no whitespace: tiktoken's slowest input
+    tokens = counter(run)
+    assert max(seen) <= estimate._SLICE_CHARS and sum(seen) == estimate._EXACT_CHARS
+    per_slice = len(enc.encode("x" * estimate._SLICE_CHARS))
+    assert tokens == 3 * per_slice * (estimate._EXACT_CHARS // estimate._SLICE_CHARS)
+    assert counter.extrapolated
+
+
+def test_a_slice_tiktoken_rejects_is_counted_by_characters() -> None:
+    import tracked_openai._estimate as estimate
+
+    class Refuses:
+        def encode(self, text: str, disallowed_special: object = ()) -> list[int]:
+            raise ValueError("Regex error while tokenizing: Max stack size exceeded for backtracking")
+
+    counter = estimate._Counter(Refuses())
+    assert counter(" " * 1000) == 250 and counter.extrapolated
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "raw", "want"),
+    [
+        ("chat.completions", b'{"choices":[{"delta":{"content":"caf\\u00e9 au lait', "café au lait"),
+        ("chat.completions", b'{"choices":[{"index":0,"delta":{"content":"abc \\u00', "abc "),
+        ("chat.completions", b'{"choices":[{"index":0,"delta":{"content":"abc \\', "abc "),
+        ("chat.completions", b'{"choices":[{"index":0,"delta":{"content":"a\\\\', "a\\"),
+        ("chat.completions", '{"choices":[{"delta":{"content":"naï'.encode()[:-1], "na"),
+        ("chat.completions", b'{"choices":[{"delta":{"content":"say \\"hi\\" now', 'say "hi" now'),
+        ("chat.completions", b'{"choices":[{"delta":{"content":"done"},"finish_reason":null,"x":"yy', "done"),
+        ("chat.completions", b'{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\\"a', '{"a'),
+        ("completions", b'{"choices":[{"text":"once upon', "once upon"),
+        ("responses", b'{"type":"response.output_text.delta","item_id":"m","delta":"Hello wor', "Hello wor"),
+        ("responses", b'{"type":"response.output_text.done","item_id":"m","text":"Hello wor', ""),
+        ("chat.completions", b'{"choices":[{"index":0,"delta":{"role":"assis', ""),
+    ],
+)
+def test_text_of_an_event_kept_in_part(endpoint: str, raw: bytes, want: str) -> None:
+    from tracked_openai._estimate import _prefix_text
+
+    assert _prefix_text(endpoint, raw) == want
+
+
+def test_a_json_body_too_long_to_parse_is_let_go(monkeypatch) -> None:
+    import tracked_openai._instrument as instrument
+    from tracked_openai.records import CallRecord
+
+    monkeypatch.setattr(instrument, "_MAX_JSON_BODY", 1000)
+    usage = {"prompt_tokens": 1, "completion_tokens": 2}
+    body = json.dumps({"model": "gpt-4o", "usage": usage, "pad": "p" * 2000})
+    parser = instrument._BodyParser("chat.completions", "json", None, _reads(body.encode(), 300))
+    record = CallRecord(endpoint="chat.completions")
+    parser.parse_kept(record)
+    assert parser.body == [] and parser.body_size == len(body)
+    parser.finish(record)
+    assert record.usage_source == "none" and record.usage.output_tokens is None

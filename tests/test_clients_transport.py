@@ -8,6 +8,7 @@ import gzip
 import json
 
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -255,3 +256,147 @@ def test_interleaved_streams_in_one_thread(fake, records) -> None:
     calls = {c.feature: c for c in records.calls}
     assert calls["a"].endpoint == "chat.completions" and calls["a"].usage.input_tokens == 12
     assert calls["b"].endpoint == "responses" and calls["b"].usage.input_tokens == 14
+
+
+# -- a corrupt compressed body -------------------------------------------------------------------
+
+
+def _corrupt_gzip(data: bytes) -> bytes:
+    """``data`` gzipped, with eight bytes in the middle of the compressed stream flipped."""
+    packed = gzip.compress(data)
+    mid = len(packed) // 2
+    return packed[:mid] + bytes(b ^ 0xFF for b in packed[mid : mid + 8]) + packed[mid + 8 :]
+
+
+def _corrupt_responder(request) -> FakeResponse:
+    if json.loads(request.content).get("stream"):
+        sse = FakeResponse.from_fixture(STREAM).sse
+        data, ctype = (sse * 20).encode(), "text/event-stream"
+    else:
+        body = load_fixture("chat_gpt5_nano_reasoning")["response_body"]
+        data, ctype = json.dumps(body).encode(), "application/json"
+    return FakeResponse(
+        content=_corrupt_gzip(data),
+        headers={"content-type": ctype, "content-encoding": "gzip", "x-request-id": "req_corrupt"},
+        chunk_size=64,
+    )
+
+
+CORRUPT_MODES = ("stream", "raw-stream", "streaming-stream", "streaming-json")
+
+
+async def _read_corrupt(client, mode: str, is_async: bool) -> tuple[list, BaseException]:
+    """What the caller got before the body failed to decode, and the exception it got."""
+    stream = mode != "streaming-json"
+    kw = dict(model="gpt-4" if stream else "gpt-5-nano", messages=MSG, stream=stream)
+    got: list = []
+    with pytest.raises(Exception) as info:
+        if mode == "stream" or mode == "raw-stream":
+            if mode == "stream":
+                out = client.chat.completions.create(**kw)
+                out = await out if is_async else out
+            else:
+                raw = client.with_raw_response.chat.completions.create(**kw)
+                out = (await raw if is_async else raw).parse()
+            if is_async:
+                async for chunk in out:
+                    got.append(normalize(chunk))
+            else:
+                got.extend(normalize(chunk) for chunk in out)
+        elif is_async:
+            async with client.with_streaming_response.chat.completions.create(**kw) as r:
+                if stream:
+                    async for part in r.iter_bytes():
+                        got.append(part)
+                else:
+                    await r.read()
+        else:
+            with client.with_streaming_response.chat.completions.create(**kw) as r:
+                if stream:
+                    got.extend(r.iter_bytes())
+                else:
+                    r.read()
+    return got, info.value
+
+
+@pytest.mark.parametrize("mode", CORRUPT_MODES)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_corrupt_gzip_body_is_recorded_as_the_error_the_caller_got(
+    fake, records, monkeypatch, is_async: bool, mode: str
+) -> None:
+    """The SDK decodes above the tee: a body that fails to decode mid-way raises
+    ``DecodingError`` (a ``Stream`` raises ``APIConnectionError`` from it). The record says so,
+    and the kept bytes are not decoded a second time for it (no internal error either)."""
+    import tracked_openai._instrument as instrument
+
+    decoded_again: list = []
+    decoder_for = instrument._decoder_for
+    monkeypatch.setattr(instrument, "_decoder_for", lambda *a: decoded_again.append(a) or decoder_for(*a))
+    fake.add("POST", "/chat/completions", _corrupt_responder)
+    tracked, plain, _ = make_clients(fake, is_async=is_async)
+
+    got, exc = await _read_corrupt(tracked, mode, is_async)
+    want, plain_exc = await _read_corrupt(plain, mode, is_async)
+    assert got == want
+    assert (type(exc), str(exc)) == (type(plain_exc), str(plain_exc))
+    cause = exc if isinstance(exc, httpx2.DecodingError) else exc.__cause__
+    assert isinstance(cause, httpx2.DecodingError)
+    if mode in ("stream", "raw-stream"):
+        assert isinstance(exc, openai.APIConnectionError)
+    (call,) = records.calls
+    assert call.status == "error"
+    assert (call.error_type, call.error_message) == ("DecodingError", str(cause))
+    assert call.request_ids == ["req_corrupt"]
+    assert call.stream_end == ("error" if mode != "streaming-json" else None)
+    assert decoded_again == []
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+async def test_corrupt_gzip_body_through_a_legacy_httpx_client(records, is_async: bool) -> None:
+    data = _corrupt_gzip((FakeResponse.from_fixture(STREAM).sse * 20).encode())
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, stream=_LegacyChunks(data, 64))
+
+    transport = httpx.MockTransport(handler)
+    kw = dict(model="gpt-4", messages=MSG, stream=True)
+    if is_async:
+        client = tracked_openai.AsyncOpenAI(
+            api_key=API_KEY, http_client=httpx.AsyncClient(transport=transport), max_retries=0
+        )
+        with pytest.raises(httpx.DecodingError) as info:
+            async with client.with_streaming_response.chat.completions.create(**kw) as r:
+                async for _ in r.iter_bytes():
+                    pass
+    else:
+        client = tracked_openai.OpenAI(
+            api_key=API_KEY, http_client=httpx.Client(transport=transport), max_retries=0
+        )
+        with (
+            pytest.raises(httpx.DecodingError) as info,
+            client.with_streaming_response.chat.completions.create(**kw) as r,
+        ):
+            for _ in r.iter_bytes():
+                pass
+    (call,) = records.calls
+    assert call.status == "error" and call.stream_end == "error"
+    assert (call.error_type, call.error_message) == ("DecodingError", str(info.value))
+
+
+def test_corrupt_gzip_body_read_raw_is_no_error_of_ours(fake, records) -> None:
+    """Read with ``iter_raw`` the body is never decoded for the caller, who sees no error; the
+    parser then finds it undecodable: no usage read, and no internal error counted."""
+    fake.add("POST", "/chat/completions", _corrupt_responder)
+    tracked, plain, _ = make_clients(fake, is_async=False)
+
+    def run(client) -> bytes:
+        kw = dict(model="gpt-4", messages=MSG, stream=True)
+        with client.with_streaming_response.chat.completions.create(**kw) as r:
+            return b"".join(r.http_response.iter_raw())
+
+    assert run(tracked) == run(plain)
+    (call,) = records.calls
+    assert call.status == "success" and call.error_type is None
+    # What decoded before the bad bytes is read (an estimate from those events); the rest is not.
+    assert call.usage_source == "estimated" and call.stream_end == "complete"

@@ -34,13 +34,17 @@ from ._context import _current as _current_op
 from ._context import call_closed, call_opened
 from ._errors import internal_errors, logger, report_internal_error
 from ._usage import ENDPOINTS, _get, apply_body, embeddings_request, params_of, usage_from_body
-from .records import USAGE_KEYS, CallRecord, Usage
+from .records import EXTRAPOLATED_TAG, USAGE_KEYS, CallRecord, Usage
 
 __all__ = ["Call", "active_call", "begin", "close_open_streams", "observe_async", "observe_sync"]
 
 _RAW_HEADER = "X-Stainless-Raw-Response"
 _MAX_MESSAGE = 2_000
 _MAX_JSON_BODY = 64 * 1024 * 1024
+# One SSE line (so one event) longer than this is skipped, not parsed, like a longer JSON body.
+_MAX_EVENT_BYTES = _MAX_JSON_BODY
+# Event data kept, from a stream's start, to estimate its usage from if it reports none; past
+# it the estimate is extrapolated (see ``_estimate``).
 _MAX_KEPT_EVENTS_BYTES = 8 * 1024 * 1024
 # Bytes a stream's observer keeps for the exporter thread before it parses them inline instead.
 _INLINE_PARSE_BYTES = 1024 * 1024
@@ -228,7 +232,7 @@ def _resolve(
         if request_id:
             rec.request_ids.append(request_id)
     rec.params = params_of(request)
-    events = body.finish(rec) if body is not None else []
+    sample = body.finish(rec) if body is not None else _NO_SAMPLE
     if isinstance(result, (str, bytes)):
         text, result = result, None  # a text/srt/vtt transcription: no usage in it
     else:
@@ -245,10 +249,13 @@ def _resolve(
         from ._estimate import estimate_stream_usage
 
         model = rec.response_model or rec.model
-        prompt, output = estimate_stream_usage(endpoint, request, model, events)
-        rec.usage.input_tokens = prompt
-        rec.usage.output_tokens = output
+        events, seen, cut = sample
+        estimate = estimate_stream_usage(endpoint, request, model, events, seen, cut)
+        rec.usage.input_tokens = estimate.input_tokens
+        rec.usage.output_tokens = estimate.output_tokens
         rec.usage_source = "estimated"
+        if estimate.extrapolated:
+            rec.tags[EXTRAPOLATED_TAG] = "true"
 
 
 def _measure_audio(rec: CallRecord, upload: bytes | str | None, text: str | bytes | None) -> None:
@@ -463,9 +470,12 @@ def _observe_http(call: Call, response: Any, is_async: bool, drop_usage_chunk: b
         call.finish("complete" if call.stream else None)
         return False
     observer = _BodyObserver(call, headers, module)
+    identity = _encoding_of(headers) in _IDENTITY
+    if not identity:
+        _watch_decoder(response, observer, module)
     # Compressed bodies cannot be cut at event boundaries; those keep the object-level filter.
     # The SDK reads a Stream's body as SSE whatever its content type, so the filter can too.
-    filtering = drop_usage_chunk and _encoding_of(headers) in _IDENTITY
+    filtering = drop_usage_chunk and identity
     observer.filtering = filtering
     inner = response.stream
     base: type[Any] = module.AsyncByteStream if is_async else module.SyncByteStream
@@ -561,6 +571,68 @@ class _Chain:
         for d in self.decoders:
             data = _as_bytes(d.decode(data)) + _as_bytes(d.flush()) if data else _as_bytes(d.flush())
         return data
+
+
+def _watch_decoder(response: Any, observer: _BodyObserver, module: Any) -> None:
+    """Put a watch on the response's own content decoder. It decodes above the tee, which sees
+    only the raw bytes: a body that fails to decode (the caller gets ``DecodingError``) would
+    otherwise look like one read to its end."""
+    try:
+        inner = response._get_content_decoder()  # made now rather than on the first read
+    except Exception:
+        return  # the caller gets this error when reading (as an unsupported encoding, say)
+    try:
+        cls = _WatchedDecoder if module is httpx2 else _WatchedLegacyDecoder
+        response._decoder = cls(inner, observer)
+    except Exception as exc:
+        report_internal_error(exc, "decoder watch")
+
+
+class _WatchedDecoder:
+    """An httpx2 content decoder (``decode``/``flush`` return iterators of bytes), passed through;
+    its failure is told to the observer before it reaches the caller, unchanged."""
+
+    __slots__ = ("inner", "observer")
+
+    def __init__(self, inner: Any, observer: _BodyObserver) -> None:
+        self.inner = inner
+        self.observer = observer
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        try:
+            yield from self.inner.decode(data)
+        except Exception as exc:
+            self.observer.decoding_error(exc)
+            raise
+
+    def flush(self) -> Iterator[bytes]:
+        try:
+            yield from self.inner.flush()
+        except Exception as exc:
+            self.observer.decoding_error(exc)
+            raise
+
+
+class _WatchedLegacyDecoder(_WatchedDecoder):
+    """The same for a legacy ``httpx`` decoder (``decode``/``flush`` return bytes)."""
+
+    __slots__ = ()
+
+    def decode(self, data: bytes) -> bytes:  # type: ignore[override]
+        try:
+            out: bytes = self.inner.decode(data)
+        except Exception as exc:
+            self.observer.decoding_error(exc)
+            raise
+        return out
+
+    def flush(self) -> bytes:  # type: ignore[override]
+        try:
+            out: bytes = self.inner.flush()
+        except Exception as exc:
+            self.observer.decoding_error(exc)
+            raise
+        return out
 
 
 def _as_bytes(out: Any) -> bytes:
@@ -696,6 +768,13 @@ async def _replay(inner: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 _TEE_CLASSES: dict[type[Any], type[Any]] = {}  # keyed by base: each is sync or async
 
+# What a stream's parser hands to the usage estimate: the first events' data (the last one
+# perhaps cut short), the bytes of data of all its events, and whether one was cut.
+Sample = tuple[list[bytes], int, bool]
+_NO_SAMPLE: Sample = ([], 0, False)
+# Stands in the data of an event for a line that was skipped.
+_SKIPPED = b"\x00skipped"
+
 
 class _BodyObserver:
     """The caller's side of an observed body: keeps its bytes for the exporter thread, cheaply.
@@ -718,6 +797,7 @@ class _BodyObserver:
         "parser",
         "pending",
         "response_ref",
+        "unreadable",
     )
 
     def __init__(self, call: Call, headers: Any, module: Any) -> None:
@@ -729,8 +809,11 @@ class _BodyObserver:
         self.kept = 0  # their length
         self.parser: _BodyParser | None = None  # built when the first bytes are parsed
         self.filtering = False
-        self.pending = b""  # filtering: bytes not yet handed to the caller
+        # Filtering: the reads of an unfinished event, not yet handed to the caller; joined once,
+        # when the event ends, so a long event costs time in proportion to its length.
+        self.pending: list[bytes] = []
         self.response_ref: Any = None
+        self.unreadable = False  # the body failed to decode: nothing of it is parsed
 
     def filter(self, chunk: bytes) -> bytes:
         """Keep ``chunk``; return the complete events it ends, as the caller would have received
@@ -748,13 +831,20 @@ class _BodyObserver:
         return self._filter(chunk)
 
     def _filter(self, chunk: bytes) -> bytes:
-        if self.pending:
-            chunk = self.pending + chunk
-            self.pending = b""
+        pending = self.pending
+        if pending:
+            # The last bytes before this read (three pieces: they may be one byte each).
+            before = b"".join([piece[-3:] for piece in pending[-3:]])
+            pending.append(chunk)
+            if not _ends_event(before, chunk):
+                return b""  # only this read was searched: the event goes on
+            chunk = b"".join(pending)
+            pending.clear()
         if chunk[-2:] != b"\n\n":  # not at an event boundary (or CRLF framing)
             end = _events_end(chunk)
             if end != len(chunk):
-                chunk, self.pending = chunk[:end], chunk[end:]
+                chunk, rest = chunk[:end], chunk[end:]
+                pending.append(rest)
                 if not chunk:
                     return b""
         self.chunks.append(chunk)
@@ -769,8 +859,12 @@ class _BodyObserver:
 
     def remainder(self) -> bytes:
         """Bytes still withheld when the body ends (an unterminated last event)."""
-        rest, self.pending = self.pending, b""
-        if rest and self.call is not None:
+        pending = self.pending
+        if not pending:
+            return b""
+        rest = b"".join(pending)
+        pending.clear()
+        if self.call is not None:
             self.chunks.append(rest)
         return rest
 
@@ -791,7 +885,10 @@ class _BodyObserver:
         self.chunks.clear()
         parser = self.parser
         if parser is None:
-            kind, decoder = _kind_of(self.headers), _decoder_for(self.headers, self.module)
+            if self.unreadable:
+                kind, decoder = "other", None
+            else:
+                kind, decoder = _kind_of(self.headers), _decoder_for(self.headers, self.module)
             if decoder is False:
                 kind, decoder = "other", None
             parser = self.parser = _BodyParser(self.endpoint, kind, decoder, chunks)
@@ -804,7 +901,7 @@ class _BodyObserver:
         if call is not None:
             self._parser().parse_kept(call.record)
 
-    def finish(self, record: CallRecord) -> list[bytes]:
+    def finish(self, record: CallRecord) -> Sample:
         """Exporter thread: parse the rest of the body into ``record``; returns the events to
         estimate from."""
         return self._parser().finish(record)
@@ -813,6 +910,22 @@ class _BodyObserver:
         with internal_errors("stream observer"):
             call = self.call
             if call is not None:
+                call.record.status = "error"
+                call.record.error_type = type(exc).__name__
+                call.record.error_message = str(exc)[:_MAX_MESSAGE]
+                self.close("error")
+
+    def decoding_error(self, exc: BaseException) -> None:
+        """The response's own decoder failed (a corrupt gzip body): the caller gets this error
+        (from ``iter_bytes``/``read``; a ``Stream`` raises ``APIConnectionError`` from it), so the
+        record says so, and the kept bytes are never decoded again for it."""
+        with internal_errors("stream observer"):
+            call = self.call
+            if call is not None:
+                self.unreadable = True
+                self.chunks.clear()
+                if self.parser is not None:
+                    self.parser.broken = True
                 call.record.status = "error"
                 call.record.error_type = type(exc).__name__
                 call.record.error_message = str(exc)[:_MAX_MESSAGE]
@@ -833,6 +946,17 @@ class _BodyObserver:
             call.finish(how if call.stream else None)
         except Exception as exc:
             report_internal_error(exc, "stream observer close")
+
+
+def _ends_event(before: bytes, chunk: bytes) -> bool:
+    """Whether an SSE event ends in ``chunk``, the read after ``before`` (a blank line may begin
+    in the last bytes of ``before``). Only ``chunk`` is searched, not all the event held so far."""
+    if b"\n" not in chunk:
+        return False  # every event ends with a newline: one memchr pass for most reads
+    if b"\n\n" in chunk or b"\r\n\r\n" in chunk:
+        return True
+    seam = before[-3:] + chunk[:3]
+    return b"\n\n" in seam or b"\r\n\r\n" in seam
 
 
 def _events_end(data: bytes) -> int:
@@ -896,7 +1020,6 @@ class _BodyParser:
         "body",
         "body_size",
         "broken",
-        "buf",
         "chunks",
         "data",
         "decoder",
@@ -904,11 +1027,18 @@ class _BodyParser:
         "endpoint",
         "event",
         "events",
-        "events_bytes",
+        "events_cut",
+        "events_kept",
+        "events_seen",
         "kind",
+        "line",
+        "line_size",
         "record",
         "saw_usage",
         "seen_first",
+        "skipped",
+        "skipped_head",
+        "skipping",
     )
 
     def __init__(self, endpoint: str, kind: str, decoder: Any, chunks: list[bytes]) -> None:
@@ -919,7 +1049,15 @@ class _BodyParser:
         self.decoder = decoder
         self.chunks = chunks  # raw bytes not yet parsed
         self.broken = False
-        self.buf = b""
+        # The unfinished line: its pieces, joined once when its newline arrives (so a long line
+        # costs time in proportion to its length), and their length.
+        self.line: list[bytes] = []
+        self.line_size = 0
+        # A line longer than ``_MAX_EVENT_BYTES`` is skipped (its event is not parsed): the
+        # bytes skipped so far, and whether the rest of that line is still to come.
+        self.skipped = 0
+        self.skipped_head = b""  # its first bytes, for an estimate
+        self.skipping = False
         self.data: list[bytes] = []
         self.event = b""
         self.body: list[bytes] = []
@@ -927,9 +1065,13 @@ class _BodyParser:
         self.seen_first = False
         self.done = False  # [DONE] or a terminal event arrived
         self.saw_usage = False
-        # Events kept to estimate usage from if the stream never reports it.
+        # The first events' data (at most ``_MAX_KEPT_EVENTS_BYTES``, the last one perhaps cut
+        # short), kept to estimate usage from if the stream never reports it; the bytes of data
+        # of every event, to extrapolate from the kept ones to all.
         self.events: list[bytes] | None = [] if endpoint in _ESTIMABLE else None
-        self.events_bytes = 0
+        self.events_kept = 0
+        self.events_seen = 0
+        self.events_cut = False
 
     def parse_kept(self, record: CallRecord) -> None:
         self.record = record
@@ -939,12 +1081,17 @@ class _BodyParser:
         for chunk in chunks:
             self.feed(chunk)
 
-    def finish(self, record: CallRecord) -> list[bytes]:
+    def finish(self, record: CallRecord) -> Sample:
         """Parse the rest of the body into ``record``; returns the events to estimate from."""
         self.parse_kept(record)
         if not self.broken:
             if self.decoder is not None:
-                self.feed(self.decoder.flush(), decoded=True)
+                try:
+                    rest = self.decoder.flush()
+                except Exception as exc:
+                    rest = b""
+                    self._unreadable(exc)
+                self.feed(rest, decoded=True)
             if self.kind == "json" and self.body:
                 raw = b"".join(self.body)
                 self.body = []
@@ -952,7 +1099,7 @@ class _BodyParser:
                     body = _loads(raw)
                     if isinstance(body, dict):
                         apply_body(record, self.endpoint, body)
-            elif self.kind == "sse" and self.buf:
+            elif self.kind == "sse" and (self.line or self.skipping):
                 # A body that ended without a trailing blank line still dispatches its last event.
                 self.feed(b"\n\n", decoded=True)
         if record.stream_end == "closed":
@@ -960,24 +1107,51 @@ class _BodyParser:
             record.stream_end = "closed_early" if early else "complete"
         events = self.events
         self.events = None
-        return [] if events is None or self.saw_usage else events
+        if events is None or self.saw_usage:
+            return _NO_SAMPLE
+        return events, self.events_seen, self.events_cut
+
+    def _unreadable(self, exc: BaseException) -> None:
+        # Bytes the response's decoder would reject too (a corrupt gzip body read raw, or our
+        # inline parse reaching the bad bytes before the SDK does): a bad response, not a fault.
+        logger.debug("tracked_openai: response body could not be decoded (%s); usage not read", exc)
+        self.kind = "other"
+        self.broken = True
+        self.line, self.data, self.body = [], [], []
 
     def feed(self, chunk: bytes, decoded: bool = False) -> None:
         if self.kind == "other" or not chunk:
             return
         if self.decoder is not None and not decoded:
-            chunk = self.decoder.decode(chunk)
+            try:
+                chunk = self.decoder.decode(chunk)
+            except Exception as exc:
+                self._unreadable(exc)
+                return
         if self.kind == "json":
             self.body_size += len(chunk)
             if self.body_size <= _MAX_JSON_BODY:
                 self.body.append(chunk)
+            elif self.body:
+                self.body = []  # too long to parse: let go of what was held
             return
-        buf = self.buf + chunk if self.buf else chunk
-        if b"\n" not in buf:
-            self.buf = buf
+        if b"\n" not in chunk:
+            self._hold(chunk)  # inside a line: only this read was searched
             return
-        lines = buf.split(b"\n")
-        self.buf = lines.pop()
+        if self.skipping:
+            # The end of a line too long to parse: drop it, and the event it belongs to.
+            end = chunk.find(b"\n")
+            self.skipped += end
+            self.skipping = False
+            self.data.append(_SKIPPED)
+            chunk = chunk[end + 1 :]
+        elif self.line:
+            self.line.append(chunk)
+            chunk = b"".join(self.line)
+            self.line = []
+            self.line_size = 0
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
         for line in lines:
             if line[-1:] == b"\r":
                 line = line[:-1]
@@ -985,12 +1159,53 @@ class _BodyParser:
                 data = self.data
                 if data:
                     self.data = []
-                    self._event(data[0] if len(data) == 1 else b"\n".join(data))
+                    if _SKIPPED in data:
+                        self._skipped_event()
+                    else:
+                        self._event(data[0] if len(data) == 1 else b"\n".join(data))
                 self.event = b""
             elif line[:5] == b"data:":
                 self.data.append(line[6:] if line[5:6] == b" " else line[5:])
             elif line[:6] == b"event:":
                 self.event = line[6:].strip()
+        if rest:
+            self._hold(rest)
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep ``piece`` of the unfinished line, unless the line is longer than any event we
+        parse: then it is skipped, and only its length is kept."""
+        if self.skipping:
+            self.skipped += len(piece)
+            return
+        self.line.append(piece)
+        self.line_size += len(piece)
+        if self.line_size > _MAX_EVENT_BYTES:
+            if self.events is not None:
+                room = _MAX_KEPT_EVENTS_BYTES - self.events_kept + 6  # and "data: "
+                head, size = [], 0
+                for part in self.line:
+                    if size >= room:
+                        break
+                    head.append(part)
+                    size += len(part)
+                self.skipped_head = b"".join(head)[:room]
+            self.skipped += self.line_size
+            self.line = []
+            self.line_size = 0
+            self.skipping = True
+
+    def _skipped_event(self) -> None:
+        logger.debug("tracked_openai: skipped an SSE event longer than %d bytes", _MAX_EVENT_BYTES)
+        head, self.skipped_head = self.skipped_head, b""
+        events = self.events
+        if events is not None and not self.saw_usage:
+            # Estimated from its first bytes, kept as an event cut short (the last one kept).
+            self.events_seen += self.skipped
+            if head[:5] == b"data:" and self.events_kept < _MAX_KEPT_EVENTS_BYTES:
+                events.append(head[6:] if head[5:6] == b" " else head[5:])
+                self.events_kept = _MAX_KEPT_EVENTS_BYTES
+                self.events_cut = True
+        self.skipped = 0
 
     def _event(self, data: bytes) -> None:
         if data.startswith(b"[DONE]"):
@@ -1013,9 +1228,16 @@ class _BodyParser:
                 record.error_type = str(err.get("type") or err.get("code") or "APIError")
                 record.error_message = str(err.get("message") or "")[:_MAX_MESSAGE]
         events = self.events
-        if events is not None and not self.saw_usage and self.events_bytes < _MAX_KEPT_EVENTS_BYTES:
-            events.append(data)
-            self.events_bytes += len(data)
+        if events is not None and not self.saw_usage:
+            self.events_seen += len(data)
+            room = _MAX_KEPT_EVENTS_BYTES - self.events_kept
+            if room > 0:
+                if len(data) > room:
+                    # Checked before keeping: one long event is kept only in part.
+                    data = data[:room]
+                    self.events_cut = True
+                events.append(data)
+                self.events_kept += len(data)
 
     def _identity(self, event: Any) -> None:
         if not isinstance(event, dict):

@@ -24,6 +24,7 @@ __all__ = [
     "Usage",
     "USAGE_KEYS",
     "LATE_TAG",
+    "EXTRAPOLATED_TAG",
     "new_record_id",
     "record_from_dict",
     "tag_value",
@@ -32,6 +33,9 @@ __all__ = [
 # Tag of a call that finished after its operation's record was submitted: the operation's
 # roll-up does not include it, so reports count its cost on its own.
 LATE_TAG = "tracked_openai.late_call"
+# Tag of a call whose estimated usage (``usage_source="estimated"``) was counted exactly on part
+# of the text only and extrapolated to the rest (a very long stream that reported no usage).
+EXTRAPOLATED_TAG = "tracked_openai.usage_extrapolated"
 
 USAGE_KEYS = (
     "input_tokens",
