@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2
+try:
+    import httpx2
+except ImportError:  # openai 2.x: the SDK's HTTP library is httpx itself (same API)
+    import httpx as httpx2  # type: ignore[no-redef]
 
 # Real responses recorded by other public projects (provenance in each file and the README there).
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"

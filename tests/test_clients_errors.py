@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
-from tests.fakeopenai import FakeOpenAI, FakeResponse
+from tests.fakeopenai import FakeOpenAI, FakeResponse, httpx2
 from tests.test_clients_helpers import QUICK_RETRY, fixture_responder, make_clients, normalize
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx2
 import openai
 from openai._legacy_response import HttpxBinaryResponseContent, LegacyAPIResponse
 from pydantic import BaseModel
 
 import tracked_openai
 from tests.conftest import API_KEY
-from tests.fakeopenai import FakeOpenAI, FakeResponse, load_fixture
+from tests.fakeopenai import FakeOpenAI, FakeResponse, httpx2, load_fixture
 from tracked_openai.records import USAGE_KEYS, CallRecord
 
 MODES = ("plain", "raw", "streaming")

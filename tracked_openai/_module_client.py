@@ -1,0 +1,223 @@
+"""The SDK's module-level client (``openai.chat.completions.create(...)``), tracked.
+
+The SDK builds that client lazily (``openai._load_client()``) as an instance of one of its own
+classes, ``openai._ModuleClient`` (or ``_AzureModuleClient``/``_BedrockModuleClient``, picked from
+``openai.api_type`` and the environment). Those classes read every setting (``openai.api_key``,
+``openai.base_url``, ``openai.http_client``…) from the ``openai`` module's globals, and the module's
+resources (``openai.chat``…) are lazy proxies that ask ``_load_client()`` on every use.
+
+Two ways to have it tracked, reusing that machinery rather than copying it:
+
+* :func:`instrument_module_client` (opt-in, reversible, idempotent) puts a tracked subclass of each
+  SDK module-client class in its place on the ``openai`` module, so the SDK's loader builds tracked
+  clients, and moves an already-built module client to its tracked subclass (its settings,
+  connection pool and cached resources stay; resources call the client's ``request()``, looked
+  up on its class at call time). Every ``openai.X`` call in the process is then recorded.
+* :mod:`tracked_openai.openai` (an import swap) keeps the SDK's module client as it is and hands out
+  a tracked *view* of it (:func:`load_view`): an instance of the tracked subclass sharing the SDK
+  client's state. Settings are the SDK module's own, so ``openai.api_key = ...`` keeps working;
+  only code that imports ``tracked_openai.openai`` is recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+import openai as _sdk
+
+from ._client import TRACKING, AzureOpenAI, OpenAI
+from ._errors import logger
+
+__all__ = [
+    "instrument_module_client",
+    "is_module_client_instrumented",
+    "load_view",
+    "resource_names",
+    "settings_names",
+    "uninstrument_module_client",
+]
+
+# The SDK's module-client classes, by their name on the ``openai`` module.
+_CLASS_NAMES = ("_ModuleClient", "_AzureModuleClient", "_BedrockModuleClient")
+# Settings the module client reads from ``openai``'s globals (older SDKs have fewer of them).
+_KNOWN_SETTINGS = (
+    "api_key",
+    "admin_api_key",
+    "organization",
+    "project",
+    "webhook_secret",
+    "base_url",
+    "timeout",
+    "max_retries",
+    "default_headers",
+    "default_query",
+    "http_client",
+    "api_type",
+    "api_version",
+    "azure_endpoint",
+    "azure_ad_token",
+    "azure_ad_token_provider",
+    "bedrock_token_provider",
+)
+
+_lock = threading.RLock()
+_tracked_of: dict[type[Any], type[Any]] = {}  # SDK class -> its tracked subclass
+_originals: dict[str, type[Any]] = {}  # name on ``openai`` -> SDK class, while instrumented
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def module_client_problem() -> str | None:
+    """What the SDK lacks for a tracked module client (None: nothing)."""
+    if not TRACKING:
+        return "the SDK's client internals moved (see the warning logged at import)"
+    if not callable(getattr(_sdk, "_load_client", None)):
+        return "openai._load_client is missing"
+    if not isinstance(getattr(_sdk, "_ModuleClient", None), type):
+        return "openai._ModuleClient is missing"
+    return None
+
+
+def _is_tracked(cls: type[Any]) -> bool:
+    return cls in _tracked_of.values()
+
+
+def tracked_class(base: type[Any]) -> type[Any]:
+    """The tracked subclass of an SDK module-client class (built once; a tracked one is itself).
+
+    Our client classes come first in its bases, so their ``request``/``_send_request`` run and
+    then hand on (``super()``) to the SDK module client's classes, whose properties (settings
+    read from ``openai``'s globals) are untouched."""
+    if _is_tracked(base):
+        return base
+    with _lock:
+        cls = _tracked_of.get(base)
+        if cls is None:
+            mixin = AzureOpenAI if issubclass(base, _sdk.AzureOpenAI) else OpenAI
+            name = "Tracked" + base.__name__.lstrip("_")
+            cls = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name})
+            from ._instrument import LIVE_BASE_URL
+
+            LIVE_BASE_URL.add(cls)
+            _tracked_of[base] = cls
+        return cls
+
+
+def instrument_module_client() -> bool:
+    """Make the ``openai`` module's own client tracked: ``openai.chat.completions.create(...)``
+    and every other ``openai.<resource>`` call in the process is recorded from now on.
+
+    Clients built with ``openai.OpenAI(...)`` are not touched. Idempotent; undone by
+    :func:`uninstrument_module_client`. Returns False (and logs why, once) when this SDK's
+    module client cannot be tracked; calls then go on untracked."""
+    problem = module_client_problem()
+    if problem is not None:
+        if TRACKING:  # otherwise the import's warning already said that nothing is tracked
+            _warn_once("instrument", "tracked_openai: the openai module client stays untracked: %s", problem)
+        return False
+    with _lock:
+        for name in _CLASS_NAMES:
+            base = getattr(_sdk, name, None)
+            if not isinstance(base, type) or _is_tracked(base):
+                continue
+            _originals[name] = base
+            setattr(_sdk, name, tracked_class(base))
+        client = getattr(_sdk, "_client", None)
+        if client is not None and type(client) in _tracked_of:
+            # Same layout (the subclass adds no slots), so the instance keeps all its state.
+            client.__class__ = _tracked_of[type(client)]
+    return True
+
+
+def uninstrument_module_client() -> None:
+    """Undo :func:`instrument_module_client`: the ``openai`` module client is the SDK's again."""
+    with _lock:
+        for name, base in list(_originals.items()):
+            if getattr(_sdk, name, None) is _tracked_of.get(base):
+                setattr(_sdk, name, base)
+            del _originals[name]
+        client = getattr(_sdk, "_client", None)
+        if client is not None and _is_tracked(type(client)):
+            for base, cls in _tracked_of.items():
+                if type(client) is cls:
+                    client.__class__ = base
+                    break
+
+
+def is_module_client_instrumented() -> bool:
+    return bool(_originals)
+
+
+# -- the view handed out by ``tracked_openai.openai`` ----------------------------------------------
+
+_view: Any = None
+_view_of: Any = None  # the SDK module client the view shares its state with
+# Whether the view was tracked when made: the SDK's own client, handed out while instrumented,
+# stops being tracked when uninstrumented, and a view is then made for it.
+_view_tracked = False
+
+
+def load_view() -> Any:
+    """The tracked module client of :mod:`tracked_openai.openai`.
+
+    The SDK's loader resolves the client (``api_type``, Azure and Bedrock settings, the error for
+    ambiguous credentials) exactly as for ``openai.X``; the view is an instance of the tracked
+    subclass sharing that client's state (its HTTP client is ``openai.http_client`` either way),
+    without its cached resources, which are bound to the untracked client. It follows the SDK's
+    client: rebuilt when the SDK rebuilds its own; the SDK's client itself once it is tracked."""
+    plain = _sdk._load_client()
+    view = _view
+    if _view_of is plain and _is_tracked(type(view)) is _view_tracked:
+        return view
+    return _make_view(plain)
+
+
+def _make_view(plain: Any) -> Any:
+    global _view, _view_of, _view_tracked
+    with _lock:
+        if _view_of is plain and _is_tracked(type(_view)) is _view_tracked:
+            return _view
+        cls = type(plain)
+        if _is_tracked(cls):
+            view = plain
+        elif module_client_problem() is not None:
+            # Tracking impossible on this SDK (warned at import): the SDK's client as it is.
+            view = plain
+        else:
+            view = object.__new__(tracked_class(cls))
+            view.__dict__.update(
+                (key, value)
+                for key, value in plain.__dict__.items()
+                if not isinstance(getattr(cls, key, None), functools.cached_property)
+            )
+        _view, _view_of, _view_tracked = view, plain, _is_tracked(type(view))
+        return view
+
+
+def resource_names() -> list[str]:
+    """The resources the SDK exposes on its module (``chat``, ``responses``…), from its proxies."""
+    try:
+        from openai import _module_client
+        from openai._utils import LazyProxy
+    except Exception:
+        return []
+    # ``type(value)``: a proxy's ``__class__`` would load the client.
+    return sorted(
+        name
+        for name, value in vars(_module_client).items()
+        if not name.startswith("_") and issubclass(type(value), LazyProxy)
+    )
+
+
+def settings_names() -> frozenset[str]:
+    """The ``openai.<setting>`` names the module client reads (``api_key``, ``http_client``…)."""
+    annotated = getattr(_sdk, "__annotations__", None) or {}
+    names = {n for n in annotated if not n.startswith("_")} | set(_KNOWN_SETTINGS)
+    return frozenset(n for n in names if hasattr(_sdk, n))
