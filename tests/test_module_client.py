@@ -27,8 +27,7 @@ def sdk_module(fake: FakeOpenAI, records: Any, monkeypatch: pytest.MonkeyPatch) 
     """The ``openai`` module's settings pointed at the fake, its client unbuilt; all restored."""
     names = [n for n in (*_module_client.settings_names(), "_client") if hasattr(openai, n)]
     saved = {n: getattr(openai, n) for n in names}
-    monkeypatch.setattr(_module_client, "_view", None)
-    monkeypatch.setattr(_module_client, "_view_of", None)
+    monkeypatch.setattr(_module_client, "_view_state", (None, None, False))
     openai._client = None
     openai.api_key = API_KEY
     openai.http_client = fake.sync_client()
@@ -239,3 +238,21 @@ def test_fault_in_our_code_never_breaks_a_module_call(sdk_module, records, monke
     assert normalize(got) == normalize(_create(_plain_result()))
     assert [str(e) for e in errors] == ["injected fault"]
     assert json.loads(sdk_module.requests[0].content)["model"] == "gpt-5-nano"
+
+
+def test_fault_building_the_view_leaves_the_call_untracked(sdk_module, records, monkeypatch) -> None:
+    errors: list[BaseException] = []
+    from tracked_openai._errors import set_internal_error_hook
+
+    def boom(base: type) -> type:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(_module_client, "tracked_class", boom)
+    set_internal_error_hook(errors.append)
+    try:
+        got = _create(topenai)
+    finally:
+        set_internal_error_hook(records.internal_errors.append)
+    assert normalize(got) == normalize(_create(_plain_result()))
+    assert [str(e) for e in errors] == ["injected fault"]
+    assert records.calls == []

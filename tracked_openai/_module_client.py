@@ -28,11 +28,10 @@ from typing import Any
 import openai as _sdk
 
 from ._client import TRACKING, AzureOpenAI, OpenAI
-from ._errors import logger
+from ._errors import logger, report_internal_error
 
 __all__ = [
     "instrument_module_client",
-    "is_module_client_instrumented",
     "load_view",
     "resource_names",
     "settings_names",
@@ -64,6 +63,7 @@ _KNOWN_SETTINGS = (
 
 _lock = threading.RLock()
 _tracked_of: dict[type[Any], type[Any]] = {}  # SDK class -> its tracked subclass
+_tracked_classes: set[type[Any]] = set()
 _originals: dict[str, type[Any]] = {}  # name on ``openai`` -> SDK class, while instrumented
 _warned: set[str] = set()
 
@@ -86,7 +86,7 @@ def module_client_problem() -> str | None:
 
 
 def _is_tracked(cls: type[Any]) -> bool:
-    return cls in _tracked_of.values()
+    return cls in _tracked_classes
 
 
 def tracked_class(base: type[Any]) -> type[Any]:
@@ -107,6 +107,7 @@ def tracked_class(base: type[Any]) -> type[Any]:
 
             LIVE_BASE_URL.add(cls)
             _tracked_of[base] = cls
+            _tracked_classes.add(cls)
         return cls
 
 
@@ -132,7 +133,10 @@ def instrument_module_client() -> bool:
         client = getattr(_sdk, "_client", None)
         if client is not None and type(client) in _tracked_of:
             # Same layout (the subclass adds no slots), so the instance keeps all its state.
-            client.__class__ = _tracked_of[type(client)]
+            try:
+                client.__class__ = _tracked_of[type(client)]
+            except TypeError as exc:  # a layout we did not foresee: the next client is tracked
+                report_internal_error(exc, "instrument module client")
     return True
 
 
@@ -147,21 +151,16 @@ def uninstrument_module_client() -> None:
         if client is not None and _is_tracked(type(client)):
             for base, cls in _tracked_of.items():
                 if type(client) is cls:
-                    client.__class__ = base
+                    client.__class__ = base  # back to the class it was built as: same layout
                     break
-
-
-def is_module_client_instrumented() -> bool:
-    return bool(_originals)
 
 
 # -- the view handed out by ``tracked_openai.openai`` ----------------------------------------------
 
-_view: Any = None
-_view_of: Any = None  # the SDK module client the view shares its state with
-# Whether the view was tracked when made: the SDK's own client, handed out while instrumented,
-# stops being tracked when uninstrumented, and a view is then made for it.
-_view_tracked = False
+# (SDK module client, the view of it, whether the view was tracked when made), replaced whole so
+# that a reader never pairs one client with another's view. The SDK's own client, handed out
+# while instrumented, stops being tracked when uninstrumented: a view is then made for it.
+_view_state: tuple[Any, Any, bool] = (None, None, False)
 
 
 def load_view() -> Any:
@@ -173,31 +172,33 @@ def load_view() -> Any:
     without its cached resources, which are bound to the untracked client. It follows the SDK's
     client: rebuilt when the SDK rebuilds its own; the SDK's client itself once it is tracked."""
     plain = _sdk._load_client()
-    view = _view
-    if _view_of is plain and _is_tracked(type(view)) is _view_tracked:
+    of, view, tracked = _view_state
+    if of is plain and (type(view) in _tracked_classes) is tracked:
         return view
     return _make_view(plain)
 
 
 def _make_view(plain: Any) -> Any:
-    global _view, _view_of, _view_tracked
+    global _view_state
     with _lock:
-        if _view_of is plain and _is_tracked(type(_view)) is _view_tracked:
-            return _view
-        cls = type(plain)
-        if _is_tracked(cls):
-            view = plain
-        elif module_client_problem() is not None:
-            # Tracking impossible on this SDK (warned at import): the SDK's client as it is.
-            view = plain
-        else:
-            view = object.__new__(tracked_class(cls))
-            view.__dict__.update(
-                (key, value)
-                for key, value in plain.__dict__.items()
-                if not isinstance(getattr(cls, key, None), functools.cached_property)
-            )
-        _view, _view_of, _view_tracked = view, plain, _is_tracked(type(view))
+        of, view, tracked = _view_state
+        if of is plain and (type(view) in _tracked_classes) is tracked:
+            return view
+        view = plain  # untracked if this SDK can't be tracked (warned at import) or on a fault
+        if not _is_tracked(type(plain)) and module_client_problem() is None:
+            try:
+                cls = type(plain)
+                shared = {
+                    key: value
+                    for key, value in plain.__dict__.items()
+                    if not isinstance(getattr(cls, key, None), functools.cached_property)
+                }
+                view = object.__new__(tracked_class(cls))
+                view.__dict__.update(shared)
+            except Exception as exc:  # a client layout we did not foresee: calls go on untracked
+                report_internal_error(exc, "module client view")
+                view = plain
+        _view_state = (plain, view, type(view) in _tracked_classes)
         return view
 
 
