@@ -261,6 +261,21 @@ async def test_retry_after_too_long_is_not_retried(fake, records) -> None:
     _routes(
         fake, plain_fake, lambda: [_err(429, "req_long", **{"retry-after-ms": "300000"}), _ok("req_never")]
     )
+    try:
+        plain.chat.completions.create(model="gpt-5-nano", messages=MSG)
+    except openai.RateLimitError:
+        pass
+    else:
+        # openai 2.x ignores a retry-after above 60 s and retries on its own backoff instead:
+        # the tracked client must do exactly the same, and count both attempts.
+        got = tracked.chat.completions.create(model="gpt-5-nano", messages=MSG)
+        (call,) = records.calls
+        assert call.status == "success" and call.request_ids == ["req_long", "req_never"]
+        assert call.attempts == 2 and call.usage.input_tokens == got.usage.prompt_tokens
+        return
+    _routes(
+        fake, plain_fake, lambda: [_err(429, "req_long", **{"retry-after-ms": "300000"}), _ok("req_never")]
+    )
     exc, plain_exc = await _both(tracked, plain, CHAT, False)
     assert isinstance(exc, openai.RateLimitError)
     assert _exc_view(exc) == _exc_view(plain_exc)

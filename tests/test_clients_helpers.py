@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import openai
+import pytest
 from openai._legacy_response import HttpxBinaryResponseContent, LegacyAPIResponse
 from pydantic import BaseModel
 
@@ -53,6 +54,11 @@ REQUIRED_CALL_KEYS = set(
     ]
 )
 QUICK_RETRY = {"retry-after-ms": "1"}
+# ``client.beta.responses`` (a second Responses resource) is not in every supported SDK.
+HAS_BETA_RESPONSES = hasattr(openai.resources.beta.Beta, "responses")
+NEEDS_BETA_RESPONSES = pytest.mark.skipif(
+    not HAS_BETA_RESPONSES, reason="this openai has no client.beta.responses (later releases)"
+)
 
 
 # -- fake server behaviour -----------------------------------------------------------------------

@@ -27,11 +27,14 @@ def test_installed_sdk_has_every_hooked_internal() -> None:
         assert "request" in vars(cls) and "_send_request" in vars(cls)
 
 
-def test_http_modules_follow_the_sdk() -> None:
-    primary, legacy = _compat.http_modules()
-    # The SDK's own responses come from the primary library (httpx2 on openai 3.x, httpx on 2.x).
-    assert primary.__name__ == ("httpx2" if openai.__version__.startswith("3.") else "httpx")
-    assert legacy is None or legacy.__name__ == "httpx"
+def test_http_libraries_follow_the_sdk() -> None:
+    expected = "httpx2" if openai.__version__.startswith("3.") else "httpx"
+    assert _compat.sdk_http_module().__name__ == expected
+    httpx2, httpx = _compat.http_modules()
+    # Responses from either library are observed: both are known when installed.
+    assert httpx2.__name__ in ("httpx2", "httpx") and (httpx is None or httpx.__name__ == "httpx")
+    if expected == "httpx2":
+        assert httpx2.__name__ == "httpx2"
 
 
 # Each scenario changes one internal the way a future SDK might, keeping the SDK itself working,
@@ -79,12 +82,12 @@ import json
 import openai
 {patch}
 import tracked_openai
-from tracked_openai._compat import http_modules
+from tracked_openai._compat import sdk_http_module
 from tracked_openai.sinks import InMemorySink
 
 memory = InMemorySink()
 tracked_openai.configure(sinks=[memory])
-httpx2, _ = http_modules()
+httpx2 = sdk_http_module()
 chunk = {{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
           "choices": [{{"index": 0, "delta": {{"content": "hi"}}, "finish_reason": None}}]}}
 usage = {{**chunk, "choices": [], "usage": {{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}}}

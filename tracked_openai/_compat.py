@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-__all__ = ["SUPPORTED", "http_modules", "sdk_problem", "sdk_version"]
+__all__ = ["SUPPORTED", "http_modules", "sdk_http_module", "sdk_problem", "sdk_version"]
 
 # The range the test matrix covers (tox.ini); outside it the checks below still decide.
 SUPPORTED = ">=2.31"
@@ -34,9 +34,17 @@ def sdk_version() -> str:
         return "unknown"
 
 
+def sdk_http_module() -> Any:
+    """The HTTP library of the SDK's own clients: ``httpx2`` (openai 3.x) or ``httpx`` (2.x)."""
+    from openai import _base_client
+
+    return getattr(_base_client, "httpx2", None) or getattr(_base_client, "httpx")  # noqa: B009
+
+
 def http_modules() -> tuple[Any, Any]:
-    """``(primary, legacy)``: the HTTP library the SDK uses (``httpx2`` for openai 3.x, ``httpx``
-    for 2.x) and the legacy ``httpx`` a caller may pass as ``http_client`` (None if absent)."""
+    """``(httpx2, httpx)`` as far as installed: ``httpx2`` if it is (else ``httpx``, as on an
+    openai 2.x install), and ``httpx`` (None if absent). A response may come from either: openai
+    3.x takes a legacy ``httpx`` client as ``http_client``, late 2.x releases an ``httpx2`` one."""
     primary: Any
     legacy: Any
     try:
@@ -137,12 +145,13 @@ def sdk_problem() -> str | None:
     if missing:
         return f"FinalRequestOptions has no {', '.join(sorted(missing))}"
     try:
-        primary, _ = http_modules()
-    except ImportError:
-        return "neither httpx2 nor httpx can be imported"
+        http = sdk_http_module()
+        http_modules()
+    except Exception as exc:
+        return f"the SDK's HTTP library is not found ({exc})"
     for name in ("Response", "SyncByteStream", "AsyncByteStream", "TransportError"):
-        if not hasattr(primary, name):
-            return f"{primary.__name__}.{name} is missing"
-    if not _sets_and_reads(primary.Response, "stream", "__init__", ()):
-        return f"{primary.__name__}.Response.stream has moved"
+        if not hasattr(http, name):
+            return f"{http.__name__}.{name} is missing"
+    if not _sets_and_reads(http.Response, "stream", "__init__", ()):
+        return f"{http.__name__}.Response.stream has moved"
     return None
