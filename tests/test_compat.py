@@ -166,3 +166,25 @@ def test_supported_sdk_in_a_subprocess_records_calls() -> None:
     assert result["same"] and result["tracking"] and result["instrumented"]
     assert result["kinds"] == ["call", "call", "call", "operation"]
     assert result["internal_errors"] == 0
+
+
+@pytest.mark.skipif(
+    _compat.sdk_http_module().__name__ != "httpx",
+    reason="needs an SDK on httpx (openai 2.x: tox -e openai2.31)",
+)
+def test_sdk_on_httpx_needs_no_httpx2() -> None:
+    # openai 2.x installs httpx only; httpx2 is here through a dev dependency, so hide it.
+    patch = "import sys\nsys.modules['httpx2'] = None"
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT.format(patch=patch)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same"] and result["tracking"] and result["instrumented"]
+    assert result["kinds"] == ["call", "call", "call", "operation"]
+    assert result["internal_errors"] == 0

@@ -184,7 +184,7 @@ def _pass_through(*classes: type[Any]) -> None:
 if not TRACKING:
     _pass_through(OpenAI, AsyncOpenAI, AzureOpenAI, AsyncAzureOpenAI)
     logger.warning(
-        "tracked_openai: openai %s is not supported (%s; tested: openai%s): clients pass through "
+        "tracked_openai: openai %s is not supported (%s; tested: openai %s): clients pass through "
         "untracked, track() blocks still record operations. Install a supported openai to record calls.",
         sdk_version(),
         SDK_PROBLEM,

@@ -32,6 +32,7 @@ from ._errors import logger, report_internal_error
 
 __all__ = [
     "instrument_module_client",
+    "module_client_trackable",
     "load_view",
     "resource_names",
     "settings_names",
@@ -85,6 +86,14 @@ def module_client_problem() -> str | None:
     return None
 
 
+def module_client_trackable() -> bool:
+    """Whether this SDK's module client can be tracked; if not, says why (once)."""
+    problem = module_client_problem()
+    if problem is not None and TRACKING:  # else the import's warning said nothing is tracked
+        _warn_once("module", "tracked_openai: the openai module client stays untracked: %s", problem)
+    return problem is None
+
+
 def _is_tracked(cls: type[Any]) -> bool:
     return cls in _tracked_classes
 
@@ -118,10 +127,7 @@ def instrument_module_client() -> bool:
     Clients built with ``openai.OpenAI(...)`` are not touched. Idempotent; undone by
     :func:`uninstrument_module_client`. Returns False (and logs why, once) when this SDK's
     module client cannot be tracked; calls then go on untracked."""
-    problem = module_client_problem()
-    if problem is not None:
-        if TRACKING:  # otherwise the import's warning already said that nothing is tracked
-            _warn_once("instrument", "tracked_openai: the openai module client stays untracked: %s", problem)
+    if not module_client_trackable():
         return False
     with _lock:
         for name in _CLASS_NAMES:

@@ -31,6 +31,7 @@ from ._client import AsyncOpenAI as AsyncOpenAI
 from ._client import AzureOpenAI as AzureOpenAI
 from ._client import OpenAI as OpenAI
 from ._module_client import load_view as _load_view
+from ._module_client import module_client_trackable as _module_client_trackable
 from ._module_client import resource_names as _resource_names
 from ._module_client import settings_names as _settings_names
 
@@ -46,6 +47,10 @@ def _load_client() -> _t.Any:
 
 
 def _make_proxies() -> dict[str, _t.Any]:
+    if not callable(getattr(_sdk, "_load_client", None)):
+        # No module-client loader to reuse: ``chat`` and the others here are the SDK's own.
+        _module_client_trackable()  # says why, once
+        return {}
     try:
         from openai._utils import LazyProxy
     except Exception:  # pragma: no cover - present in every supported SDK
