@@ -1,13 +1,13 @@
 """Which OpenAI SDK we run on, and whether its internals are the ones our hooks rely on.
 
-The clients observe calls through a few private SDK internals (see
-``shared/reference/openai-sdk-notes.md`` §6): ``request()`` and ``_send_request()`` with their
-current signatures, ``Stream._iterator``, the HTTP response's ``stream`` attribute and byte-stream
-classes, and the request options' fields. A future SDK may move any of them. Rather than fail at
-import or break a call, :func:`sdk_problem` checks them once, at import (``hasattr``-style checks
-of names and signatures, a few microseconds each, nothing imported that the SDK did not already
-import), and the clients then fall back to the SDK's own behaviour: a plain pass-through client,
-announced by one warning on the ``tracked_openai`` logger.
+The clients observe calls through a few private SDK internals: ``request()`` and
+``_send_request()`` with their current signatures, ``Stream._iterator``, the HTTP response's
+``stream`` attribute and byte-stream classes, and the request options' fields. A future SDK may
+move any of them. Rather than fail at import or break a call, :func:`sdk_problem` checks them
+once, at import (``hasattr``-style checks of names, signatures and the attribute names a method's
+code uses; about 0.3 ms in all, importing nothing the SDK does not import itself), and the clients
+then fall back to the SDK's own behaviour: a plain pass-through client, announced by one warning
+on the ``tracked_openai`` logger.
 
 A logged warning rather than :func:`warnings.warn`: an application run with ``-W error`` (as
 test suites often are) would otherwise turn the warning into an import error, which is exactly

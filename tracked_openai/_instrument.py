@@ -50,9 +50,9 @@ _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*')
 _SSE_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)", re.S)
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _STREAM_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# ``httpx2``: the SDK's own HTTP library (on openai 2.x, ``httpx`` itself); ``httpx``: the legacy
-# library a caller may pass as ``http_client`` (None when not installed). Bound once, at import,
-# so the hot path reads two module globals as before.
+# A response comes from ``httpx2`` (openai 3.x's own, late 2.x releases accept it too) or ``httpx``
+# (openai 2.x's own; openai 3.x takes a legacy client): ``httpx2`` is httpx2 if installed, else
+# httpx; ``httpx`` is httpx, None if absent. Bound once, at import: the hot path reads globals.
 httpx2, httpx = http_modules()
 
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError,) + (
