@@ -73,20 +73,23 @@ globals().update(_make_proxies())
 _SETTINGS = _settings_names()
 
 
-class _TrackedOpenAIModule(_types.ModuleType):
-    """Reads what this module does not define from ``openai``; writes settings through to it."""
+def __getattr__(name: str) -> _t.Any:
+    # What this module does not define is ``openai``'s (PEP 562; type checkers see ``Any``).
+    return getattr(_sdk, name)
 
-    def __getattr__(self, name: str) -> _t.Any:
-        return getattr(_sdk, name)
+
+def __dir__() -> list[str]:
+    return sorted(_OWN | set(dir(_sdk)))
+
+
+class _TrackedOpenAIModule(_types.ModuleType):
+    """Writes the module client's settings (``api_key``, ``http_client``…) through to ``openai``."""
 
     def __setattr__(self, name: str, value: _t.Any) -> None:
         if name in _SETTINGS:
             setattr(_sdk, name, value)
         else:
             super().__setattr__(name, value)
-
-    def __dir__(self) -> list[str]:
-        return sorted(_OWN | set(dir(_sdk)))
 
 
 _OWN = frozenset(globals())
