@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench compat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,10 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 
+# The compatibility matrix (oldest/middle/newest openai, mlflow 3.17/3.18; see tox.ini). Not in CI.
+compat: setup
+	$(BIN)/python -m pip install --quiet "tox>=4.11"
+	$(BIN)/tox -m compat
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tox .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2
+from tracked_openai._compat import sdk_http_module
+
+# The SDK's own HTTP library: httpx2 on openai 3.x, httpx (same API) on 2.x, which rejects an
+# httpx2 client even where httpx2 is installed.
+httpx2 = sdk_http_module()
 
 # Real responses recorded by other public projects (provenance in each file and the README there).
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"

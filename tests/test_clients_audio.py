@@ -117,6 +117,9 @@ def test_unmeasurable_text_transcription_stays_unpriced(fake, records) -> None:
     assert call.cost is None
 
 
+# `audio.translations.create` is `@deprecated` in recent SDKs (not in older ones); the call itself
+# is what we test.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_json_translation_without_duration_is_measured(fake, records) -> None:
     fake.add(
         "POST",
@@ -124,8 +127,7 @@ def test_json_translation_without_duration_is_measured(fake, records) -> None:
         lambda request: FakeResponse(json_body={"text": "Hello."}, headers={"x-request-id": "req_tr"}),
     )
     tracked, _, _ = make_clients(fake, is_async=False)
-    with pytest.warns(DeprecationWarning):
-        out = tracked.audio.translations.create(model="whisper-1", file=("a.wav", _wav(1.25), "audio/wav"))
+    out = tracked.audio.translations.create(model="whisper-1", file=("a.wav", _wav(1.25), "audio/wav"))
     assert out.text == "Hello."
     (call,) = records.calls
     assert call.usage.seconds == pytest.approx(1.25) and call.usage_source == "estimated"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_clients_helpers import (
+    NEEDS_BETA_RESPONSES,
     Case,
     Expect,
     fixture_responder,
@@ -196,6 +197,7 @@ RESPONSES = [
             service_tier="default",
             request_ids=[request_id_of("responses_gpt5_mini_reasoning")],
         ),
+        marks=(NEEDS_BETA_RESPONSES,),
     ),
     Case(
         "responses-stream",

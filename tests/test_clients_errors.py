@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
-from tests.fakeopenai import FakeOpenAI, FakeResponse
+from tests.fakeopenai import FakeOpenAI, FakeResponse, httpx2
 from tests.test_clients_helpers import QUICK_RETRY, fixture_responder, make_clients, normalize
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -259,6 +258,21 @@ def test_stream_request_rejected_before_body(fake, records) -> None:
 
 async def test_retry_after_too_long_is_not_retried(fake, records) -> None:
     tracked, plain, plain_fake = make_clients(fake, is_async=False, max_retries=2)
+    _routes(
+        fake, plain_fake, lambda: [_err(429, "req_long", **{"retry-after-ms": "300000"}), _ok("req_never")]
+    )
+    try:
+        plain.chat.completions.create(model="gpt-5-nano", messages=MSG)
+    except openai.RateLimitError:
+        pass
+    else:
+        # openai 2.x ignores a retry-after above 60 s and retries on its own backoff instead:
+        # the tracked client must do exactly the same, and count both attempts.
+        got = tracked.chat.completions.create(model="gpt-5-nano", messages=MSG)
+        (call,) = records.calls
+        assert call.status == "success" and call.request_ids == ["req_long", "req_never"]
+        assert call.attempts == 2 and call.usage.input_tokens == got.usage.prompt_tokens
+        return
     _routes(
         fake, plain_fake, lambda: [_err(429, "req_long", **{"retry-after-ms": "300000"}), _ok("req_never")]
     )

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx2
 import openai
+import pytest
 from openai._legacy_response import HttpxBinaryResponseContent, LegacyAPIResponse
 from pydantic import BaseModel
 
 import tracked_openai
 from tests.conftest import API_KEY
-from tests.fakeopenai import FakeOpenAI, FakeResponse, load_fixture
+from tests.fakeopenai import FakeOpenAI, FakeResponse, httpx2, load_fixture
 from tracked_openai.records import USAGE_KEYS, CallRecord
 
 MODES = ("plain", "raw", "streaming")
@@ -54,6 +54,11 @@ REQUIRED_CALL_KEYS = set(
     ]
 )
 QUICK_RETRY = {"retry-after-ms": "1"}
+# ``client.beta.responses`` (a second Responses resource) is not in every supported SDK.
+HAS_BETA_RESPONSES = hasattr(openai.resources.beta.Beta, "responses")
+NEEDS_BETA_RESPONSES = pytest.mark.skipif(
+    not HAS_BETA_RESPONSES, reason="this openai has no client.beta.responses (later releases)"
+)
 
 
 # -- fake server behaviour -----------------------------------------------------------------------

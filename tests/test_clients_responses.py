@@ -62,7 +62,7 @@ def test_compact(fake, records) -> None:
 
 
 def test_method_level_raw_and_streaming_spellings(fake, records) -> None:
-    from tests.test_clients_helpers import fixture_responder, make_clients
+    from tests.test_clients_helpers import HAS_BETA_RESPONSES, fixture_responder, make_clients
 
     fake.add("POST", "/responses", fixture_responder("responses_gpt5_mini_reasoning"))
     tracked, plain, _ = make_clients(fake, is_async=False)
@@ -71,10 +71,11 @@ def test_method_level_raw_and_streaming_spellings(fake, records) -> None:
         assert raw.parse().usage.input_tokens == 54
         with client.responses.with_streaming_response.create(model="gpt-5-mini", input="x") as r:
             r.read()
-        raw = client.beta.responses.with_raw_response.create(model="gpt-5-mini", input="x")
-        raw.parse()
+        if HAS_BETA_RESPONSES:  # older SDKs have no second Responses resource
+            raw = client.beta.responses.with_raw_response.create(model="gpt-5-mini", input="x")
+            raw.parse()
     calls = records.calls
-    assert len(calls) == 3
+    assert len(calls) == (3 if HAS_BETA_RESPONSES else 2)
     assert all(c.endpoint == "responses" and c.usage.output_tokens == 164 for c in calls)
 
 

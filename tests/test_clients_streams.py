@@ -6,13 +6,12 @@ from __future__ import annotations
 import gc
 import json
 
-import httpx2
 import openai
 import pytest
 
 import tracked_openai
 from tests.conftest import API_KEY
-from tests.fakeopenai import FakeOpenAI, FakeResponse
+from tests.fakeopenai import FakeOpenAI, FakeResponse, httpx2
 from tests.test_clients_helpers import fixture_responder, make_clients, normalize, usage_aware_stream
 from tracked_openai._estimate import count_tokens
 

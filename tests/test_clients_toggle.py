@@ -88,8 +88,10 @@ def test_disabled_errors_unchanged(fake, disabled) -> None:
 
 _SUBPROCESS = textwrap.dedent(
     """
-    import json, threading, httpx2, openai
+    import json, threading, openai
     import tracked_openai
+    from tracked_openai._compat import sdk_http_module
+    httpx2 = sdk_http_module()  # httpx on openai 2.x
     from tracked_openai import _runtime
 
     body = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",

@@ -1,13 +1,17 @@
 """tracked-openai: every OpenAI call your application makes, recorded with its feature, tokens,
 cost, latency and outcome.
 
-Swap one import (``from tracked_openai import OpenAI``) and wrap work in ``track(...)``.
+Swap one import (``from tracked_openai import OpenAI``) and wrap work in ``track(...)``. Code that
+uses the SDK's module client (``openai.chat.completions.create(...)``) swaps
+``import openai`` for ``import tracked_openai.openai as openai``, or calls
+:func:`instrument_module_client` once.
 """
 
 from __future__ import annotations
 
 from ._client import AsyncAzureOpenAI, AsyncOpenAI, AsyncTrackedOpenAI, AzureOpenAI, OpenAI, TrackedOpenAI
 from ._context import Operation, current_scope, track
+from ._module_client import instrument_module_client, uninstrument_module_client
 from ._runtime import configure, flush, shutdown, stats
 from .records import CallRecord, Cost, OperationRecord, Usage
 
@@ -28,7 +32,9 @@ __all__ = [
     "configure",
     "current_scope",
     "flush",
+    "instrument_module_client",
     "shutdown",
     "stats",
     "track",
+    "uninstrument_module_client",
 ]

@@ -4,6 +4,9 @@ Every REST call of every resource (``create``, ``parse``, ``.stream()`` helpers,
 response wrappers, ``beta.responses``) ends in ``request()``; ``_send_request()`` runs once per HTTP
 attempt, so retries are counted there. ``copy()``/``with_options()`` rebuild the client through
 ``self.__class__``, so copies stay tracked. Other clients in the process are untouched.
+
+An SDK whose internals moved (see :mod:`._compat`) gets the SDK's own classes' behaviour instead:
+the overrides are removed at import and one warning is logged, so calls pass through untracked.
 """
 
 from __future__ import annotations
@@ -14,10 +17,19 @@ from typing import Any
 import openai
 
 from . import _runtime
-from ._errors import internal_errors, report_internal_error
-from ._instrument import Call, _active, begin, observe_async, observe_sync
+from ._compat import SUPPORTED, sdk_problem, sdk_version
+from ._errors import internal_errors, logger, report_internal_error
 
-__all__ = ["AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
+__all__ = ["SDK_PROBLEM", "TRACKING", "AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
+
+# Checked once, here: what the installed SDK lacks of the internals our hooks use (None: all there).
+SDK_PROBLEM: str | None = sdk_problem()
+if SDK_PROBLEM is None:
+    try:
+        from ._instrument import Call, _active, begin, observe_async, observe_sync
+    except Exception as exc:  # an internal the checks did not foresee
+        SDK_PROBLEM = f"{type(exc).__name__}: {exc}"
+TRACKING: bool = SDK_PROBLEM is None
 
 
 # The hot path uses plain try/except (free in CPython 3.11+ when nothing is raised) where
@@ -159,3 +171,22 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
 
 TrackedOpenAI = OpenAI
 AsyncTrackedOpenAI = AsyncOpenAI
+
+
+def _pass_through(*classes: type[Any]) -> None:
+    # Without our overrides each class is exactly the SDK's: same calls, nothing recorded.
+    for cls in classes:
+        for name in ("request", "_send_request"):
+            if name in cls.__dict__:
+                delattr(cls, name)
+
+
+if not TRACKING:
+    _pass_through(OpenAI, AsyncOpenAI, AzureOpenAI, AsyncAzureOpenAI)
+    logger.warning(
+        "tracked_openai: openai %s is not supported (%s; tested: openai %s): clients pass through "
+        "untracked, track() blocks still record operations. Install a supported openai to record calls.",
+        sdk_version(),
+        SDK_PROBLEM,
+        SUPPORTED,
+    )

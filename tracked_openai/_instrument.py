@@ -22,7 +22,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
-import httpx2
 from openai import AsyncStream, Stream
 from openai._legacy_response import HttpxBinaryResponseContent, LegacyAPIResponse
 from openai._response import BaseAPIResponse
@@ -30,6 +29,7 @@ from openai.lib.azure import AsyncAzureOpenAI, AzureOpenAI
 
 from . import _runtime
 from ._audio import capture_upload
+from ._compat import http_modules
 from ._context import _current as _current_op
 from ._context import call_closed, call_opened
 from ._errors import internal_errors, logger, report_internal_error
@@ -54,10 +54,10 @@ _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*')
 _SSE_EVENT = re.compile(rb".*?(?:\r\n\r\n|\n\n)", re.S)
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _STREAM_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
-try:  # a caller may pass a legacy ``httpx`` client as ``http_client``
-    import httpx
-except ImportError:  # pragma: no cover - httpx is optional
-    httpx = None  # type: ignore[assignment]
+# A response comes from ``httpx2`` (openai 3.x's own, late 2.x releases accept it too) or ``httpx``
+# (openai 2.x's own; openai 3.x takes a legacy client): ``httpx2`` is httpx2 if installed, else
+# httpx; ``httpx`` is httpx, None if absent. Bound once, at import: the hot path reads globals.
+httpx2, httpx = http_modules()
 
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError,) + (
     (httpx.TransportError,) if httpx is not None else ()
@@ -279,11 +279,16 @@ def active_call() -> Call | None:
 # -- begin -------------------------------------------------------------------------------------
 
 
+# Client classes whose ``base_url`` is not their ``_base_url``: the SDK's module clients read
+# ``openai.base_url``, which may change after the client was built (``_module_client`` adds them).
+LIVE_BASE_URL: set[type[Any]] = set()
+
+
 def _is_openai_host(client: Any) -> bool:
     # ``base_url`` is a property that imports on every read; the URL object it returns only
     # changes when the client's base URL is set, so the answer is kept per client and URL.
     url = getattr(client, "_base_url", None)
-    if url is None:
+    if url is None or type(client) in LIVE_BASE_URL:
         url = client.base_url
     cached = client.__dict__.get("_tracked_openai_host")
     if cached is not None and cached[0] is url:

@@ -7,6 +7,7 @@ starts no thread and opens no store.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -70,10 +71,11 @@ def _release_waiting_operations(close_streams: bool = True) -> None:
     still open are recorded first (``stream_end="abandoned"``), which also completes their
     operations. ``shutdown()`` leaves streams alone: they may still be read afterwards."""
     from ._context import release_waiting
-    from ._instrument import close_open_streams
 
-    if close_streams:
-        close_open_streams()
+    # Streams are open only if the hooks were ever imported (never, on an unsupported SDK).
+    instrument = sys.modules.get("tracked_openai._instrument")
+    if close_streams and instrument is not None:
+        instrument.close_open_streams()
     release_waiting(force=True)
 
 
