@@ -450,7 +450,8 @@ def start(settings: Settings, target: Target, *, timeout: float) -> str:
         _wait_healthy(proc, target.url, log, timeout)
     except BaseException:  # not healthy, or Ctrl-C while waiting: leave nothing running
         _terminate(proc.pid, 5.0)
-        _clear(run_dir)
+        # The state file stays: it says which database `stop --drop-database` drops.
+        (run_dir / PID_FILE).unlink(missing_ok=True)
         raise
     stop_cmd = shlex.join([sys.executable, str(Path(__file__).resolve()), "stop", "--run-dir", str(run_dir)])
     _say(
