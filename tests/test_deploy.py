@@ -272,6 +272,7 @@ def test_docker_compose_config_validates() -> None:
         capture_output=True,
         text=True,
         check=False,
+        cwd=ROOT,  # as the README runs it
         env={k: v for k, v in os.environ.items() if k not in services.read_env_file(ENV_FILE)},
     )
     assert proc.returncode == 0, proc.stderr
