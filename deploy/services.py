@@ -499,7 +499,7 @@ def status(run_dir: Path) -> int:
         return 3
     state = _read_state(run_dir)
     url = str(state.get("url", "?"))
-    ok = healthy(url)
+    ok = healthy(url, timeout=10.0)  # a busy server (or machine) may take seconds to answer
     print(f"{'running' if ok else 'running, not answering /health'}: {url} (pid {pid})")
     for key in ("backend_store_uri", "log"):
         if key in state:
