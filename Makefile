@@ -32,7 +32,7 @@ test-fast: setup
 	$(BIN)/python -m pytest $(PROGRESS) -m "not server and not postgres and not slow" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check tracked_openai tests benchmarks examples
+	$(BIN)/ruff check tracked_openai tests benchmarks examples deploy
 	$(BIN)/mypy
 
 bench: setup

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -275,9 +276,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         server.stop()
 
 
+# Set by .ci/run to a server it started with deploy/services.py (the way a developer would):
+# mlflow_pg_server then uses it instead of starting its own.
+PG_SERVER_URI_ENV = "TRACKED_OPENAI_TEST_MLFLOW_PG_URI"
+
+
+def external_server(uri: str) -> MlflowServer:
+    """An already running server on this machine, at ``http://127.0.0.1:PORT``; not ours to stop."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "http" or parsed.hostname not in ("127.0.0.1", "localhost") or not parsed.port:
+        pytest.fail(f"{PG_SERVER_URI_ENV}={uri!r}: expected http://127.0.0.1:PORT")
+    server = MlflowServer(uri, Path(), port=parsed.port)
+    if not server.healthy():
+        pytest.fail(f"{PG_SERVER_URI_ENV}={uri}: the server does not answer /health")
+    return server
+
+
 @pytest.fixture(scope="session")
 def mlflow_pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real ``mlflow server`` backed by PostgreSQL on 127.0.0.1:5432 (skipped without it)."""
+    """A real ``mlflow server`` backed by PostgreSQL on 127.0.0.1:5432 (skipped without it): the
+    one at ``$TRACKED_OPENAI_TEST_MLFLOW_PG_URI`` if set, else one started for the session."""
+    if uri := os.environ.get(PG_SERVER_URI_ENV):
+        yield external_server(uri)
+        return
     if not postgres_available():
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (trust auth, user postgres)")
     name, uri = create_pg_database()
