@@ -218,22 +218,54 @@ class TestOverflow:
 
 
 class TestSpoolUnwritable:
-    def test_records_kept_in_memory_and_error_counted(
-        self, make: Any, tmp_path: Path, errors: list[BaseException]
-    ) -> None:
-        """Sink down and spool folder unwritable: nothing is lost, the fault is counted, and the
-        records are delivered when the sink comes back."""
+    @staticmethod
+    def blocked_spool(tmp_path: Path) -> Path:
+        # A file where the spool's parent folder should be: unwritable even for root.
         blocked = tmp_path / "not-a-dir"
         blocked.write_text("a file where the spool folder should be")
+        return blocked / "spool"
+
+    def test_warned_once_at_start_from_the_exporter_thread(
+        self, make: Any, tmp_path: Path, errors: list[BaseException], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unwritable spool folder is found when the exporter starts, with the sink up (not
+        during an outage): one warning naming the folder and TRACKED_OPENAI_SPOOL_DIR, logged
+        by the exporter's thread, not the caller's; records still reach the sink."""
+        spool = self.blocked_spool(tmp_path)
+        sink = FlakySink()
+        exporter = make([sink], spool_dir=spool)
+        with caplog.at_level("WARNING", logger="tracked_openai"):
+            exporter.submit(call())
+            assert exporter.flush(10)
+            exporter.submit(call())
+            assert exporter.flush(10)
+        warnings = [r for r in caplog.records if "not writable" in r.getMessage()]
+        assert len(warnings) == 1
+        message = warnings[0].getMessage()
+        assert str(spool) in message and "TRACKED_OPENAI_SPOOL_DIR" in message
+        assert "found while spooling" not in message
+        assert warnings[0].threadName == "tracked-openai-exporter"
+        assert len(sink.records) == 2 and exporter.stats()["spool_errors"] == 0
+        assert not errors
+
+    def test_records_kept_in_memory_and_error_counted(
+        self, make: Any, tmp_path: Path, errors: list[BaseException], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Sink down and spool folder unwritable: nothing is lost, the failed writes are counted
+        (an environment problem, not an internal error: no traceback), the folder is named once,
+        and the records are delivered when the sink comes back."""
         sink = FlakySink()
         sink.down = True
-        exporter = make([sink], spool_dir=blocked / "spool")
-        for i in range(12):
-            exporter.submit(call(i))
-        assert exporter.flush(5) is False  # held in memory: not durable
+        exporter = make([sink], spool_dir=self.blocked_spool(tmp_path), batch_size=3)
+        with caplog.at_level("WARNING", logger="tracked_openai"):
+            for i in range(12):
+                exporter.submit(call(i))
+            assert exporter.flush(5) is False  # held in memory: not durable
         stats = exporter.stats()
         assert stats["held"] == 12 and stats["spool_errors"] >= 1
-        assert errors and isinstance(errors[0], OSError)
+        assert not errors and stats["internal_errors"] == 0
+        assert len([r for r in caplog.records if "not writable" in r.getMessage()]) == 1
+        assert all(r.exc_info is None for r in caplog.records)
         sink.down = False
         assert wait_for(lambda: len(sink.records) == 12)
         assert exporter.stats()["held"] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._client import AsyncAzureOpenAI, AsyncOpenAI, AsyncTrackedOpenAI, AzureOpenAI, OpenAI, TrackedOpenAI
 from ._context import Operation, current_scope, track
-from ._runtime import configure, flush, shutdown, stats
+from ._runtime import configure, flush, shutdown, start, stats
 from .records import CallRecord, Cost, OperationRecord, Usage
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "current_scope",
     "flush",
     "shutdown",
+    "start",
     "stats",
     "track",
 ]
