@@ -7,6 +7,10 @@ in MLflow exactly once (counted by ``record_id``) after recovery.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +32,7 @@ from tests.mlflow_server import (  # noqa: F401 - fixtures
 from tracked_openai import _errors, _runtime
 from tracked_openai._exporter import Exporter
 from tracked_openai._features import experiment_name
+from tracked_openai._spool import Spool
 from tracked_openai.records import CallRecord, OperationRecord, Usage
 from tracked_openai.sinks.mlflow import MlflowSink
 
@@ -281,3 +286,190 @@ def test_queue_full_against_server_loses_nothing(
     assert stats["spooled"] > 0 and stats["dropped"] == 0
     assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
     assert not errors
+
+
+# -- an unreachable server with MLflow's own defaults (issue 15, items 2 and 3) -----------------
+
+
+@pytest.fixture
+def mlflow_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's default HTTP retries (7, backing off for minutes) and timeout (120 s), as a user
+    who never read about ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` has them."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+
+
+@pytest.fixture
+def closed_url() -> str:
+    from tests.mlflow_server import free_port
+
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def test_unreachable_server_is_detected_at_once(
+    mlflow_defaults: None, closed_url: str, exporters: Any, errors: list[BaseException],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A closed port with MLflow's default retries: the first failure is logged and counted,
+    the records are spooled, ``flush`` returns within its timeout (it used to run the whole
+    timeout and return False while MLflow retried inside one request), and urllib3 logs no
+    "Retrying" warnings for our requests."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    feature = f"closed_{time.time_ns()}"
+    exporter = exporters(closed_url)
+    records = make_calls(5, feature)
+    with caplog.at_level("WARNING"):
+        for record in records:
+            exporter.submit(record)
+        assert exporter.flush(20) is True  # spooled: durable
+    stats = exporter.stats()
+    assert stats["sink_failures"] >= 1 and stats["spooled"] == 5 and stats["exported"] == 0
+    ours = [r.getMessage() for r in caplog.records if r.name == "tracked_openai"]
+    assert len(ours) == 1 and ours[0].startswith("tracked_openai: sink MlflowSink failed")
+    assert closed_url.split("//")[1] in ours[0]
+    assert not [r for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.getMessage()]
+    assert not errors
+    # The host application's MLflow settings are MLflow's, unchanged.
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == MLFLOW_HTTP_REQUEST_MAX_RETRIES.default
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == MLFLOW_HTTP_REQUEST_TIMEOUT.default
+
+
+def test_only_our_client_is_bounded(mlflow_server: MlflowServer) -> None:  # noqa: F811
+    """Our sink talks through a store of its own (no MLflow retries, short timeout); a client
+    the host makes for the same URI keeps MLflow's shared store."""
+    from mlflow.store.tracking.rest_store import RestStore
+
+    sink = MlflowSink(mlflow_server.url, timeout=7.0)
+    ours = sink.client._tracking_client.store
+    theirs = MlflowClient(mlflow_server.url)._tracking_client.store
+    assert isinstance(ours, RestStore) and type(ours) is not RestStore
+    assert type(theirs) is RestStore and theirs is not ours
+    assert sink._probe_health is False
+    feature = f"bounded_{time.time_ns()}"
+    records = make_calls(3, feature)
+    sink.export(records)
+    assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
+
+
+def test_hung_server_times_out_per_request(mlflow_defaults: None) -> None:
+    """A server that accepts connections and never answers: our request gives up after the
+    sink's timeout, not MLflow's 120 s times 7 retries."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections complete in the backlog; nobody ever reads or answers
+    try:
+        sink = MlflowSink(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+        outcome: list[BaseException] = []
+
+        def export() -> None:
+            try:
+                sink.export(make_calls(1, "hung"))
+            except Exception as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=export, daemon=True)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), "export still waiting on a server that never answers"
+        assert outcome and "timed out" in str(outcome[0]).lower()
+    finally:
+        listener.close()
+
+
+def test_health_probe_when_our_requests_cannot_be_bounded(
+    mlflow_defaults: None, closed_url: str, mlflow_server: MlflowServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If MLflow's internals ever stop allowing our own bounded store, the sink checks
+    ``/health`` (one request, no retries) before writing: a dead server still fails at once,
+    a live one is written to as before."""
+    from tracked_openai.sinks import mlflow as sink_module
+
+    monkeypatch.setattr(sink_module, "_bounded_store", lambda uri, timeout: None)
+    down = MlflowSink(closed_url)
+    with pytest.raises(ConnectionError, match="unreachable"):
+        down.export(make_calls(1, "probe"))
+    assert down._probe_health is True
+    up = MlflowSink(mlflow_server.url)
+    feature = f"probe_{time.time_ns()}"
+    records = make_calls(2, feature)
+    up.export(records)
+    assert up._probe_health is True
+    assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
+
+
+def test_urllib3_retry_warnings_are_quiet_on_our_threads_only(
+    closed_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """urllib3's "Retrying (…) after connection broken" warning is dropped for requests made on
+    our threads (one per probe during an outage otherwise), kept for everyone else's."""
+    import urllib3
+
+    from tracked_openai.sinks import mlflow as sink_module
+
+    sink_module._install_retry_filter()
+
+    def request() -> None:
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            urllib3.PoolManager(retries=urllib3.Retry(1, backoff_factor=0)).request("GET", closed_url)
+
+    def ours() -> None:
+        MlflowSink(closed_url)._init_writer_thread()  # what our writer threads do first
+        request()
+
+    with caplog.at_level("WARNING", logger="urllib3"):
+        thread = threading.Thread(target=ours)
+        thread.start()
+        thread.join(30)
+        assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+        request()  # the host's own request, on its own thread
+        assert [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+EXIT_DOWN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import tracked_openai
+    from tracked_openai import _runtime
+    from tracked_openai.records import CallRecord
+    from tracked_openai.sinks.mlflow import MlflowSink
+
+    url, spool, exit_timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    tracked_openai.configure(sinks=[MlflowSink(url)], spool_dir=spool, exit_timeout=exit_timeout,
+                             flush_interval=0.05, retry_attempts=10, retry_initial=5.0, retry_max=10.0)
+    for i in range(20):
+        _runtime.submit(CallRecord(started_at=time.time(), duration_s=0.01, feature="exit_down",
+                                   endpoint="chat.completions", model="gpt-4o-mini"))
+    tracked_openai.flush(1.0)  # the first attempt has failed by now (or MLflow is still importing)
+    print(time.time(), flush=True)
+    """
+)
+
+
+def test_exit_with_mlflow_down_is_bounded_and_spools_once(
+    closed_url: str, tmp_path: Path
+) -> None:
+    """A script whose tracking server is down, with MLflow's default retries: it exits within
+    the exit timeout of its work's end, leaves one spool file holding each record once, and
+    says so in one warning."""
+    spool = tmp_path / "spool"
+    exit_timeout = 3.0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_DOWN_SCRIPT, closed_url, str(spool), str(exit_timeout)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    ended = time.time()
+    assert proc.returncode == 0, proc.stderr
+    work_done = float(proc.stdout.split()[-1])
+    assert ended - work_done < exit_timeout + 2.5, (ended - work_done, proc.stderr)
+    files = Spool(spool).files()
+    assert len(files) == 1, proc.stderr
+    ids = [r.record_id for r in Spool(spool)._read(files[0])]
+    assert len(ids) == 20 == len(set(ids))
+    warnings = [line for line in proc.stderr.splitlines() if "tracked_openai" in line]
+    assert len(warnings) == 1 and "sink MlflowSink failed" in warnings[0], proc.stderr

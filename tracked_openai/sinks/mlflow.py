@@ -594,6 +594,7 @@ class MlflowSink:
         ours = getattr(_tls, "ours", False)
         _tls.ours = True
         try:
+            self.client  # noqa: B018 - made first: it decides whether we probe
             if self._probe_health:
                 self._check_health()
             self._export(records)
