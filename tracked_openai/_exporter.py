@@ -737,10 +737,11 @@ class Exporter:
                 self._spool_or_hold(current, all_targets)
         for start in range(0, len(leftovers), self._batch_size):
             self._store(leftovers[start : start + self._batch_size], all_targets)
-        held = list(self._held)
-        self._held.clear()
-        for batch, targets in held:
-            self._store(batch, targets)
+        with self._current_lock:  # the exit path owns these now, the surrendered batch included
+            held = list(self._held)
+            self._held.clear()
+            for batch, targets in held:
+                self._spool_or_hold(batch, targets)
 
     def _at_exit(self) -> None:
         if self._exited or self._closed:
@@ -759,9 +760,14 @@ class Exporter:
         if self._closed or self._exited:
             return
         self._exited = True
+        # A little of the deadline is kept for the worker to store, once aborted, a batch it
+        # was still preparing when the flush gave up (neither queued nor in delivery then).
+        grace = min(0.5, self._exit_timeout / 5)
         try:
-            if not self.flush(self._exit_timeout):
+            if not self.flush(self._exit_timeout - grace):
                 self._spool_leftovers()
+                with self._idle:
+                    self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
                 left = sum(len(b) for b, _ in self._held)
                 if left:
                     logger.warning("tracked_openai: exit with %d records neither exported nor spooled", left)
