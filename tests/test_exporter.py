@@ -559,6 +559,68 @@ class TestExit:
         assert sorted(r.record_id for r in spool._read(files[0])) == sorted(r.record_id for r in records)
         assert exporter.stats()["spooled"] == 5 and not errors
 
+    def test_exit_before_the_sinks_exist_spools_under_their_predicted_keys(
+        self, make: Any, tmp_path: Path, errors: list[BaseException]
+    ) -> None:
+        """The process ends while the worker is still building the sinks (importing MLflow):
+        the exit path doesn't wait for that; it files the batch under the keys the factory
+        predicts, and the worker, once it has sinks, does not store the batch again."""
+
+        class Predicting(SlowFactory):
+            def spool_keys(self) -> list[str]:
+                return ["flaky"]
+
+        sink = FlakySink()
+        factory = Predicting(sink)
+        factory.release.clear()
+        exporter = make(factory, exit_timeout=0.4)
+        records = [call(i) for i in range(4)]
+        for record in records:
+            exporter.submit(record)
+        exporter._wake.set()
+        assert wait_for(lambda: factory.threads == ["tracked-openai-exporter"])  # building
+        exporter.exit_flush()
+        spool = Spool(tmp_path / "spool")
+        (path,) = spool.files()
+        assert json.loads(path.read_text().splitlines()[0])["sinks"] == ["flaky"]
+        assert sorted(r.record_id for r in spool._read(path)) == sorted(r.record_id for r in records)
+        factory.release.set()
+        assert wait_for(lambda: exporter._thread is None or not exporter._thread.is_alive())
+        assert len(spool.files()) == 1 and exporter.stats()["spooled"] == 4 and not errors
+
+    @pytest.mark.parametrize("ready_in_time", [True, False])
+    def test_a_batch_still_being_prepared_at_exit_is_spooled_once_ready(
+        self, make: Any, tmp_path: Path, errors: list[BaseException], caplog: pytest.LogCaptureFixture,
+        ready_in_time: bool,
+    ) -> None:
+        """The flush deadline passes while the worker prepares (prices) a batch it took from the
+        queue: the exit path waits for it within its grace and spools it; one that isn't ready
+        by then is reported as lost, not silently dropped."""
+        gate = threading.Event()
+
+        def slow_prepare(item: Any) -> Record:
+            gate.wait(30)
+            return _runtime.prepare(item)
+
+        exporter = make([FlakySink()], prepare=slow_prepare, exit_timeout=2.0)
+        for i in range(3):
+            exporter.submit(call(i))
+        exporter._wake.set()
+        assert wait_for(lambda: exporter._preparing is not None)
+        if ready_in_time:
+            threading.Timer(1.6, gate.set).start()  # after the flush gave up, within the grace
+        try:
+            with caplog.at_level("WARNING", logger="tracked_openai"):
+                exporter.exit_flush()
+        finally:
+            gate.set()
+        spool = Spool(tmp_path / "spool")
+        assert sum(len(spool._read(p)) for p in spool.files()) == (3 if ready_in_time else 0)
+        lost = [r.getMessage() for r in caplog.records if "neither exported nor spooled" in r.getMessage()]
+        expected = "tracked_openai: exit with 3 records neither exported nor spooled"
+        assert lost == ([] if ready_in_time else [expected])
+        assert not errors
+
     def test_a_record_after_the_exit_flush_goes_to_the_spool(self, make: Any, tmp_path: Path) -> None:
         sink = FlakySink()
         exporter = make([sink])

@@ -7,6 +7,7 @@ in MLflow exactly once (counted by ``record_id``) after recovery.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -473,3 +474,108 @@ def test_exit_with_mlflow_down_is_bounded_and_spools_once(
     assert len(ids) == 20 == len(set(ids))
     warnings = [line for line in proc.stderr.splitlines() if "tracked_openai" in line]
     assert len(warnings) == 1 and "sink MlflowSink failed" in warnings[0], proc.stderr
+
+
+# -- records of a process that ends before its MLflow sink was built ------------------------------
+
+PREDICT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from tracked_openai.sinks.mlflow import predicted_spool_key
+    if sys.argv[1] == "set_in_code":
+        import mlflow
+        mlflow.set_tracking_uri("sqlite:///set-in-code.db")
+    predicted = predicted_spool_key()
+    imported_before = "mlflow.tracking" in sys.modules
+    from tracked_openai.sinks.mlflow import MlflowSink
+    print(json.dumps({"predicted": predicted, "actual": MlflowSink().spool_key,
+                      "imported_before": imported_before}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "case", ["env_http", "env_relative_sqlite", "default_sqlite", "mlruns", "set_in_code"]
+)
+def test_predicted_spool_key_is_the_default_sinks(case: str, tmp_path: Path) -> None:
+    """Records spooled at exit before the default sink was built are filed under the key that
+    sink will have; the prediction (no MLflow import) must agree with MLflow's own resolution
+    of the tracking URI, so a change in MLflow's default rule fails here."""
+    cwd = tmp_path / "an app folder"  # a space: MLflow percent-encodes SQLite paths
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if case == "env_http":
+        env["MLFLOW_TRACKING_URI"] = "http://mlflow.internal:5000"
+    elif case == "env_relative_sqlite":
+        env["MLFLOW_TRACKING_URI"] = "sqlite:///rel.db"
+    elif case == "mlruns":
+        (cwd / "mlruns" / "0").mkdir(parents=True)
+        (cwd / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", PREDICT_SCRIPT, case],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["imported_before"] is (case == "set_in_code")
+    assert result["predicted"] == result["actual"], result
+    if case == "default_sqlite":
+        assert result["actual"].startswith("mlflow:sqlite:////") and "an%20app%20folder" in result["actual"]
+
+
+SHORT_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from tracked_openai import _runtime
+    from tracked_openai.records import CallRecord
+    for i in range(3):  # and exit at once: the exporter has not built its MLflow sink yet
+        _runtime.submit(CallRecord(started_at=time.time(), duration_s=0.01, feature="short_script",
+                                   endpoint="chat.completions", model="gpt-4o-mini"))
+    print(time.time(), flush=True)
+    """
+)
+
+NEXT_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import tracked_openai
+    ready = tracked_openai.start(wait=True, timeout=120)  # replays what earlier processes spooled
+    print(ready, tracked_openai.flush(120), tracked_openai.stats()["replayed"])
+    """
+)
+
+
+@pytest.mark.parametrize("exit_timeout", [0.0, 5.0])
+def test_short_script_records_reach_the_store(exit_timeout: float, tmp_path: Path) -> None:
+    """A script that ends right after its calls, before its MLflow sink exists: the exit flush
+    builds it and exports if the deadline allows, else spools the records under the sink's
+    key without waiting for MLflow's import; either way the exit stays within the deadline and
+    the next process puts each record in the store once."""
+    store = tmp_path / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{store}",
+        TRACKED_OPENAI_SPOOL_DIR=str(tmp_path / "spool"),
+        TRACKED_OPENAI_EXIT_TIMEOUT=str(exit_timeout),
+        PYTHONWARNINGS="ignore",
+    )
+    first = subprocess.run(
+        [sys.executable, "-c", SHORT_SCRIPT],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    ended = time.time()
+    assert first.returncode == 0, first.stderr
+    assert ended - float(first.stdout.split()[-1]) < exit_timeout + 2.5, first.stderr
+    assert "tracked_openai" not in first.stderr  # nothing lost, nothing to warn about
+    spooled = sum(len(Spool(tmp_path / "spool")._read(p)) for p in Spool(tmp_path / "spool").files())
+    if exit_timeout == 0:
+        assert spooled == 3
+    second = subprocess.run(
+        [sys.executable, "-c", NEXT_PROCESS_SCRIPT], capture_output=True, text=True, env=env,
+        timeout=300, check=False,
+    )
+    assert second.returncode == 0, second.stderr
+    ready, flushed, replayed = second.stdout.split()[-3:]
+    assert ready == flushed == "True" and int(replayed) == spooled
+    ids = record_ids_in(f"sqlite:///{store}", "short_script")
+    assert len(ids) == 3 == len(set(ids))
+    assert not Spool(tmp_path / "spool").files()

@@ -27,6 +27,12 @@ check on submit).
 from __future__ import annotations
 
 import atexit
+
+# MLflow (which the default sink factory imports on the worker) imports this module, which
+# registers a threading exit hook at import and so can't be imported once interpreter shutdown
+# has begun. Imported here (~1 ms, at our own import) so that a process whose work ends before
+# its sinks were built can still build them during the exit flush.
+import concurrent.futures.thread  # noqa: F401
 import itertools
 import os
 import threading
@@ -154,6 +160,7 @@ class Exporter:
         self._before_exit = before_exit
         self._warm_up = warm_up
         self._set_up = False
+        self._start_requested = False
         self._spool_warned = False
         self._exited = False
 
@@ -200,6 +207,8 @@ class Exporter:
         # The batch the worker is delivering, and the one the exit path took from it.
         self._current: list[Record] | None = None
         self._surrendered: list[Record] | None = None
+        # The batch the worker is preparing (taken from the queue, not yet deliverable).
+        self._preparing: list[Record] | None = None
         self._thread: threading.Thread | None = None
         self._spooler: threading.Thread | None = None
         self._pid = os.getpid()
@@ -252,11 +261,16 @@ class Exporter:
         # After shutdown (a rare race with configure()): deliver inline, once, or spool. After
         # the exit flush (a record from a later atexit hook): spool it, the deadline is past.
         self._submitted.inc()
-        self._resolve_sinks()
         batch = [record]
         self._prepare_batch(batch)
+        if self._exited:
+            keys = self._exit_keys()
+            with self._current_lock:
+                self._spool_or_hold(batch, list(range(len(self.sinks))), keys)
+            return
+        self._resolve_sinks()
         targets = list(range(len(self.sinks)))
-        pending = targets if self._exited else self._export_once(batch, targets)
+        pending = self._export_once(batch, targets)
         if pending:
             self._store(batch, pending)
         else:
@@ -266,6 +280,7 @@ class Exporter:
         """Start the worker now and have it build the sinks and warm up at once, instead of when
         the first batch is due. Returns at once (``wait=False``: ``True`` if that was already
         done), or when it is done (``wait=True``; ``False`` if ``timeout`` ran out first)."""
+        self._start_requested = True
         self._ensure_worker()
         self._wake.set()
         if wait:
@@ -287,7 +302,7 @@ class Exporter:
             if worker is None or not worker.is_alive():
                 # No thread can run (interpreter shutting down): do the work here.
                 self._drain(inline=True)
-                return not self._held
+                return not (self._held or self._queue or self._overflow)
         self._wake.set()
         self._spool_wake.set()
         with self._idle:
@@ -398,16 +413,17 @@ class Exporter:
             self._wake.wait(self._interval)
             self._wake.clear()
             try:
-                if not self._set_up:
+                if self._start_requested and not self._set_up:
                     self._setup()
                 self._drain()
             except Exception as exc:  # the worker must survive anything
                 self._internal_error(exc, "exporter.worker")
-            if self._closed and not self._queue:
+            if self._closed and (not self._queue or self._abort.is_set()):
                 return
 
     def _setup(self) -> None:
-        """Worker thread, once: build the sinks, check the spool folder, warm up."""
+        """Worker thread, once, at ``start()`` or after preparing the first batch: build the
+        sinks, check the spool folder, warm up; then replay what earlier processes spooled."""
         self._resolve_sinks()
         if self._spool is not None:
             error = self._spool.check_writable()
@@ -429,6 +445,9 @@ class Exporter:
                 self._internal_error(exc, "exporter.warm_up")
         self._set_up = True
         self._ready.set()
+        if self._replay and not self._started_replay:
+            self._started_replay = True
+            self._replay_spool(limit=None)
 
     def _resolve_sinks(self) -> None:
         """Build the sinks if they were given as a function (once; any thread that needs them
@@ -486,32 +505,42 @@ class Exporter:
 
     def _drain(self, inline: bool = False) -> None:
         """Export queued batches; when the queue is empty, retry held batches and replay."""
-        self._resolve_sinks()
         if inline:
+            if self._exited and not self._set_up:
+                return  # no sinks yet and no thread to build them: exit_flush spools the queue
             self._drain_overflow()
-        if self._replay and not self._started_replay:
-            self._started_replay = True
-            self._replay_spool(limit=None)
         while True:
-            batch = self._take(self._queue)
+            # Once the exit path spools what is left, the queue is its own.
+            batch = self._take(self._queue) if not self._abort.is_set() else []
             if batch:
                 try:
+                    with self._idle:
+                        self._preparing = batch
                     self._prepare_batch(batch)
-                    self._current = batch
+                    with self._idle:
+                        self._current = batch
+                        self._preparing = None
+                        self._idle.notify_all()
+                    if not self._set_up:
+                        # Only now, with the first batch prepared: should the exit deadline
+                        # pass while the sinks are built (MLflow importing), that batch is
+                        # ready to spool, and the exit path doesn't have to prepare it.
+                        self._setup()
                     try:
                         self._deliver(batch, list(range(len(self.sinks))))
                     except Exception as exc:  # a bug of ours must not lose the batch
                         self._internal_error(exc, "exporter.deliver")
                         self._store(batch, list(range(len(self.sinks))))
                 finally:
+                    self._preparing = None
                     self._release_current(batch)
                     self._done(batch)
                 # Keep the spool moving under sustained load too: one spooled batch per fresh one.
                 if self._sink_up():
                     self._replay_spool(limit=1)
                 continue
-            if self._abort.is_set() or not self._sink_probe_due():
-                break
+            if not self._set_up or self._abort.is_set() or not self._sink_probe_due():
+                break  # (not set up: nothing was ever queued, nothing to retry or replay)
             if self._held:
                 with self._idle:  # pop and count together: flush() must never see neither
                     held, targets = self._held.popleft()
@@ -639,10 +668,11 @@ class Exporter:
                 self._current = None  # handled: the exit path must not spool it again
             self._spool_or_hold(batch, targets)
 
-    def _spool_or_hold(self, batch: list[Record], targets: list[int]) -> None:
-        if self._spool is not None and targets:
+    def _spool_or_hold(self, batch: list[Record], targets: list[int], keys: list[str] | None = None) -> None:
+        names = keys if keys is not None else [self._keys[i] for i in targets]
+        if self._spool is not None and names:
             try:
-                self._spool.append(batch, [self._keys[i] for i in targets])
+                self._spool.append(batch, names)
             except OSError as exc:
                 # Permissions, a full disk, a file where the folder should be: the host's
                 # environment, not a bug of ours. Counted, said once, records kept in memory.
@@ -715,10 +745,27 @@ class Exporter:
         return replayed
 
     # -- exit ------------------------------------------------------------------------------------
+    def _exit_keys(self) -> list[str] | None:
+        """The spool keys to file leftovers under at exit: ``None`` once the sinks are built
+        (theirs). Before, the sink factory's own prediction (``spool_keys()``): the worker may be
+        importing MLflow right now, and the exit deadline doesn't wait for that."""
+        factory = self._factory
+        if factory is None:
+            return None
+        predict = getattr(factory, "spool_keys", None)
+        if predict is not None:
+            try:
+                return [str(key) for key in predict()]
+            except Exception as exc:
+                self._internal_error(exc, "exporter.spool_keys")
+        if self._setup_lock.acquire(timeout=0.5):  # no prediction: the build may be about done
+            self._setup_lock.release()
+        return None if self._factory is None else []
+
     def _spool_leftovers(self) -> None:
         """Spool whatever is still in memory (queue, overflow, the batch in flight, held)."""
         self._abort.set()
-        self._resolve_sinks()  # spool files name their sinks
+        keys = self._exit_keys()
         leftovers: list[Record] = []
         for source in (self._queue, self._overflow):
             while source:
@@ -728,20 +775,24 @@ class Exporter:
                     break
         self._prepare_batch(leftovers)
         all_targets = list(range(len(self.sinks)))
-        with self._current_lock:
-            # Take the batch in flight from the worker: it may still be exported right now (the
-            # sink's idempotency absorbs that), but it is spooled here and only here.
-            current, self._current = self._current, None
-            if current is not None:
-                self._surrendered = current
-                self._spool_or_hold(current, all_targets)
+        self._surrender_current(keys)
         for start in range(0, len(leftovers), self._batch_size):
-            self._store(leftovers[start : start + self._batch_size], all_targets)
+            with self._current_lock:
+                self._spool_or_hold(leftovers[start : start + self._batch_size], all_targets, keys)
         with self._current_lock:  # the exit path owns these now, the surrendered batch included
             held = list(self._held)
             self._held.clear()
             for batch, targets in held:
                 self._spool_or_hold(batch, targets)
+
+    def _surrender_current(self, keys: list[str] | None) -> None:
+        """Take the batch in flight from the worker and spool it (exit path). The worker may
+        still export it right now (the sink's idempotency absorbs that) but never spools it."""
+        with self._current_lock:
+            current, self._current = self._current, None
+            if current is not None:
+                self._surrendered = current
+                self._spool_or_hold(current, list(range(len(self.sinks))), keys)
 
     def _at_exit(self) -> None:
         if self._exited or self._closed:
@@ -760,15 +811,20 @@ class Exporter:
         if self._closed or self._exited:
             return
         self._exited = True
-        # A little of the deadline is kept for the worker to store, once aborted, a batch it
-        # was still preparing when the flush gave up (neither queued nor in delivery then).
-        grace = min(0.5, self._exit_timeout / 5)
+        # A little of the deadline is kept for a batch the worker was still preparing (pricing)
+        # when the flush gave up: neither queued nor deliverable then, it is spooled once ready.
+        grace = min(1.0, self._exit_timeout / 4)
         try:
-            if not self.flush(self._exit_timeout - grace):
+            # exit_timeout 0: spool at once, without waking the worker to take a batch first.
+            budget = self._exit_timeout - grace
+            if budget <= 0 or not self.flush(budget):
                 self._spool_leftovers()
-                with self._idle:
-                    self._idle.wait_for(lambda: self._in_flight == 0, timeout=grace)
-                left = sum(len(b) for b, _ in self._held)
+                if self._preparing is not None:
+                    with self._idle:
+                        self._idle.wait_for(lambda: self._preparing is None, timeout=grace)
+                    self._surrender_current(self._exit_keys())
+                preparing = self._preparing
+                left = sum(len(b) for b, _ in self._held) + (len(preparing) if preparing else 0)
                 if left:
                     logger.warning("tracked_openai: exit with %d records neither exported nor spooled", left)
         except Exception as exc:  # pragma: no cover

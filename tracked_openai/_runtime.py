@@ -47,6 +47,19 @@ def _default_sinks() -> list[Any]:
     return sinks
 
 
+class _DefaultSinks:
+    """The default sinks as the exporter's sink factory (called on its thread)."""
+
+    def __call__(self) -> list[Any]:
+        return _default_sinks()
+
+    def spool_keys(self) -> list[str]:
+        # At exit, before the sink exists: where its records go (cheap, no MLflow import).
+        from .sinks.mlflow import predicted_spool_key
+
+        return [predicted_spool_key()]
+
+
 def _warm_up() -> None:
     """Exporter thread, once: load the price table before the first batch needs it."""
     from .pricing import get_price_book
@@ -61,7 +74,7 @@ def _get_exporter() -> Exporter:
         return exporter
     with _lock:
         if _exporter is None:
-            _exporter = _make_exporter(_sinks if _sinks is not None else _default_sinks)
+            _exporter = _make_exporter(_sinks if _sinks is not None else _DefaultSinks())
         return _exporter
 
 

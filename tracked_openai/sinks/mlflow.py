@@ -36,6 +36,7 @@ import logging
 import os
 import queue
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +48,7 @@ from ..records import CallRecord, OperationRecord, Record
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["MlflowSink", "run_fields"]
+__all__ = ["MlflowSink", "predicted_spool_key", "run_fields"]
 
 # MLflow server limits per log_batch request and per value (mlflow.utils.validation).
 _MAX_METRICS = 1000
@@ -182,6 +183,44 @@ def _client_with_store(tracking_uri: str, store: Any) -> MlflowClient | None:
         return client
     except Exception:
         return None
+
+
+def _default_tracking_uri() -> str:
+    """What ``mlflow.get_tracking_uri()`` returns, without importing MLflow if it isn't imported
+    yet: MLflow 3's rule (``MLFLOW_TRACKING_URI``, else ``./mlruns`` if it holds experiment
+    data, else ``mlflow.db`` in the working directory). ``tests/test_mlflow_faults.py`` checks it
+    against MLflow's own answer."""
+    mlflow = sys.modules.get("mlflow")
+    get = getattr(mlflow, "get_tracking_uri", None)
+    if get is not None:  # imported: it may have been set in code (mlflow.set_tracking_uri)
+        return str(get())
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    try:
+        with os.scandir("mlruns") as entries:
+            has_runs = any(
+                e.is_dir() and e.name.isdigit() and os.path.lexists(os.path.join(e.path, "meta.yaml"))
+                for e in entries
+            )
+    except OSError:
+        has_runs = False
+    if has_runs:
+        from pathlib import Path
+
+        return Path(os.path.abspath("mlruns")).as_uri()
+    import posixpath
+    from urllib.request import pathname2url
+
+    path = posixpath.abspath(pathname2url(os.path.abspath("mlflow.db")))
+    return ("sqlite://" if sys.platform == "win32" else "sqlite:///") + path
+
+
+def predicted_spool_key(tracking_uri: str | None = None) -> str:
+    """The ``spool_key`` an ``MlflowSink(tracking_uri)`` will have, known without importing
+    MLflow: records spooled at interpreter exit before the default sink was built (MLflow still
+    importing) are filed under it, and replayed once a later process builds that sink."""
+    return f"mlflow:{MlflowSink._absolute_uri(tracking_uri or _default_tracking_uri())}"
 
 
 class _SkippedError(Exception):
