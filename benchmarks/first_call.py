@@ -173,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=7, help="processes per flavour and mode")
     parser.add_argument("--window", type=float, default=4.0, help="seconds of calls after the first")
+    parser.add_argument("--verbose", action="store_true", help="print every process's first-call latency")
     parser.add_argument("--child", nargs=4, metavar=("FLAVOUR", "MODE", "URL", "WINDOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -229,6 +230,10 @@ def main() -> None:
                 line += f" {_ms(statistics.median(r['stall_first_s'] for r in rows)):>12}"
                 line += f" {_ms(statistics.median(r['stall_window_s'] for r in rows)):>13}"
             print(line)
+        if args.verbose:
+            for mode in MODES:
+                values = " ".join(f"{r['first_s'] * 1000:.0f}" for r in results[(flavour, mode)])
+                print(f"  {mode} first calls (ms, in sample order): {values}")
         for mode in ("tracked", "started"):
             rows = results[(flavour, mode)]
             lost = sum(r["submitted"] - r["exported"] for r in rows)
