@@ -444,8 +444,11 @@ EXIT_DOWN_SCRIPT = textwrap.dedent(
     for i in range(20):
         _runtime.submit(CallRecord(started_at=time.time(), duration_s=0.01, feature="exit_down",
                                    endpoint="chat.completions", model="gpt-4o-mini"))
-    tracked_openai.flush(1.0)  # the first attempt has failed by now (or MLflow is still importing)
-    print(time.time(), flush=True)
+    tracked_openai.flush(0.1)  # wakes the worker
+    deadline = time.monotonic() + 120  # MLflow's import takes seconds on a busy machine
+    while tracked_openai.stats().get("sink_failures", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(time.time(), flush=True)  # work done: the worker is backing off before its 2nd attempt
     """
 )
 
@@ -544,16 +547,27 @@ NEXT_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("exit_timeout", [0.0, 5.0])
-def test_short_script_records_reach_the_store(exit_timeout: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("exit_timeout", "store_exists"),
+    [(0.0, False), (5.0, True), (5.0, False)],
+    ids=["0s", "5s", "5s-new-store"],
+)
+def test_short_script_records_reach_the_store(
+    exit_timeout: float, store_exists: bool, tmp_path: Path
+) -> None:
     """A script that ends right after its calls, before its MLflow sink exists: the exit flush
-    builds it and exports if the deadline allows, else spools the records under the sink's
-    key without waiting for MLflow's import; either way the exit stays within the deadline and
-    the next process puts each record in the store once."""
+    builds it and exports if the deadline allows, else spools the records under the sink's key
+    without waiting for MLflow's import; either way the next process puts each record in the
+    store once. The exit stays within the deadline, except that MLflow creating a new SQLite
+    store is never cut off half-way (that would leave a store no process can write to): the
+    first run against a new store may exit up to that creation's length later."""
     store = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    if store_exists:
+        MlflowClient(uri).search_experiments()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
     env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{store}",
+        MLFLOW_TRACKING_URI=uri,
         TRACKED_OPENAI_SPOOL_DIR=str(tmp_path / "spool"),
         TRACKED_OPENAI_EXIT_TIMEOUT=str(exit_timeout),
         PYTHONWARNINGS="ignore",
@@ -564,7 +578,8 @@ def test_short_script_records_reach_the_store(exit_timeout: float, tmp_path: Pat
     )
     ended = time.time()
     assert first.returncode == 0, first.stderr
-    assert ended - float(first.stdout.split()[-1]) < exit_timeout + 2.5, first.stderr
+    margin = 2.5 if store_exists or exit_timeout == 0 else 20.0
+    assert ended - float(first.stdout.split()[-1]) < exit_timeout + margin, first.stderr
     assert "tracked_openai" not in first.stderr  # nothing lost, nothing to warn about
     spooled = sum(len(Spool(tmp_path / "spool")._read(p)) for p in Spool(tmp_path / "spool").files())
     if exit_timeout == 0:
@@ -574,8 +589,48 @@ def test_short_script_records_reach_the_store(exit_timeout: float, tmp_path: Pat
         timeout=300, check=False,
     )
     assert second.returncode == 0, second.stderr
+    assert "tracked_openai" not in second.stderr, second.stderr  # e.g. a half-created store
     ready, flushed, replayed = second.stdout.split()[-3:]
     assert ready == flushed == "True" and int(replayed) == spooled
-    ids = record_ids_in(f"sqlite:///{store}", "short_script")
+    ids = record_ids_in(uri, "short_script")
     assert len(ids) == 3 == len(set(ids))
     assert not Spool(tmp_path / "spool").files()
+
+
+def test_exit_waits_for_a_store_being_created_and_opens_none_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare_exit`` waits for a local store MLflow is creating, and no store is opened
+    after it (MLflow's SQLite set-up cut off half-way breaks the store for good)."""
+    import mlflow
+
+    from tracked_openai.sinks import mlflow as sink_module
+
+    creating = threading.Event()
+    finish = threading.Event()
+    real = mlflow.MlflowClient
+
+    def slow_client(*args: Any, **kwargs: Any) -> Any:
+        creating.set()
+        finish.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "MlflowClient", slow_client)
+    sink = sink_module.MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    opener = threading.Thread(target=sink.warm_up)
+    opener.start()
+    assert creating.wait(10)
+    waited: list[bool] = []
+    exiting = threading.Thread(target=lambda: waited.append(sink.prepare_exit(30) is None))
+    exiting.start()
+    exiting.join(0.5)
+    assert exiting.is_alive()  # still waiting for the store
+    finish.set()
+    exiting.join(30)
+    opener.join(30)
+    assert waited == [True] and (tmp_path / "mlflow.db").exists()
+    late = sink_module.MlflowSink(f"sqlite:///{tmp_path / 'other.db'}")
+    late.prepare_exit(1)
+    with pytest.raises(RuntimeError, match="exiting"):
+        late.warm_up()
+    assert not (tmp_path / "other.db").exists()

@@ -53,6 +53,9 @@ __all__ = ["Exporter", "sink_key"]
 
 OverflowPolicy = Literal["spool", "drop"]
 
+# Longest the exit waits for a sink to finish work that must not be cut off half-way.
+_EXIT_BARRIER_TIMEOUT = 60.0
+
 
 class _AbortError(Exception):
     """Raised from the backoff sleep to stop retrying (shutdown or exit deadline)."""
@@ -431,7 +434,7 @@ class Exporter:
                 self._spool_unwritable(error, at_start=True)
         for sink in self.sinks:
             warm = getattr(sink, "warm_up", None)
-            if warm is not None:
+            if warm is not None and not self._abort.is_set():  # not once the exit has given up
                 try:
                     warm()
                 except Exception as exc:
@@ -833,6 +836,15 @@ class Exporter:
             self._closed = True
             self._abort.set()
             self._wake.set()
+            # A sink in the middle of something that must not be cut off (the MLflow sink
+            # creating a local store) is waited for; no sink starts such work from now on.
+            for sink in list(self.sinks):
+                barrier = getattr(sink, "prepare_exit", None)
+                if barrier is not None:
+                    try:
+                        barrier(_EXIT_BARRIER_TIMEOUT)
+                    except Exception as exc:
+                        self._internal_error(exc, "sink.prepare_exit")
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _count(self, name: str, n: int) -> None:

@@ -482,6 +482,9 @@ class MlflowSink:
         self._pool: _WriterPool | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        # Held while MLflow opens a local store (see prepare_exit); _closing: open none now.
+        self._opening = threading.Lock()
+        self._closing = False
         self._experiments: dict[str, str] = {}
         # record_id -> (experiment_id, run_id) of recently written operations, for nesting calls.
         self._op_runs: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -505,6 +508,7 @@ class MlflowSink:
             self._client = None
             self._pool = None
             self._lock = threading.Lock()
+            self._opening = threading.Lock()
         client = self._client
         if client is None:
             with self._lock:
@@ -523,14 +527,28 @@ class MlflowSink:
             if client is not None:
                 return client
             self._probe_health = True
-        return MlflowClient(tracking_uri=self.tracking_uri)
+            return MlflowClient(tracking_uri=self.tracking_uri)
+        with self._opening:
+            if self._closing:
+                raise RuntimeError("not opening the MLflow store: the process is exiting")
+            # For a local store this creates or upgrades its database (MlflowClient opens the
+            # store when it is made).
+            return MlflowClient(tracking_uri=self.tracking_uri)
 
     def warm_up(self) -> None:
-        """Build the client and its store now (for a local store that creates or upgrades the
+        """Build the client now (for a local store: open it, creating or upgrading its
         database), so the first export doesn't pay for it. Called by the exporter's worker."""
-        client = self.client
-        if not self._http:
-            client._tracking_client.store  # noqa: B018 - building the store is the point
+        self.client  # noqa: B018 - building it is the point
+
+    def prepare_exit(self, timeout: float) -> None:
+        """At interpreter exit: open no store from now on, and wait up to ``timeout`` for one
+        being opened. MLflow creates or upgrades a SQLite database in several steps that are
+        not one transaction; a process stopped half-way leaves a store that no later process
+        can write to ("duplicate column name"), so the exit waits for that, even past its
+        deadline (only the very first use of a store, and only if the deadline falls there)."""
+        self._closing = True
+        if self._opening.acquire(timeout=timeout):
+            self._opening.release()
 
     def _check_health(self) -> None:
         """One ``GET /health``, no retries, short timeout: fail fast when the server is down
