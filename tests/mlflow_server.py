@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
-# Our exporter retries and spools; MLflow's own HTTP retries (7 by default, minutes of backoff)
-# would only hide outages from it. Short timeouts keep fault tests fast.
+# Our sink's own requests are bounded whatever these say (sinks/mlflow.py); these are for the
+# tests' own MlflowClient reads and the benchmarks' naive path, which use MLflow's settings:
+# MLflow's default retries (7, minutes of backoff) would make a read of a killed server hang.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

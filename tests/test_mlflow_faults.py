@@ -7,6 +7,11 @@ in MLflow exactly once (counted by ``record_id``) after recovery.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +33,7 @@ from tests.mlflow_server import (  # noqa: F401 - fixtures
 from tracked_openai import _errors, _runtime
 from tracked_openai._exporter import Exporter
 from tracked_openai._features import experiment_name
+from tracked_openai._spool import Spool
 from tracked_openai.records import CallRecord, OperationRecord, Usage
 from tracked_openai.sinks.mlflow import MlflowSink
 
@@ -283,3 +289,350 @@ def test_queue_full_against_server_loses_nothing(
     assert stats["spooled"] > 0 and stats["dropped"] == 0
     assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
     assert not errors
+
+
+# -- an unreachable server with MLflow's own defaults (issue 15, items 2 and 3) -----------------
+
+
+@pytest.fixture
+def mlflow_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's default HTTP retries (7, backing off for minutes) and timeout (120 s), as a user
+    who never read about ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` has them."""
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+
+
+@pytest.fixture
+def closed_url() -> str:
+    from tests.mlflow_server import free_port
+
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def test_unreachable_server_is_detected_at_once(
+    mlflow_defaults: None, closed_url: str, exporters: Any, errors: list[BaseException],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A closed port with MLflow's default retries: the first failure is logged and counted,
+    the records are spooled, ``flush`` returns within its timeout (it used to run the whole
+    timeout and return False while MLflow retried inside one request), and urllib3 logs no
+    "Retrying" warnings for our requests."""
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    feature = f"closed_{time.time_ns()}"
+    exporter = exporters(closed_url)
+    records = make_calls(5, feature)
+    with caplog.at_level("WARNING"):
+        for record in records:
+            exporter.submit(record)
+        assert exporter.flush(20) is True  # spooled: durable
+    stats = exporter.stats()
+    assert stats["sink_failures"] >= 1 and stats["spooled"] == 5 and stats["exported"] == 0
+    ours = [r.getMessage() for r in caplog.records if r.name == "tracked_openai"]
+    assert len(ours) == 1 and ours[0].startswith("tracked_openai: sink MlflowSink failed")
+    assert closed_url.split("//")[1] in ours[0]
+    assert not [r for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.getMessage()]
+    assert not errors
+    # The host application's MLflow settings are MLflow's, unchanged.
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == MLFLOW_HTTP_REQUEST_MAX_RETRIES.default
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == MLFLOW_HTTP_REQUEST_TIMEOUT.default
+
+
+def test_only_our_client_is_bounded(mlflow_server: MlflowServer) -> None:  # noqa: F811
+    """Our sink talks through a store of its own (no MLflow retries, short timeout); a client
+    the host makes for the same URI keeps MLflow's shared store."""
+    from mlflow.store.tracking.rest_store import RestStore
+
+    sink = MlflowSink(mlflow_server.url, timeout=7.0)
+    ours = sink.client._tracking_client.store
+    theirs = MlflowClient(mlflow_server.url)._tracking_client.store
+    assert isinstance(ours, RestStore) and type(ours) is not RestStore
+    assert type(theirs) is RestStore and theirs is not ours
+    assert sink._probe_health is False
+    feature = f"bounded_{time.time_ns()}"
+    records = make_calls(3, feature)
+    sink.export(records)
+    assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
+
+
+def test_hung_server_times_out_per_request(mlflow_defaults: None) -> None:
+    """A server that accepts connections and never answers: our request gives up after the
+    sink's timeout, not MLflow's 120 s times 7 retries."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections complete in the backlog; nobody ever reads or answers
+    try:
+        sink = MlflowSink(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5)
+        outcome: list[BaseException] = []
+
+        def export() -> None:
+            try:
+                sink.export(make_calls(1, "hung"))
+            except Exception as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=export, daemon=True)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), "export still waiting on a server that never answers"
+        assert outcome and "timed out" in str(outcome[0]).lower()
+    finally:
+        listener.close()
+
+
+def test_health_probe_when_our_requests_cannot_be_bounded(
+    mlflow_defaults: None, closed_url: str, mlflow_server: MlflowServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If MLflow's internals ever stop allowing our own bounded store, the sink checks
+    ``/health`` (one request, no retries) before writing: a dead server still fails at once,
+    a live one is written to as before."""
+    from tracked_openai.sinks import mlflow as sink_module
+
+    monkeypatch.setattr(sink_module, "_bounded_store", lambda uri, timeout: None)
+    down = MlflowSink(closed_url)
+    with pytest.raises(ConnectionError, match="unreachable"):
+        down.export(make_calls(1, "probe"))
+    assert down._probe_health is True
+    up = MlflowSink(mlflow_server.url)
+    feature = f"probe_{time.time_ns()}"
+    records = make_calls(2, feature)
+    up.export(records)
+    assert up._probe_health is True
+    assert sorted(record_ids_in(mlflow_server.url, feature)) == sorted(r.record_id for r in records)
+
+
+def test_urllib3_retry_warnings_are_quiet_on_our_threads_only(
+    closed_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """urllib3's "Retrying (…) after connection broken" warning is dropped for requests made on
+    our threads (one per probe during an outage otherwise), kept for everyone else's."""
+    import urllib3
+
+    from tracked_openai.sinks import mlflow as sink_module
+
+    sink_module._install_retry_filter()
+
+    def request() -> None:
+        with pytest.raises(urllib3.exceptions.MaxRetryError):
+            urllib3.PoolManager(retries=urllib3.Retry(1, backoff_factor=0)).request("GET", closed_url)
+
+    def ours() -> None:
+        MlflowSink(closed_url)._init_writer_thread()  # what our writer threads do first
+        request()
+
+    with caplog.at_level("WARNING", logger="urllib3"):
+        thread = threading.Thread(target=ours)
+        thread.start()
+        thread.join(30)
+        assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
+        request()  # the host's own request, on its own thread
+        assert [r for r in caplog.records if "Retrying" in r.getMessage()]
+
+
+EXIT_DOWN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import tracked_openai
+    from tracked_openai import _runtime
+    from tracked_openai.records import CallRecord
+    from tracked_openai.sinks.mlflow import MlflowSink
+
+    url, spool, exit_timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    tracked_openai.configure(sinks=[MlflowSink(url)], spool_dir=spool, exit_timeout=exit_timeout,
+                             flush_interval=0.05, retry_attempts=10, retry_initial=5.0, retry_max=10.0)
+    for i in range(20):
+        _runtime.submit(CallRecord(started_at=time.time(), duration_s=0.01, feature="exit_down",
+                                   endpoint="chat.completions", model="gpt-4o-mini"))
+    tracked_openai.flush(0.1)  # wakes the worker
+    deadline = time.monotonic() + 120  # MLflow's import takes seconds on a busy machine
+    while tracked_openai.stats().get("sink_failures", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(time.time(), flush=True)  # work done: the worker is backing off before its 2nd attempt
+    """
+)
+
+
+def test_exit_with_mlflow_down_is_bounded_and_spools_once(
+    closed_url: str, tmp_path: Path
+) -> None:
+    """A script whose tracking server is down, with MLflow's default retries: it exits within
+    the exit timeout of its work's end, leaves one spool file holding each record once, and
+    says so in one warning."""
+    spool = tmp_path / "spool"
+    exit_timeout = 3.0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
+    env["PYTHONWARNINGS"] = "ignore"
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_DOWN_SCRIPT, closed_url, str(spool), str(exit_timeout)],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    ended = time.time()
+    assert proc.returncode == 0, proc.stderr
+    work_done = float(proc.stdout.split()[-1])
+    assert ended - work_done < exit_timeout + 2.5, (ended - work_done, proc.stderr)
+    files = Spool(spool).files()
+    assert len(files) == 1, proc.stderr
+    ids = [r.record_id for r in Spool(spool)._read(files[0])]
+    assert len(ids) == 20 == len(set(ids))
+    warnings = [line for line in proc.stderr.splitlines() if "tracked_openai" in line]
+    assert len(warnings) == 1 and "sink MlflowSink failed" in warnings[0], proc.stderr
+
+
+# -- records of a process that ends before its MLflow sink was built ------------------------------
+
+PREDICT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from tracked_openai.sinks.mlflow import predicted_spool_key
+    if sys.argv[1] == "set_in_code":
+        import mlflow
+        mlflow.set_tracking_uri("sqlite:///set-in-code.db")
+    predicted = predicted_spool_key()
+    imported_before = "mlflow.tracking" in sys.modules
+    from tracked_openai.sinks.mlflow import MlflowSink
+    print(json.dumps({"predicted": predicted, "actual": MlflowSink().spool_key,
+                      "imported_before": imported_before}))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "case", ["env_http", "env_relative_sqlite", "default_sqlite", "mlruns", "set_in_code"]
+)
+def test_predicted_spool_key_is_the_default_sinks(case: str, tmp_path: Path) -> None:
+    """Records spooled at exit before the default sink was built are filed under the key that
+    sink will have; the prediction (no MLflow import) must agree with MLflow's own resolution
+    of the tracking URI, so a change in MLflow's default rule fails here."""
+    cwd = tmp_path / "an app folder"  # a space: MLflow percent-encodes SQLite paths
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if case == "env_http":
+        env["MLFLOW_TRACKING_URI"] = "http://mlflow.internal:5000"
+    elif case == "env_relative_sqlite":
+        env["MLFLOW_TRACKING_URI"] = "sqlite:///rel.db"
+    elif case == "mlruns":
+        (cwd / "mlruns" / "0").mkdir(parents=True)
+        (cwd / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", PREDICT_SCRIPT, case],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["imported_before"] is (case == "set_in_code")
+    assert result["predicted"] == result["actual"], result
+    if case == "default_sqlite":
+        assert result["actual"].startswith("mlflow:sqlite:////") and "an%20app%20folder" in result["actual"]
+
+
+SHORT_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from tracked_openai import _runtime
+    from tracked_openai.records import CallRecord
+    for i in range(3):  # and exit at once: the exporter has not built its MLflow sink yet
+        _runtime.submit(CallRecord(started_at=time.time(), duration_s=0.01, feature="short_script",
+                                   endpoint="chat.completions", model="gpt-4o-mini"))
+    print(time.time(), flush=True)
+    """
+)
+
+NEXT_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import tracked_openai
+    ready = tracked_openai.start(wait=True, timeout=120)  # replays what earlier processes spooled
+    print(ready, tracked_openai.flush(120), tracked_openai.stats()["replayed"])
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("exit_timeout", "store_exists"),
+    [(0.0, False), (5.0, True), (5.0, False)],
+    ids=["0s", "5s", "5s-new-store"],
+)
+def test_short_script_records_reach_the_store(
+    exit_timeout: float, store_exists: bool, tmp_path: Path
+) -> None:
+    """A script that ends right after its calls, before its MLflow sink exists: the exit flush
+    builds it and exports if the deadline allows, else spools the records under the sink's key
+    without waiting for MLflow's import; either way the next process puts each record in the
+    store once. The exit stays within the deadline, except that MLflow creating a new SQLite
+    store is never cut off half-way (that would leave a store no process can write to): the
+    first run against a new store may exit up to that creation's length later."""
+    store = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    if store_exists:
+        MlflowClient(uri).search_experiments()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
+    env.update(
+        MLFLOW_TRACKING_URI=uri,
+        TRACKED_OPENAI_SPOOL_DIR=str(tmp_path / "spool"),
+        TRACKED_OPENAI_EXIT_TIMEOUT=str(exit_timeout),
+        PYTHONWARNINGS="ignore",
+    )
+    first = subprocess.run(
+        [sys.executable, "-c", SHORT_SCRIPT],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    ended = time.time()
+    assert first.returncode == 0, first.stderr
+    margin = 2.5 if store_exists or exit_timeout == 0 else 20.0
+    assert ended - float(first.stdout.split()[-1]) < exit_timeout + margin, first.stderr
+    assert "tracked_openai" not in first.stderr  # nothing lost, nothing to warn about
+    spooled = sum(len(Spool(tmp_path / "spool")._read(p)) for p in Spool(tmp_path / "spool").files())
+    if exit_timeout == 0:
+        assert spooled == 3
+    second = subprocess.run(
+        [sys.executable, "-c", NEXT_PROCESS_SCRIPT], capture_output=True, text=True, env=env,
+        timeout=300, check=False,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "tracked_openai" not in second.stderr, second.stderr  # e.g. a half-created store
+    ready, flushed, replayed = second.stdout.split()[-3:]
+    assert ready == flushed == "True" and int(replayed) == spooled
+    ids = record_ids_in(uri, "short_script")
+    assert len(ids) == 3 == len(set(ids))
+    assert not Spool(tmp_path / "spool").files()
+
+
+def test_exit_waits_for_a_store_being_created_and_opens_none_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare_exit`` waits for a local store MLflow is creating, and no store is opened
+    after it (MLflow's SQLite set-up cut off half-way breaks the store for good)."""
+    import mlflow
+
+    from tracked_openai.sinks import mlflow as sink_module
+
+    creating = threading.Event()
+    finish = threading.Event()
+    real = mlflow.MlflowClient
+
+    def slow_client(*args: Any, **kwargs: Any) -> Any:
+        creating.set()
+        finish.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "MlflowClient", slow_client)
+    sink = sink_module.MlflowSink(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    opener = threading.Thread(target=sink.warm_up)
+    opener.start()
+    assert creating.wait(10)
+    waited: list[bool] = []
+    exiting = threading.Thread(target=lambda: waited.append(sink.prepare_exit(30) is None))
+    exiting.start()
+    exiting.join(0.5)
+    assert exiting.is_alive()  # still waiting for the store
+    finish.set()
+    exiting.join(30)
+    opener.join(30)
+    assert waited == [True] and (tmp_path / "mlflow.db").exists()
+    late = sink_module.MlflowSink(f"sqlite:///{tmp_path / 'other.db'}")
+    late.prepare_exit(1)
+    with pytest.raises(RuntimeError, match="exiting"):
+        late.warm_up()
+    assert not (tmp_path / "other.db").exists()

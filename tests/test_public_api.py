@@ -48,6 +48,7 @@ def test_documented_surface() -> None:
         configure,
         flush,
         shutdown,
+        start,
         track,
     )
     from tracked_openai.decorators import (
@@ -65,7 +66,7 @@ def test_documented_surface() -> None:
     assert issubclass(AzureOpenAI, openai.AzureOpenAI) and issubclass(
         AsyncAzureOpenAI, openai.AsyncAzureOpenAI
     )
-    assert all(callable(f) for f in (configure, flush, shutdown, track))
+    assert all(callable(f) for f in (configure, flush, shutdown, start, track))
     assert all(
         callable(d)
         for d in (

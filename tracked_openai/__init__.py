@@ -12,7 +12,7 @@ from __future__ import annotations
 from ._client import AsyncAzureOpenAI, AsyncOpenAI, AsyncTrackedOpenAI, AzureOpenAI, OpenAI, TrackedOpenAI
 from ._context import Operation, current_scope, track
 from ._module_client import instrument_module_client, uninstrument_module_client
-from ._runtime import configure, flush, shutdown, stats
+from ._runtime import configure, flush, shutdown, start, stats
 from .records import CallRecord, Cost, OperationRecord, Usage
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "flush",
     "instrument_module_client",
     "shutdown",
+    "start",
     "stats",
     "track",
     "uninstrument_module_client",

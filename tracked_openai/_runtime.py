@@ -1,7 +1,9 @@
 """Process-wide state: settings, the exporter and its sinks; ``configure``/``flush``/``shutdown``.
 
 The exporter is built lazily on the first record, so a disabled library (or one never used)
-starts no thread and opens no store.
+starts no thread and opens no store. Building it is cheap (a queue and a thread): the default
+sinks, which import MLflow, are built by the exporter's own thread, never by the call whose
+record started it. ``start()`` does that work at application start instead.
 """
 
 from __future__ import annotations
@@ -9,47 +11,75 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from ._config import Settings, load_settings
+from ._config import Settings, check_option, load_settings
 from ._errors import internal_error_count, internal_errors, logger, report_internal_error
 from ._exporter import Exporter
 from .records import CallRecord, OperationRecord, Record, new_record_id
 
-__all__ = ["configure", "flush", "prepare", "settings", "shutdown", "stats", "submit"]
+__all__ = ["configure", "flush", "prepare", "settings", "shutdown", "start", "stats", "submit"]
 
 settings: Settings = load_settings()
 
 _exporter: Exporter | None = None
 _sinks: list[Any] | None = None
+_built_defaults: list[Any] | None = None  # the default sinks once built (see _default_sinks)
 _lock = threading.Lock()
 
 
 def _default_sinks() -> list[Any]:
+    """One ``MlflowSink``. Runs on the exporter's thread (importing MLflow takes seconds of CPU);
+    the sinks built are kept for later exporters (after ``configure``/``shutdown``)."""
+    global _sinks, _built_defaults
+    sinks: list[Any]
     try:
         from .sinks.mlflow import MlflowSink
+
+        sinks = [MlflowSink()]
     except Exception as exc:  # mlflow missing or broken: keep the host running, say why once.
         logger.warning("tracked_openai: MLflow sink unavailable (%s); records are not persisted", exc)
-        return []
-    return [MlflowSink()]
+        sinks = []
+    with _lock:
+        if _sinks is None:
+            _sinks = _built_defaults = sinks
+    return sinks
+
+
+class _DefaultSinks:
+    """The default sinks as the exporter's sink factory (called on its thread)."""
+
+    def __call__(self) -> list[Any]:
+        return _default_sinks()
+
+    def spool_keys(self) -> list[str]:
+        # At exit, before the sink exists: where its records go (cheap, no MLflow import).
+        from .sinks.mlflow import predicted_spool_key
+
+        return [predicted_spool_key()]
+
+
+def _warm_up() -> None:
+    """Exporter thread, once: load the price table before the first batch needs it."""
+    from .pricing import get_price_book
+
+    get_price_book()
 
 
 def _get_exporter() -> Exporter:
-    global _exporter, _sinks
+    global _exporter
     exporter = _exporter
     if exporter is not None:
         return exporter
     with _lock:
         if _exporter is None:
-            if _sinks is None:
-                _sinks = _default_sinks()
-            _exporter = _make_exporter(_sinks)
+            _exporter = _make_exporter(_sinks if _sinks is not None else _DefaultSinks())
         return _exporter
 
 
-def _make_exporter(sinks: list[Any]) -> Exporter:
+def _make_exporter(sinks: list[Any] | Callable[[], list[Any]]) -> Exporter:
     return Exporter(
         sinks,
         prepare=prepare,
@@ -62,7 +92,8 @@ def _make_exporter(sinks: list[Any]) -> Exporter:
         retry_initial=settings.retry_initial,
         retry_max=settings.retry_max,
         overflow="drop" if settings.overflow == "drop" else "spool",
-        before_exit=_release_waiting_operations,
+        warm_up=_warm_up,
+        exit_hook=False,  # _at_exit below is the one exit path
     )
 
 
@@ -81,14 +112,30 @@ def _release_waiting_operations(close_streams: bool = True) -> None:
 
 @atexit.register
 def _at_exit() -> None:
-    # Registered at import, so it runs after the exporter's own exit hook (atexit is LIFO), and
-    # also when no exporter was ever started because the only records were still held (an
-    # operation waiting for a stream): those are submitted now and flushed with the deadline.
+    # The one exit path (our exporters register none of their own): records still held (an
+    # operation waiting for a stream, open streams) are submitted, then one flush with the
+    # exit deadline, after which what is left is spooled. Registered at import, so it also runs
+    # when the only records were held and no exporter was started yet.
     with internal_errors("exit"):
         _release_waiting_operations()
         exporter = _exporter
         if exporter is not None:
             exporter.exit_flush()
+
+
+def start(wait: bool = False, timeout: float | None = None) -> bool:
+    """Warm up now, e.g. when the application starts (Django: ``AppConfig.ready``): start the
+    exporter's thread, which builds the sinks (the MLflow sink imports MLflow and opens its
+    store) and loads the price table in the background. Returns at once; with ``wait=True``,
+    once that is done (``False`` if ``timeout`` ran out first). Without it, the same happens
+    on the exporter's thread when the first records are due. Never raises; does nothing while
+    tracking is disabled.
+    """
+    if not settings.enabled:
+        return True
+    with internal_errors("start"):
+        return _get_exporter().start(wait, timeout)
+    return False
 
 
 def submit(record: Record | Any) -> None:
@@ -207,7 +254,8 @@ def configure(
         pricing: A pricing file or folder (or a loaded price book) overriding the shipped tables.
         **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
             ``spool_dir``, ``retry_attempts``, ``retry_initial``, ``retry_max``, ``overflow``,
-            ``experiment_prefix``.
+            ``experiment_prefix``, ``mlflow_timeout``. A bad value (not a number, not finite,
+            out of range) is logged and the default used, as for the environment variables.
     """
     global _exporter, _sinks
     if enabled is not None:
@@ -223,7 +271,7 @@ def configure(
     for key, value in exporter_options.items():
         if not hasattr(settings, key):
             raise TypeError(f"configure() got an unexpected keyword argument {key!r}")
-        setattr(settings, key, value)
+        setattr(settings, key, check_option(key, value))
     if pricing is not None:
         from .pricing import use_pricing
 
@@ -234,6 +282,8 @@ def configure(
             _exporter = None
             if sinks is not None:
                 _sinks = list(sinks)
+            elif "mlflow_timeout" in exporter_options and _sinks is _built_defaults:
+                _sinks = None  # the default sink is built again, with the new timeout
         if old is not None:
             old.shutdown(settings.exit_timeout)
 

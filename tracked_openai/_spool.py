@@ -65,8 +65,31 @@ class Spool:
     """A folder of spooled batches. Thread-safe by construction (one file per operation)."""
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else default_spool_dir()
+        # The default folder is found on first use: platformdirs is an import, and a Spool is
+        # made when the first tracked call starts the exporter, on the caller's thread.
+        self._directory = Path(directory) if directory is not None else None
         self._recovered = False
+
+    @property
+    def directory(self) -> Path:
+        directory = self._directory
+        if directory is None:
+            directory = self._directory = default_spool_dir()
+        return directory
+
+    def check_writable(self) -> OSError | None:
+        """Create the folder if needed and write (then remove) a probe file in it; the error if
+        that fails. Run when the exporter starts, so an unwritable spool is known before an
+        outage needs it."""
+        probe = self.directory / f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            return exc
+        return None
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, records: Sequence[Record], sinks: Iterable[str]) -> Path:
@@ -151,7 +174,7 @@ class Spool:
                     original, _, pid = name.rpartition(_CLAIM)
                     if pid.isdigit() and not _pid_alive(int(pid)):
                         os.replace(path, self.directory / original)
-                elif name.endswith(".part"):
+                elif name.endswith(".part") or name.startswith(".probe-"):
                     pid = name.split("-")[1] if name.count("-") >= 2 else ""
                     if pid.isdigit() and not _pid_alive(int(pid)):
                         path.unlink()

@@ -19,6 +19,13 @@ batch's runs are written by a small thread pool, because against ``mlflow server
 in per-request latency, not in the server's work. Against embedded SQLite one writer is used:
 SQLite serialises writers anyway.
 
+Outages: over HTTP our own requests go through a store of ours that asks MLflow for no retries
+and a short timeout (``timeout``, ``TRACKED_OPENAI_MLFLOW_TIMEOUT``), so an unreachable server
+fails the export at once and the exporter's retry, spool and replay take over; MLflow's
+defaults (7 retries backing off for minutes, 120 s timeouts) and the environment variables that
+change them stay as they are for the host application's own MLflow use. Writes run on daemon
+threads of ours, never joined at interpreter exit: the exporter's exit deadline bounds them.
+
 Idempotency: before writing a batch, the runs already in the experiment whose start time falls
 in the batch's window are read once (one ``search_runs`` per experiment). A record whose
 ``record_id`` is there and finished is skipped; one left unfinished by an interrupted attempt is
@@ -30,12 +37,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import logging
 import os
+import queue
 import re
+import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ..records import CallRecord, OperationRecord, Record, tag_value
@@ -43,7 +54,7 @@ from ..records import CallRecord, OperationRecord, Record, tag_value
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["MlflowSink", "run_fields"]
+__all__ = ["MlflowSink", "predicted_spool_key", "run_fields"]
 
 # MLflow server limits per log_batch request and per value (mlflow.utils.validation).
 _MAX_METRICS = 1000
@@ -62,6 +73,214 @@ _WINDOW_GAP_MS = 5_000
 _tls = threading.local()
 _provider_lock = threading.Lock()
 _provider_installed = False
+_filter_installed = False
+
+
+def _on_our_thread() -> bool:
+    return bool(getattr(_tls, "ours", False))
+
+
+class _QuietRetries(logging.Filter):
+    """Drops urllib3's "Retrying (Retry(total=…)) after connection broken by …" warnings raised
+    by requests made on our threads (an outage would log one per probe). Anyone else's pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _on_our_thread():
+            return True
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not msg.startswith("Retrying")
+
+
+def _install_retry_filter() -> None:
+    global _filter_installed
+    if _filter_installed:
+        return
+    with _provider_lock:
+        if not _filter_installed:
+            _filter_installed = True
+            logging.getLogger("urllib3.connectionpool").addFilter(_QuietRetries())
+
+
+def _bounded_store(tracking_uri: str, timeout: float) -> Any | None:
+    """A ``RestStore`` for ``tracking_uri`` whose requests make no MLflow-level retries and time
+    out after ``timeout`` seconds (connect: at most 5 s); ``None`` if this MLflow's internals
+    don't allow it (the sink then probes ``/health`` before writing instead).
+
+    ``RestStore._call_endpoint`` is MLflow's one path for store requests; ours does what it
+    does but passes ``max_retries``/``timeout`` to ``http_request`` (which MLflow itself does
+    for its own ``/version`` probe) instead of reading them from the process-wide environment.
+    """
+    try:
+        from functools import partial
+
+        from mlflow.store.tracking.rest_store import RestStore
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.proto_json_utils import parse_dict
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        for name in ("_METHOD_TO_INFO", "_V3_METHOD_TO_INFO", "_V3_APIS", "_call_endpoint"):
+            if not hasattr(RestStore, name):
+                return None
+    except Exception:
+        return None
+    request_timeout = (min(5.0, timeout), timeout)
+
+    class _BoundedRestStore(RestStore):  # type: ignore[misc]
+        def _call_endpoint(
+            self,
+            api: Any,
+            json_body: Any = None,
+            endpoint: str | None = None,
+            retry_timeout_seconds: Any = None,
+            response_proto: Any = None,
+        ) -> Any:
+            method_to_info = self._V3_METHOD_TO_INFO if api in self._V3_APIS else self._METHOD_TO_INFO
+            validate = getattr(self, "_validate_workspace_support_if_specified", None)
+            if validate is not None:
+                validate()
+            if endpoint:
+                _, method = method_to_info[api]
+            else:
+                endpoint, method = method_to_info[api]
+            response_proto = response_proto or api.Response()
+            body = json.loads(json_body) if json_body is not None else None
+            payload = {"params": body} if method == "GET" else {"json": body}
+            response = http_request(  # type: ignore[no-untyped-call]
+                self.get_host_creds(),
+                endpoint,
+                method,
+                max_retries=0,
+                backoff_factor=0,
+                timeout=request_timeout,
+                **payload,
+            )
+            response = verify_rest_response(response, endpoint)
+            if response.status_code == 204:
+                return response_proto
+            parse_dict(js_dict=json.loads(response.text), message=response_proto)  # type: ignore[no-untyped-call]
+            return response_proto
+
+    try:
+        return _BoundedRestStore(partial(get_default_host_creds, tracking_uri))  # type: ignore[no-untyped-call]
+    except Exception:
+        return None
+
+
+def _client_with_store(tracking_uri: str, store: Any) -> MlflowClient | None:
+    """An ``MlflowClient`` whose tracking requests go to ``store`` (MLflow caches one store per
+    URI and shares it with the host application's clients: ours must be our own)."""
+    try:
+        from mlflow import MlflowClient
+        from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+        class _OwnStoreClient(TrackingServiceClient):  # type: ignore[misc]
+            def __init__(self, uri: str) -> None:
+                self._own_store = store
+                super().__init__(uri)  # type: ignore[no-untyped-call]
+
+            @property
+            def store(self) -> Any:
+                return self._own_store
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        if not hasattr(client, "_tracking_client"):
+            return None
+        client._tracking_client = _OwnStoreClient(tracking_uri)
+        return client
+    except Exception:
+        return None
+
+
+def _default_tracking_uri() -> str:
+    """What ``mlflow.get_tracking_uri()`` returns, without importing MLflow if it isn't imported
+    yet: MLflow 3's rule (``MLFLOW_TRACKING_URI``, else ``./mlruns`` if it holds experiment
+    data, else ``mlflow.db`` in the working directory). ``tests/test_mlflow_faults.py`` checks it
+    against MLflow's own answer."""
+    mlflow = sys.modules.get("mlflow")
+    get = getattr(mlflow, "get_tracking_uri", None)
+    if get is not None:  # imported: it may have been set in code (mlflow.set_tracking_uri)
+        return str(get())
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    try:
+        with os.scandir("mlruns") as entries:
+            has_runs = any(
+                e.is_dir() and e.name.isdigit() and os.path.lexists(os.path.join(e.path, "meta.yaml"))
+                for e in entries
+            )
+    except OSError:
+        has_runs = False
+    if has_runs:
+        from pathlib import Path
+
+        return Path(os.path.abspath("mlruns")).as_uri()
+    import posixpath
+    from urllib.request import pathname2url
+
+    path = posixpath.abspath(pathname2url(os.path.abspath("mlflow.db")))
+    return ("sqlite://" if sys.platform == "win32" else "sqlite:///") + path
+
+
+def predicted_spool_key(tracking_uri: str | None = None) -> str:
+    """The ``spool_key`` an ``MlflowSink(tracking_uri)`` will have, known without importing
+    MLflow: records spooled at interpreter exit before the default sink was built (MLflow still
+    importing) are filed under it, and replayed once a later process builds that sink."""
+    return f"mlflow:{MlflowSink._absolute_uri(tracking_uri or _default_tracking_uri())}"
+
+
+class _SkippedError(Exception):
+    """A write not attempted because another write of the same phase had already failed."""
+
+
+class _WriterPool:
+    """A few daemon threads running the sink's writes.
+
+    Not ``concurrent.futures.ThreadPoolExecutor``: its threads are joined at interpreter exit,
+    before atexit hooks run, so writes queued against a hung server would keep the process
+    alive past the exporter's exit deadline (what is unwritten then is spooled anyway).
+    """
+
+    def __init__(self, size: int, initializer: Callable[[], None]) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[Any], Any], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._initializer = initializer
+        self._threads = [
+            threading.Thread(target=self._work, name=f"tracked-openai-mlflow-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        self._initializer()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, item = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(item)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def submit(self, fn: Callable[[Any], Any], item: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((future, fn, item))
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()
 
 
 def _install_connection_close_provider() -> None:
@@ -276,6 +495,10 @@ class MlflowSink:
         fresh_connections: Over HTTP, open a new connection per request (``Connection: close``)
             instead of reusing keep-alive ones. Off by default: on a settled server it measured
             no faster (``docs/exporter.md``); kept for networks where pooled connections stall.
+        timeout: Over HTTP, seconds each of our requests may take (connecting: at most 5);
+            our requests make no MLflow-level retries (the exporter retries and spools).
+            Default ``TRACKED_OPENAI_MLFLOW_TIMEOUT`` (15 s). The host application's own MLflow
+            requests keep MLflow's settings.
     """
 
     def __init__(
@@ -286,7 +509,13 @@ class MlflowSink:
         *,
         writers: int | None = None,
         fresh_connections: bool = False,
+        timeout: float | None = None,
     ) -> None:
+        if timeout is None:
+            from .._runtime import settings
+
+            timeout = settings.mlflow_timeout
+        self.timeout = float(timeout)
         if tracking_uri is None:
             import mlflow
 
@@ -302,10 +531,16 @@ class MlflowSink:
             _install_connection_close_provider()
         # The spool replays a record only into the store it was meant for.
         self.spool_key = f"mlflow:{self._absolute_uri(self.tracking_uri)}"
+        self._http = self.tracking_uri.startswith(("http://", "https://"))
+        # True when our requests could not be bounded (see _bounded_store): probe /health first.
+        self._probe_health = False
         self._client: MlflowClient | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _WriterPool | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        # Held while MLflow opens a local store (see prepare_exit); _closing: open none now.
+        self._opening = threading.Lock()
+        self._closing = False
         self._experiments: dict[str, str] = {}
         # record_id -> (experiment_id, run_id) of recently written operations, for nesting calls.
         self._op_runs: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -329,18 +564,66 @@ class MlflowSink:
             self._client = None
             self._pool = None
             self._lock = threading.Lock()
+            self._opening = threading.Lock()
         client = self._client
         if client is None:
-            from mlflow import MlflowClient
-
             with self._lock:
                 if self._client is None:
-                    self._client = MlflowClient(tracking_uri=self.tracking_uri)
+                    self._client = self._make_client()
                 client = self._client
         return client
 
+    def _make_client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        if self._http:
+            _install_retry_filter()
+            store = _bounded_store(self.tracking_uri, self.timeout)
+            client = _client_with_store(self.tracking_uri, store) if store is not None else None
+            if client is not None:
+                return client
+            self._probe_health = True
+            return MlflowClient(tracking_uri=self.tracking_uri)
+        with self._opening:
+            if self._closing:
+                raise RuntimeError("not opening the MLflow store: the process is exiting")
+            # For a local store this creates or upgrades its database (MlflowClient opens the
+            # store when it is made).
+            return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def warm_up(self) -> None:
+        """Build the client now (for a local store: open it, creating or upgrading its
+        database), so the first export doesn't pay for it. Called by the exporter's worker."""
+        self.client  # noqa: B018 - building it is the point
+
+    def prepare_exit(self, timeout: float) -> None:
+        """At interpreter exit: open no store from now on, and wait up to ``timeout`` for one
+        being opened. MLflow creates or upgrades a SQLite database in several steps that are
+        not one transaction; a process stopped half-way leaves a store that no later process
+        can write to ("duplicate column name"), so the exit waits for that, even past its
+        deadline (only the very first use of a store, and only if the deadline falls there)."""
+        self._closing = True
+        if self._opening.acquire(timeout=timeout):
+            self._opening.release()
+
+    def _check_health(self) -> None:
+        """One ``GET /health``, no retries, short timeout: fail fast when the server is down
+        (used only when our requests could not be bounded, see ``_bounded_store``)."""
+        import requests
+
+        url = self.tracking_uri.rstrip("/") + "/health"
+        try:
+            response = requests.get(url, timeout=(min(5.0, self.timeout), self.timeout))
+        except requests.RequestException as exc:
+            raise ConnectionError(f"MLflow tracking server {self.tracking_uri} unreachable: {exc}") from exc
+        if response.status_code >= 500:
+            raise ConnectionError(
+                f"MLflow tracking server {self.tracking_uri} unhealthy: HTTP {response.status_code}"
+            )
+
     def _init_writer_thread(self) -> None:
         _tls.fresh_connections = self.fresh_connections
+        _tls.ours = True
 
     def _map(self, fn: Any, items: Sequence[Any]) -> list[Any]:
         if self.writers == 1 or len(items) <= 1:
@@ -349,14 +632,22 @@ class MlflowSink:
         if pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        self.writers,
-                        thread_name_prefix="tracked-openai-mlflow",
-                        initializer=self._init_writer_thread,
-                    )
+                    self._pool = _WriterPool(self.writers, self._init_writer_thread)
                 pool = self._pool
-        # list() re-raises the first failure after every write of this phase has finished.
-        futures = [pool.submit(fn, item) for item in items]
+        # After a failure the writes not yet started are skipped: the store is likely down, and
+        # the whole batch is retried (idempotently) or spooled anyway.
+        failed = threading.Event()
+
+        def guarded(item: Any) -> Any:
+            if failed.is_set():
+                raise _SkippedError()
+            try:
+                return fn(item)
+            except BaseException:
+                failed.set()
+                raise
+
+        futures = [pool.submit(guarded, item) for item in items]
         errors = []
         results = []
         for future in futures:
@@ -364,8 +655,10 @@ class MlflowSink:
                 results.append(future.result())
             except Exception as exc:
                 errors.append(exc)
-        if errors:
-            raise errors[0]
+        # Re-raise the first real failure, after every write of this phase has finished.
+        real = [e for e in errors if not isinstance(e, _SkippedError)]
+        if real or errors:
+            raise (real or errors)[0]
         return results
 
     def experiment_name(self, feature: str) -> str:
@@ -411,6 +704,17 @@ class MlflowSink:
             return
         # The exporter thread itself also talks to the server (searches, small batches).
         _tls.fresh_connections = self.fresh_connections
+        ours = getattr(_tls, "ours", False)
+        _tls.ours = True
+        try:
+            self.client  # noqa: B018 - made first: it decides whether we probe
+            if self._probe_health:
+                self._check_health()
+            self._export(records)
+        finally:
+            _tls.ours = ours
+
+    def _export(self, records: Sequence[Record]) -> None:
         by_exp: dict[str, list[Record]] = {}
         for record in records:
             by_exp.setdefault(self.experiment_id(record.feature), []).append(record)
@@ -539,7 +843,7 @@ class MlflowSink:
     def shutdown(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=False)  # daemon threads: a write hung on a dead server ends on its own
 
     def __repr__(self) -> str:
         return f"MlflowSink({self.tracking_uri!r})"
