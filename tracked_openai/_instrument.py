@@ -727,6 +727,7 @@ def _tee(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
                 out = observer.filter(chunk)
                 if out:
                     yield out
+        observer.ended = True
         rest = observer.remainder()
         if rest:
             yield rest
@@ -758,6 +759,7 @@ async def _atee(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIt
                 out = observer.filter(chunk)
                 if out:
                     yield out
+        observer.ended = True
         rest = observer.remainder()
         if rest:
             yield rest
@@ -794,6 +796,7 @@ class _BodyObserver:
     __slots__ = (
         "call",
         "chunks",
+        "ended",
         "endpoint",
         "filtering",
         "headers",
@@ -819,6 +822,9 @@ class _BodyObserver:
         self.pending: list[bytes] = []
         self.response_ref: Any = None
         self.unreadable = False  # the body failed to decode: nothing of it is parsed
+        # The body was read to its end: a stream with no [DONE] or terminal event of its own
+        # (images, transcriptions) was then read whole, not closed early.
+        self.ended = False
 
     def filter(self, chunk: bytes) -> bytes:
         """Keep ``chunk``; return the complete events it ends, as the caller would have received
@@ -948,6 +954,8 @@ class _BodyObserver:
             _open_observers.discard(self)
             self.response_ref = None
             call.body = self
+            if how == "closed" and self.ended:
+                how = "complete"
             call.finish(how if call.stream else None)
         except Exception as exc:
             report_internal_error(exc, "stream observer close")
