@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import weakref
 import zlib
@@ -954,11 +955,36 @@ class _BodyObserver:
             _open_observers.discard(self)
             self.response_ref = None
             call.body = self
-            if how == "closed" and self.ended:
-                how = "complete"
+            if how == "closed":
+                raised = _raised_by_stream(sys.exception())
+                if raised is not None:
+                    # The SDK's stream failed on these bytes (not UTF-8, not JSON) and is
+                    # closing the body on its way to the caller: the record says so.
+                    call.record.status = "error"
+                    call.record.error_type = type(raised).__name__
+                    call.record.error_message = str(raised)[:_MAX_MESSAGE]
+                    how = "error"
+                elif self.ended:
+                    how = "complete"
             call.finish(how if call.stream else None)
         except Exception as exc:
             report_internal_error(exc, "stream observer close")
+
+
+# The SDK's stream generators: an exception whose traceback starts in one of them while the body
+# is being closed is the one the stream is raising to its caller (not the caller's own, in flight
+# through a ``with`` block that closes the stream).
+_STREAM_CODES = frozenset(
+    code
+    for cls in (Stream, AsyncStream)
+    if (code := getattr(getattr(cls, "__stream__", None), "__code__", None)) is not None
+)
+
+
+def _raised_by_stream(exc: BaseException | None) -> BaseException | None:
+    if not isinstance(exc, Exception) or exc.__traceback__ is None:
+        return None  # nothing in flight, or GeneratorExit (the caller broke off)
+    return exc if exc.__traceback__.tb_frame.f_code in _STREAM_CODES else None
 
 
 def _ends_event(before: bytes, chunk: bytes) -> bool:
