@@ -733,6 +733,11 @@ def _tee(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
         if rest:
             yield rest
     except _TRANSPORT_ERRORS as exc:
+        rest = observer.remainder()
+        if rest:
+            # An unfinished event withheld by the filter: the caller gets it before the error,
+            # as it would have without the filter (and the SDK's own error on it, if any).
+            yield rest
         observer.transport_error(exc)
         raise
 
@@ -765,6 +770,11 @@ async def _atee(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIt
         if rest:
             yield rest
     except _TRANSPORT_ERRORS as exc:
+        rest = observer.remainder()
+        if rest:
+            # An unfinished event withheld by the filter: the caller gets it before the error,
+            # as it would have without the filter (and the SDK's own error on it, if any).
+            yield rest
         observer.transport_error(exc)
         raise
 
