@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import weakref
 import zlib
@@ -727,10 +728,16 @@ def _tee(inner: Iterable[bytes], observer: _BodyObserver) -> Iterator[bytes]:
                 out = observer.filter(chunk)
                 if out:
                     yield out
+        observer.ended = True
         rest = observer.remainder()
         if rest:
             yield rest
     except _TRANSPORT_ERRORS as exc:
+        rest = observer.remainder()
+        if rest:
+            # An unfinished event withheld by the filter: the caller gets it before the error,
+            # as it would have without the filter (and the SDK's own error on it, if any).
+            yield rest
         observer.transport_error(exc)
         raise
 
@@ -758,10 +765,16 @@ async def _atee(inner: AsyncIterable[bytes], observer: _BodyObserver) -> AsyncIt
                 out = observer.filter(chunk)
                 if out:
                     yield out
+        observer.ended = True
         rest = observer.remainder()
         if rest:
             yield rest
     except _TRANSPORT_ERRORS as exc:
+        rest = observer.remainder()
+        if rest:
+            # An unfinished event withheld by the filter: the caller gets it before the error,
+            # as it would have without the filter (and the SDK's own error on it, if any).
+            yield rest
         observer.transport_error(exc)
         raise
 
@@ -794,6 +807,7 @@ class _BodyObserver:
     __slots__ = (
         "call",
         "chunks",
+        "ended",
         "endpoint",
         "filtering",
         "headers",
@@ -819,6 +833,9 @@ class _BodyObserver:
         self.pending: list[bytes] = []
         self.response_ref: Any = None
         self.unreadable = False  # the body failed to decode: nothing of it is parsed
+        # The body was read to its end: a stream with no [DONE] or terminal event of its own
+        # (images, transcriptions) was then read whole, not closed early.
+        self.ended = False
 
     def filter(self, chunk: bytes) -> bytes:
         """Keep ``chunk``; return the complete events it ends, as the caller would have received
@@ -948,9 +965,36 @@ class _BodyObserver:
             _open_observers.discard(self)
             self.response_ref = None
             call.body = self
+            if how == "closed":
+                raised = _raised_by_stream(sys.exception())
+                if raised is not None:
+                    # The SDK's stream failed on these bytes (not UTF-8, not JSON) and is
+                    # closing the body on its way to the caller: the record says so.
+                    call.record.status = "error"
+                    call.record.error_type = type(raised).__name__
+                    call.record.error_message = str(raised)[:_MAX_MESSAGE]
+                    how = "error"
+                elif self.ended:
+                    how = "complete"
             call.finish(how if call.stream else None)
         except Exception as exc:
             report_internal_error(exc, "stream observer close")
+
+
+# The SDK's stream generators: an exception whose traceback starts in one of them while the body
+# is being closed is the one the stream is raising to its caller (not the caller's own, in flight
+# through a ``with`` block that closes the stream).
+_STREAM_CODES = frozenset(
+    code
+    for cls in (Stream, AsyncStream)
+    if (code := getattr(getattr(cls, "__stream__", None), "__code__", None)) is not None
+)
+
+
+def _raised_by_stream(exc: BaseException | None) -> BaseException | None:
+    if not isinstance(exc, Exception) or exc.__traceback__ is None:
+        return None  # nothing in flight, or GeneratorExit (the caller broke off)
+    return exc if exc.__traceback__.tb_frame.f_code in _STREAM_CODES else None
 
 
 def _ends_event(before: bytes, chunk: bytes) -> bool:

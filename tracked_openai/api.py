@@ -157,4 +157,44 @@ def create_app(tracking_uri: str | None = None) -> FastAPI:
         return JSONResponse({"error": "validation_error", "detail": detail, "errors": errors}, 422)
 
     app.include_router(create_router(tracking_uri))
+    _document_validation_errors(app)
     return app
+
+
+# What ``create_app``'s 422 answers hold (its handler's envelope, not FastAPI's default body).
+_VALIDATION_ERROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "detail", "errors"],
+    "properties": {
+        "error": {"type": "string", "const": "validation_error"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "loc": {"type": "array"},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """Make the schema's 422 responses describe the envelope the app sends (FastAPI documents
+    its own default body, ``detail`` as a list, which the app never sends)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for methods in build().get("paths", {}).values():
+                for operation in methods.values():
+                    answer = operation.get("responses", {}).get("422")
+                    if answer is not None:
+                        answer["content"] = {"application/json": {"schema": _VALIDATION_ERROR}}
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]

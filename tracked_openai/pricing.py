@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -219,16 +219,36 @@ def _construct_decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     text = str(loader.construct_scalar(node)).replace("_", "")  # type: ignore[arg-type]
     if text.lower() in (".inf", "+.inf", "-.inf", ".nan"):
         return text  # left as text: the schema rejects it with a line number
-    return Decimal(text)
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return text  # YAML 1.1's sexagesimal floats (1:30.5): the same
+
+
+def _construct_timestamp(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)  # type: ignore[arg-type]
+    except ValueError:
+        # Shaped like a date but none (2024-02-30): left as text, the schema names the field.
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
 
 
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 def _line_map(
-    node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], errors: list[str]
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int],
+    errors: list[str],
+    above: frozenset[int] = frozenset(),
 ) -> None:
     out.setdefault(path, node.start_mark.line + 1)
+    if id(node) in above:  # an alias to a node that contains it (&a ... *a): endless
+        errors.append(f"{out[path]}: {'.'.join(map(str, path))}: refers to itself (a YAML alias)")
+        return
+    above = above | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
@@ -239,11 +259,11 @@ def _line_map(
                 )
             seen.add(key)
             out[(*path, key)] = key_node.start_mark.line + 1
-            _line_map(value_node, (*path, key), out, errors)
+            _line_map(value_node, (*path, key), out, errors, above)
             out[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _line_map(item, (*path, i), out, errors)
+            _line_map(item, (*path, i), out, errors, above)
 
 
 def _locate(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
@@ -276,7 +296,12 @@ def load_price_file(path: str | Path) -> PriceFile:
 
 def parse_price_text(text: str, name: str = "<string>") -> PriceFile:
     """Validate YAML text as a price file (``name`` is used in error messages)."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        line = text.count("\n", 0, exc.position) + 1
+        problem = f"character #x{exc.character:04x}: {exc.reason}"
+        raise PricingError(f"{name}:{line}: invalid YAML: {problem}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -288,6 +313,8 @@ def parse_price_text(text: str, name: str = "<string>") -> PriceFile:
         raise PricingError(f"{name}:{line}: invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise PricingError(f"{name}:1: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise PricingError(f"{name}:1: invalid YAML: nested too deeply") from None
     finally:
         loader.dispose()
     lines: dict[tuple[Any, ...], int] = {}
