@@ -24,6 +24,7 @@ from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential_
 
 from .._errors import logger, report_internal_error
 from ..records import Record
+from .journal import Journal
 from .spool import Spool
 
 __all__ = ["Delivery", "sink_key"]
@@ -98,10 +99,26 @@ class Delivery(ABC):
     _ready: threading.Event
     _setup_lock: threading.Lock
     _current_lock: threading.Lock
+    _journal: Journal | None
+    _staged: deque[Record]
 
     @abstractmethod
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record submitted so far is exported or spooled."""
+
+    @abstractmethod
+    def _adopt_journals(self) -> None:
+        """Move journals of dead processes into the spool."""
+
+    @abstractmethod
+    def _close_journal(self) -> None:
+        """Delete this process's journal if every record in it is done, else just close it."""
+
+    def _journal_done(self, batch: list[Record]) -> None:
+        """``batch`` reached its sinks or the spool: the journal can forget it."""
+        journal = self._journal
+        if journal is not None:
+            journal.done(batch)
 
     def _setup(self) -> None:
         """Worker thread, once, at ``start()`` or after preparing the first batch: build the
@@ -129,6 +146,7 @@ class Delivery(ABC):
         self._ready.set()
         if self._replay and not self._started_replay:
             self._started_replay = True
+            self._adopt_journals()
             self._replay_spool(limit=None)
 
     def _resolve_sinks(self) -> None:
@@ -174,6 +192,7 @@ class Delivery(ABC):
         """Export ``batch`` to the sinks at ``targets``; spool (or hold) what still fails."""
         if not self.sinks:
             self._count("exported", len(batch))
+            self._journal_done(batch)
             return True
         if not self._sink_probe_due() or self._abort.is_set():
             self._store(batch, targets)
@@ -185,6 +204,7 @@ class Delivery(ABC):
             self._store(batch, pending)
             return False
         self._count("exported", len(batch))
+        self._journal_done(batch)
         return True
 
     def _export_with_retry(self, batch: list[Record], targets: list[int], attempts: int) -> list[int]:
@@ -280,6 +300,7 @@ class Delivery(ABC):
                 self._internal_error(exc, f"spool {self._spool.directory}")
             else:
                 self._count("spooled", len(batch))
+                self._journal_done(batch)
                 return
         self._held.append((batch, list(targets)))
 
@@ -363,7 +384,7 @@ class Delivery(ABC):
         self._abort.set()
         keys = self._exit_keys()
         leftovers: list[Record] = []
-        for source in (self._queue, self._overflow):
+        for source in (self._staged, self._queue, self._overflow):
             while source:
                 try:
                     leftovers.append(source.popleft())
@@ -429,6 +450,7 @@ class Delivery(ABC):
             self._closed = True
             self._abort.set()
             self._wake.set()
+            self._close_journal()
             # A sink in the middle of something that must not be cut off (the MLflow sink
             # creating a local store) is waited for; no sink starts such work from now on.
             for sink in list(self.sinks):

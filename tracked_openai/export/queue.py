@@ -36,13 +36,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from .._errors import logger
 from ..records import Record
 from .delivery import Delivery, sink_key
+from .journal import Journal, adopt_journals
 from .spool import Spool
 
 __all__ = ["Exporter", "sink_key"]
 
 OverflowPolicy = Literal["spool", "drop"]
+
+# How often a running exporter looks for the journals of processes that died meanwhile.
+_ADOPT_EVERY = 60.0
 
 class _Counter:
     """A thread-safe counter whose increment is one C call (``next`` on itertools.count), so the
@@ -88,6 +93,9 @@ class Exporter(Delivery):
             price table), so the first batch doesn't pay for it.
         exit_hook: Register ``exit_flush`` with ``atexit``. An owner that runs its own exit
             path (``export.runtime``) passes ``False``: one flush at exit, not two.
+        journal: Have a journal thread take records off the queue as they arrive, prepare them
+            and append them to this process's journal (``export.journal``) before delivery, so
+            that a SIGKILL loses only what it had not taken yet. Needs the spool folder.
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class Exporter(Delivery):
         before_exit: Callable[[], None] | None = None,
         warm_up: Callable[[], None] | None = None,
         exit_hook: bool = True,
+        journal: bool = False,
     ) -> None:
         self._factory: Callable[[], Sequence[Any]] | None = None
         self.sinks: list[Any] = []
@@ -122,6 +131,9 @@ class Exporter(Delivery):
         self._interval = flush_interval
         self._exit_timeout = exit_timeout
         self._spool: Spool | None = None if spool_dir is False else Spool(spool_dir)
+        self._journal_on = journal and self._spool is not None
+        self._journal: Journal | None = None
+        self._journal_warned = False
         self._retry_attempts = max(1, int(retry_attempts))
         self._retry_initial = retry_initial
         self._retry_max = retry_max
@@ -145,6 +157,8 @@ class Exporter(Delivery):
             "internal_errors": 0,
             "spool_errors": 0,
             "sink_failures": 0,
+            "journal_errors": 0,
+            "adopted": 0,
         }
         self._init_state()
         self._closed = False
@@ -182,6 +196,11 @@ class Exporter(Delivery):
         self._preparing: list[Record] | None = None
         self._thread: threading.Thread | None = None
         self._spooler: threading.Thread | None = None
+        # Journal on: records the journal thread took, prepared and journaled, for the worker.
+        self._staged: deque[Record] = deque()
+        self._journal_wake = threading.Event()
+        self._journaler: threading.Thread | None = None
+        self._next_adopt = 0.0
         self._pid = os.getpid()
         self._down_until = 0.0
         self._down_logged = False
@@ -198,7 +217,10 @@ class Exporter(Delivery):
 
     def _after_fork_in_child(self) -> None:
         # The parent's threads don't exist here and its queued records are the parent's to
-        # export: start clean, lazily.
+        # export: start clean, lazily. Its journal files stay the parent's (and locked by it).
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.forget()
         self._init_state()
 
     # -- caller side -------------------------------------------------------------------------
@@ -223,7 +245,12 @@ class Exporter(Delivery):
                 return
             self._submitted.inc()
             queue.append(record)
-            if len(queue) == self._batch_size:
+            if self._journal_on:
+                # The journal thread clears the flag before it takes the queue: a record
+                # appended before it saw the flag set is taken by that same pass.
+                if not self._journal_wake.is_set():
+                    self._journal_wake.set()
+            elif len(queue) == self._batch_size:
                 self._wake.set()
         except Exception as exc:  # pragma: no cover - defensive
             self._internal_error(exc, "exporter.submit")
@@ -267,15 +294,16 @@ class Exporter(Delivery):
         deadline = None if timeout is None else time.monotonic() + timeout
         worker = self._thread
         if worker is None or not worker.is_alive() or self._pid != os.getpid():
-            if self._queue or self._overflow or self._held:
+            if self._queue or self._overflow or self._held or self._staged:
                 self._ensure_worker()
             worker = self._thread
             if worker is None or not worker.is_alive():
                 # No thread can run (interpreter shutting down): do the work here.
                 self._drain(inline=True)
-                return not (self._held or self._queue or self._overflow)
+                return not (self._held or self._queue or self._overflow or self._staged)
         self._wake.set()
         self._spool_wake.set()
+        self._journal_wake.set()
         with self._idle:
             while self._busy():
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -283,6 +311,7 @@ class Exporter(Delivery):
                     return False
                 self._wake.set()
                 self._spool_wake.set()
+                self._journal_wake.set()
                 self._idle.wait(0.05 if remaining is None else min(0.05, remaining))
         for sink in self.sinks:
             force = getattr(sink, "force_flush", None)
@@ -294,7 +323,7 @@ class Exporter(Delivery):
         return not self._held
 
     def _busy(self) -> bool:
-        if self._queue or self._overflow or self._in_flight or self._replaying:
+        if self._queue or self._overflow or self._staged or self._in_flight or self._replaying:
             return True
         if self._down_until > time.monotonic():
             return False  # sink down: what could not be exported is spooled (or held)
@@ -314,7 +343,8 @@ class Exporter(Delivery):
         self._abort.set()
         self._wake.set()
         self._spool_wake.set()
-        for thread in (self._thread, self._spooler):
+        self._journal_wake.set()
+        for thread in (self._thread, self._spooler, self._journaler):
             if thread is not None and thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout if timeout is not None else 30.0)
         for sink in self.sinks:
@@ -324,6 +354,7 @@ class Exporter(Delivery):
                     close()
                 except Exception as exc:
                     self._internal_error(exc, "sink.shutdown")
+        self._close_journal()
         try:
             atexit.unregister(self._at_exit)
         except Exception:  # pragma: no cover
@@ -340,7 +371,7 @@ class Exporter(Delivery):
             "submitted": self._submitted.value,
             **counters,
             "dropped": self._dropped.value,
-            "queued": len(self._queue) + len(self._overflow),
+            "queued": len(self._queue) + len(self._overflow) + len(self._staged),
             "held": held,
         }
 
@@ -349,6 +380,16 @@ class Exporter(Delivery):
         with self._lock:
             if self._pid != os.getpid():
                 self._init_state_locked_fork()
+            if self._journal_on and (self._journaler is None or not self._journaler.is_alive()):
+                journaler = threading.Thread(
+                    target=self._run_journal, name="tracked-openai-journal", daemon=True
+                )
+                try:
+                    journaler.start()
+                except RuntimeError:
+                    pass  # interpreter shutting down: flush() journals inline
+                else:
+                    self._journaler = journaler
             if self._thread is not None and self._thread.is_alive():
                 return
             thread = threading.Thread(target=self._run, name="tracked-openai-exporter", daemon=True)
@@ -389,8 +430,90 @@ class Exporter(Delivery):
                 self._drain()
             except Exception as exc:  # the worker must survive anything
                 self._internal_error(exc, "exporter.worker")
+            if self._closed and (not (self._queue or self._staged) or self._abort.is_set()):
+                return
+
+    def _run_journal(self) -> None:
+        while True:
+            # Woken by the first record submitted after a pass; the timeout is a safety net.
+            self._journal_wake.wait(self._interval)
+            self._journal_wake.clear()
+            try:
+                self._journal_drain()
+            except Exception as exc:
+                self._internal_error(exc, "exporter.journal")
             if self._closed and (not self._queue or self._abort.is_set()):
                 return
+
+    def _journal_drain(self) -> None:
+        """Take what is queued, prepare it, journal it and stage it for the worker."""
+        while self._queue and not self._abort.is_set():
+            batch = self._take(self._queue)
+            try:
+                self._prepare_batch(batch)
+                self._journal_write(batch)
+            finally:
+                with self._idle:  # staged and no longer in flight together: flush() sees one
+                    self._staged.extend(batch)
+                    self._in_flight -= len(batch)
+                    self._idle.notify_all()
+            if len(self._staged) >= self._batch_size:
+                self._wake.set()
+
+    def _journal_write(self, batch: list[Record]) -> None:
+        journal = self._journal
+        if journal is None:
+            if self._spool is None:
+                return
+            journal = self._journal = Journal(self._spool.directory, self._journal_keys)
+        try:
+            journal.write(batch)
+        except OSError as exc:
+            # The records go on to their sinks as they would without a journal; said once.
+            self._count("journal_errors", 1)
+            if not self._journal_warned:
+                self._journal_warned = True
+                logger.warning(
+                    "tracked_openai: the journal in %s can't be written (%s: %s); records are "
+                    "delivered without it (a SIGKILL loses what is queued)",
+                    journal.directory, type(exc).__name__, exc.strerror or exc,
+                )
+        except Exception as exc:
+            self._count("journal_errors", 1)
+            self._internal_error(exc, "journal")
+
+    def _journal_keys(self) -> list[str]:
+        """The spool keys a journal names: the sinks' once built, else the factory's prediction."""
+        keys = self._exit_keys()
+        return list(self._keys) if keys is None else keys
+
+    def _adopt_journals(self) -> None:
+        """Move journals of dead processes into the spool (replayed from there)."""
+        self._next_adopt = time.monotonic() + _ADOPT_EVERY
+        if self._spool is None or not self._replay:
+            return
+        with self._idle:  # flush() waits for it, as for a replay
+            self._replaying += 1
+        try:
+            moved = adopt_journals(self._spool, self._journal, self._batch_size)
+        except Exception as exc:
+            self._internal_error(exc, "journal adopt")
+            return
+        finally:
+            with self._idle:
+                self._replaying -= 1
+                self._idle.notify_all()
+        if moved:
+            self._count("adopted", moved)
+            logger.info("tracked_openai: %d records from stopped processes' journals go to the spool", moved)
+
+    def _close_journal(self) -> None:
+        journal = self._journal
+        if journal is not None:
+            try:
+                journal.close()
+            except Exception as exc:  # pragma: no cover - defensive
+                self._internal_error(exc, "journal close")
 
     def _run_spooler(self) -> None:
         while True:
@@ -428,9 +551,12 @@ class Exporter(Delivery):
             if self._exited and not self._set_up:
                 return  # no sinks yet and no thread to build them: exit_flush spools the queue
             self._drain_overflow()
+            if self._journal_on:
+                self._journal_drain()
+        source = self._staged if self._journal_on else self._queue
         while True:
             # Once the exit path spools what is left, the queue is its own.
-            batch = self._take(self._queue) if not self._abort.is_set() else []
+            batch = self._take(source) if not self._abort.is_set() else []
             if batch:
                 try:
                     with self._idle:
@@ -460,6 +586,8 @@ class Exporter(Delivery):
                 continue
             if not self._set_up or self._abort.is_set() or not self._sink_probe_due():
                 break  # (not set up: nothing was ever queued, nothing to retry or replay)
+            if time.monotonic() >= self._next_adopt:
+                self._adopt_journals()  # a process that died while this one runs
             if self._held:
                 with self._idle:  # pop and count together: flush() must never see neither
                     held, targets = self._held.popleft()
