@@ -15,6 +15,8 @@ settings.configure(
     ROOT_URLCONF=__name__,
     ALLOWED_HOSTS=["testserver"],
     SECRET_KEY="example-only",
+    # The REST views are staff-only by default; this one-file demo has no users to sign in.
+    TRACKED_OPENAI={"api_permission": "any"},
 )
 django.setup()
 
