@@ -209,3 +209,19 @@ def test_disabled_tracking_opens_nothing(web: Any, records: TrackedRecords) -> N
     finally:
         tracked_openai.configure(enabled=True)
     assert records.records == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("async_openai")
+async def test_async_view_user_tag(settings: Any, records: TrackedRecords, django_user_model: Any) -> None:
+    from asgiref.sync import sync_to_async
+    from django.test import AsyncClient
+
+    settings.TRACKED_OPENAI = {**settings.TRACKED_OPENAI, "user": "id"}
+    user = await sync_to_async(django_user_model.objects.create_user)("bob", password="x")
+    aweb = AsyncClient()
+    await aweb.aforce_login(user)
+    assert (await aweb.get("/async/")).status_code == 200
+    (req,) = _request_ops(records)
+    assert req.tags["user_id"] == str(user.pk)
