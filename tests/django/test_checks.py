@@ -11,9 +11,10 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 import tracked_openai
-from tracked_openai import _runtime
+from tracked_openai._config import settings as tracking_settings
 from tracked_openai.contrib.django import conf
 from tracked_openai.contrib.django.apps import TrackedOpenAIConfig
+from tracked_openai.export import runtime
 
 
 def _check(settings: Any, value: Any) -> str:
@@ -97,7 +98,7 @@ def test_ready_applies_valid_values_and_skips_bad_ones(
 ) -> None:
     from django.apps import apps
 
-    saved = _runtime.settings.__dict__.copy()
+    saved = tracking_settings.__dict__.copy()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     settings.TRACKED_OPENAI = {
@@ -107,25 +108,25 @@ def test_ready_applies_valid_values_and_skips_bad_ones(
         "flush_interval": "soon",  # bad: the current value stays
         "tracking_uri": uri,
     }
-    before = _runtime.settings.flush_interval
+    before = tracking_settings.flush_interval
     try:
         app = apps.get_app_config("tracked_openai")
         assert isinstance(app, TrackedOpenAIConfig)
         app.ready()
-        assert _runtime.settings.default_feature == "from_settings"
-        assert _runtime.settings.experiment_prefix == "dj-"
-        assert _runtime.settings.flush_interval == before
+        assert tracking_settings.default_feature == "from_settings"
+        assert tracking_settings.experiment_prefix == "dj-"
+        assert tracking_settings.flush_interval == before
         assert os.environ["MLFLOW_TRACKING_URI"] == uri
     finally:
-        _runtime.settings.__dict__.update(saved)
+        tracking_settings.__dict__.update(saved)
 
 
 def test_ready_starts_the_exporter_off_the_request_path(settings: Any, records: Any) -> None:
     from django.apps import apps
 
     settings.TRACKED_OPENAI = {}
-    assert _runtime._exporter is None or not _runtime._exporter.stats().get("submitted")
+    assert runtime._exporter is None or not runtime._exporter.stats().get("submitted")
     apps.get_app_config("tracked_openai").ready()
     # The exporter exists (and its thread started) before any request made a record.
-    assert _runtime._exporter is not None
-    assert _runtime.flush(timeout=10)
+    assert runtime._exporter is not None
+    assert runtime.flush(timeout=10)

@@ -28,9 +28,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _runtime
-from .._context import Operation, current_scope, track
+from .._config import settings
 from .._errors import internal_errors
+from ..export import runtime
+from ..scope import Operation, current_scope, track
 
 __all__ = [
     "HEADER_FEATURE",
@@ -77,7 +78,7 @@ def _request_value(request: Any, name: str) -> Any:
 
 
 def _before_publish(sender: Any = None, headers: dict[str, Any] | None = None, **kw: Any) -> None:
-    if headers is None or not _runtime.settings.enabled:
+    if headers is None or not settings.enabled:
         return
     with internal_errors("celery.before_task_publish"):
         from celery import current_task
@@ -109,7 +110,7 @@ def _before_publish(sender: Any = None, headers: dict[str, Any] | None = None, *
 
 
 def _prerun(task_id: str | None = None, task: Any = None, **kw: Any) -> None:
-    if task is None or task_id is None or not _runtime.settings.enabled:
+    if task is None or task_id is None or not settings.enabled:
         return
     with internal_errors("celery.task_prerun"):
         request = task.request
@@ -194,11 +195,11 @@ def _postrun(task_id: str | None = None, state: str | None = None, **kw: Any) ->
 
 def _process_init(**kw: Any) -> None:
     # The exporter (MLflow import, store, price table) starts now, not on the first task.
-    _runtime.start(wait=False)
+    runtime.start(wait=False)
 
 
 def _process_shutdown(**kw: Any) -> None:
-    _runtime.shutdown(timeout=_runtime.settings.exit_timeout)
+    runtime.shutdown(timeout=settings.exit_timeout)
 
 
 def _signals() -> list[tuple[Any, Any, str]]:

@@ -17,15 +17,15 @@ _fork_budget = FORK_WAIT_S
 
 
 def _before_fork() -> None:
-    from ... import _runtime
     from ..._errors import internal_errors
+    from ...export import runtime
 
     global _fork_budget
     if _fork_budget <= 0:
         return
     with internal_errors("django.before_fork"):
         t0 = time.monotonic()
-        _runtime.start(wait=True, timeout=_fork_budget)
+        runtime.start(wait=True, timeout=_fork_budget)
         _fork_budget -= time.monotonic() - t0
 
 
@@ -46,8 +46,9 @@ class TrackedOpenAIConfig(AppConfig):
     verbose_name = "tracked-openai"
 
     def ready(self) -> None:
-        from ... import _runtime
+        from ..._config import settings
         from ..._errors import internal_errors, logger
+        from ...export import runtime
         from . import conf
         from .checks import check_settings
 
@@ -62,7 +63,7 @@ class TrackedOpenAIConfig(AppConfig):
                 os.environ["MLFLOW_TRACKING_URI"] = str(uri)
             kwargs = conf.configure_kwargs()
             if kwargs:
-                _runtime.configure(**kwargs)
-            if conf.option("start") and _runtime.settings.enabled:
-                _runtime.start(wait=False)
+                runtime.configure(**kwargs)
+            if conf.option("start") and settings.enabled:
+                runtime.start(wait=False)
                 _wait_for_start_before_fork()

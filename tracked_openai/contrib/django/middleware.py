@@ -29,9 +29,10 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.urls import Resolver404, ResolverMatch, resolve
 
-from ... import _context, _runtime
-from ..._context import Operation, track
+from ... import scope as _scope
+from ..._config import settings as _settings
 from ..._errors import internal_errors
+from ...scope import Operation, track
 from . import conf
 
 __all__ = ["TrackedOpenAIMiddleware", "view_scope"]
@@ -141,7 +142,7 @@ class _RequestOperation:
         if op is not None:
             token, op._token = op._token, None
             if token is not None:
-                _context._current.reset(token)
+                _scope._current.reset(token)
         return ctx
 
     def stream(self, response: StreamingHttpResponse) -> None:
@@ -232,7 +233,7 @@ class TrackedOpenAIMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        declared = _declared(request) if _runtime.settings.enabled else None
+        declared = _declared(request) if _settings.enabled else None
         if declared is None:
             return self.get_response(request)
         handle = _RequestOperation(request, *declared)
@@ -246,7 +247,7 @@ class TrackedOpenAIMiddleware:
         return self._finish(handle, response, user)
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        declared = _declared(request) if _runtime.settings.enabled else None
+        declared = _declared(request) if _settings.enabled else None
         if declared is None:
             return await self.get_response(request)
         handle = _RequestOperation(request, *declared)
