@@ -56,7 +56,8 @@ def view_scope(match: ResolverMatch) -> tuple[str | None, str | None] | None:
     """``(feature, operation)`` the resolved view declares, or ``None`` when it declares none
     (``feature`` ``None`` means the configured default feature)."""
     func = match.func
-    for holder in (getattr(func, "view_class", None), func):
+    # Django's as_view() sets view_class; Django REST framework's viewsets set cls.
+    for holder in (getattr(func, "view_class", None), getattr(func, "cls", None), func):
         feature = getattr(holder, "tracked_feature", None)
         if isinstance(feature, str) and feature:
             operation = getattr(holder, "tracked_operation", None)
