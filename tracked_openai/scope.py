@@ -349,6 +349,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
                 op._finish(None, result, True)
                 return result
 
+            async_wrapper.__tracked_openai__ = self  # type: ignore[attr-defined]  # for the Django middleware
             return async_wrapper
 
         @functools.wraps(func)
@@ -368,6 +369,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
             op._finish(None, result, True)
             return result
 
+        wrapper.__tracked_openai__ = self  # type: ignore[attr-defined]
         return wrapper
 
 
