@@ -67,9 +67,11 @@ class Worker:
         return list(client.search_runs(ids, filter_string=filter_string, max_results=1000))
 
     def wait_runs(self, filter_string: str, count: int, timeout: float = 90) -> list[Any]:
+        # A run is visible before its metrics are written (create, then log-batch): wait for
+        # ended runs, so a reader never sees one half-written.
         deadline = time.monotonic() + timeout
         while True:
-            runs = self.runs(filter_string)
+            runs = [r for r in self.runs(filter_string) if r.info.status != "RUNNING"]
             if len(runs) >= count or time.monotonic() > deadline:
                 return runs
             time.sleep(0.3)
