@@ -8,7 +8,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from .. import _endpoints
+from ...reports import http as _endpoints
 
 __all__ = ["experiments", "health", "metrics", "runs"]
 
