@@ -58,7 +58,10 @@ class TestEndpoints:
         assert rows[0]["metrics.execution_time"] == 3.0
 
     def test_metrics(self, web: Any, store: Seeded) -> None:
-        m = web.get(f"{PREFIX}/metrics/", {"feature": "pid_verification"}).json()
+        body = web.get(f"{PREFIX}/metrics/", {"feature": "pid_verification"}).json()
+        assert body["feature"] == "pid_verification"
+        m = body["metrics"]
+        assert {"total_runs", "avg_execution_time", "success_rate", "avg_confidence", "total_cost"} <= set(m)
         assert (m["total_runs"], m["total_calls"]) == (4, 6)
         assert m["success_rate"] == pytest.approx(75.0)
         assert m["total_cost"] == pytest.approx(0.037)

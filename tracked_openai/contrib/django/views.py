@@ -15,7 +15,7 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from .. import _endpoints
+from ...reports import http as _endpoints
 from . import conf
 
 __all__ = ["experiments", "health", "metrics", "runs"]
