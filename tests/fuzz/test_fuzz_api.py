@@ -21,9 +21,9 @@ pytest.importorskip("fastapi", reason="the REST API needs the [api] extra")
 schemathesis = pytest.importorskip("schemathesis", reason="the API fuzz tests need schemathesis (dev extra)")
 
 from schemathesis import checks as st_checks  # noqa: E402
-from tracked_openai.contrib.fastapi import PREFIX, create_app  # noqa: E402
 
 import tracked_openai  # noqa: E402
+from tracked_openai.contrib.fastapi import PREFIX, create_app  # noqa: E402
 
 from ._tally import counted, fuzz_settings, outcome  # noqa: E402
 from ._wire import Delivery, Server, load_cases, make_client  # noqa: E402
