@@ -9,6 +9,7 @@ figures are built from the records by hand in each test, then changed on purpose
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -193,3 +194,51 @@ def test_project_filter_is_sent_and_applied(store: Store, api: FakeAdminAPI) -> 
 def test_an_ordinary_key_is_refused_with_a_clear_message(store: Store, api: FakeAdminAPI) -> None:
     with pytest.raises(rc.AdminAPIError, match=r"HTTP 401 \(an admin key is needed: OPENAI_ADMIN_KEY\)"):
         run(store, api, key="sk-not-an-admin-key")
+
+
+# -- the command line ------------------------------------------------------------------------------
+def cli(store: Store, *extra: str) -> int:
+    from tracked_openai.cli import main
+
+    return main(["reconcile", "--tracking-uri", store.uri, "--since", "2026-11-02", "--until", "2026-11-05",
+                 *extra])
+
+
+def test_cli_exact_match_exits_0(store: Store, api: FakeAdminAPI, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    monkeypatch.setenv("OPENAI_ADMIN_BASE_URL", api.base_url)
+    assert cli(store) == 0
+    out = capsys.readouterr().out
+    assert "ok: every difference is within ±1%" in out
+    assert MINI in out and "2026-11-04" in out
+
+
+def test_cli_untracked_model_exits_1_and_says_why(store: Store, api: FakeAdminAPI,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    api.add_usage("completions", "2026-11-03", model="gpt-4.1-2025-04-14", num_model_requests=4,
+                  input_tokens=4000, output_tokens=800)
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    assert cli(store, "--base-url", api.base_url, "--problems-only") == 1
+    out = capsys.readouterr().out
+    assert "gpt-4.1-2025-04-14" in out and MINI not in out.split("USD by day")[0]
+    assert "untracked: calls made outside tracked clients" in out
+    assert "1 row and 0 day(s) beyond ±1%" in out
+    assert cli(store, "--base-url", api.base_url, "--format", "json") == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and list(data["causes"]) == ["untracked"]
+
+
+def test_cli_without_an_admin_key_exits_2(store: Store, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
+    assert cli(store) == 2
+    assert "OPENAI_ADMIN_KEY is not set" in capsys.readouterr().err
+
+
+def test_cli_refused_key_exits_3(store: Store, api: FakeAdminAPI, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-proj-ordinary")
+    assert cli(store, "--base-url", api.base_url) == 3
+    assert "HTTP 401" in capsys.readouterr().err

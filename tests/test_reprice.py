@@ -11,6 +11,8 @@ gpt-4o (2.5 / cached 1.25 / 10 per 1M), gpt-4o-mini (0.15 / 0.075 / 0.6), gpt-4.
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -371,3 +373,37 @@ class TestResume:
 def test_slug_keeps_keys_mlflow_accepts() -> None:
     assert rp.version_slug("openai-2026.11.26.4+acme/1 x") == "openai-2026.11.26.4_acme/1 x"
     assert rp.repriced_keys("v1")["cost_usd"] == "repriced/v1/cost_usd"
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_cli_prints_the_difference_and_writes_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracked_openai.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default state file goes to the working directory
+    path = write_prices(tmp_path / "fix.yaml", TestFixedEntry.BODY.replace("fix-1", "fix-cli"))
+    args = ["reprice", "--tracking-uri", store.uri, "--pricing", str(path), "--since", "2026-11-22",
+            "--until", "2026-11-22"]
+    chosen = [r for r in store.records if day_of(r) == "2026-11-22"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"Repriced {len(chosen):,} call records with price table " in out
+    assert "by feature" in out and "by model" in out and "by day" in out and "2026-11-22" in out
+    assert main([*args, "--write"]) == 0
+    assert re.search(rf"written now / already there\s+│\s+{len(chosen):,} / 0 │", capsys.readouterr().out)
+    assert not (tmp_path / "tracked-openai-reprice.state.json").exists()
+    assert main([*args, "--write", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["written"] == 0 and data["already_written"] == len(chosen)
+    assert Decimal(data["difference_usd"]) == Decimal(data["after_usd"]) - Decimal(data["before_usd"]) > 0
+
+
+def test_cli_bad_pricing_and_what_if_write_exit_2(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    from tracked_openai.cli import main
+
+    assert main(["reprice", "--tracking-uri", store.uri, "--pricing", "no-such.yaml"]) == 2
+    assert "neither a price file" in capsys.readouterr().err
+    assert main(["reprice", "--tracking-uri", store.uri, "--pricing", "shipped", "--as-model", "gpt-4.1-mini",
+                 "--write", "--state", "x.json"]) == 2
+    assert "what-if" in capsys.readouterr().err
