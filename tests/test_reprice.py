@@ -407,3 +407,21 @@ def test_cli_bad_pricing_and_what_if_write_exit_2(store: Store, capsys: pytest.C
     assert main(["reprice", "--tracking-uri", store.uri, "--pricing", "shipped", "--as-model", "gpt-4.1-mini",
                  "--write", "--state", "x.json"]) == 2
     assert "what-if" in capsys.readouterr().err
+
+
+def test_write_through_the_mlflow_client_as_for_a_tracking_server(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores that are not MLflow's SQL store (an ``mlflow server``) get ``log_batch`` per run."""
+    monkeypatch.setattr(rp, "_sql_store", lambda client: None)
+    path = write_prices(tmp_path / "fix.yaml", TestFixedEntry.BODY.replace("fix-1", "fix-client"))
+    window = {"since": "2026-11-22T08:00:00", "until": "2026-11-22T08:10:00"}
+    chosen = [r for r in store.records if day_of(r) == "2026-11-22" and r.started_at % 86_400 < 8 * 3600 + 600]
+    first = rp.reprice(path, tracking_uri=store.uri, write=True, **window)
+    assert first.written == len(chosen) == 20
+    keys = rp.repriced_keys(first.pricing_version)
+    stored = _stored(store.db, keys["cost_usd"])
+    assert len(stored) == 20
+    assert sum(Decimal(repr(v)) for v in stored.values()) == first.total.after_usd
+    again = rp.reprice(path, tracking_uri=store.uri, write=True, **window)
+    assert again.written == 0 and again.already_written == 20
