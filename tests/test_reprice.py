@@ -416,7 +416,8 @@ def test_write_through_the_mlflow_client_as_for_a_tracking_server(
     monkeypatch.setattr(rp, "_sql_store", lambda client: None)
     path = write_prices(tmp_path / "fix.yaml", TestFixedEntry.BODY.replace("fix-1", "fix-client"))
     window = {"since": "2026-11-22T08:00:00", "until": "2026-11-22T08:10:00"}
-    chosen = [r for r in store.records if day_of(r) == "2026-11-22" and r.started_at % 86_400 < 8 * 3600 + 600]
+    end = datetime(2026, 11, 22, 8, 10, tzinfo=UTC).timestamp()
+    chosen = [r for r in store.records if day_of(r) == "2026-11-22" and r.started_at < end]
     first = rp.reprice(path, tracking_uri=store.uri, write=True, **window)
     assert first.written == len(chosen) == 20
     keys = rp.repriced_keys(first.pricing_version)
