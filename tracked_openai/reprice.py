@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -416,13 +416,7 @@ def reprice(
         if progress is not None:
             progress(result.total.records)
 
-    for run in reports.iter_runs(
-        feature,
-        tracking_uri=uri,
-        filter_string=filter_string,
-        page_size=page_size,
-        order_by=["attributes.start_time ASC"],
-    ):
+    for run in _call_runs(uri, feature, lower, end, filter_string, page_size):
         if (
             position_ms is not None
             and (run.info.start_time or 0) == position_ms
@@ -448,6 +442,109 @@ def reprice(
     if state_file is not None:
         state_file.unlink(missing_ok=True)
     return result
+
+
+# -- reading ------------------------------------------------------------------------------------
+class _Info:
+    __slots__ = ("end_time", "run_id", "start_time")
+
+    def __init__(self, run_id: str, start_time: int | None, end_time: int | None) -> None:
+        self.run_id, self.start_time, self.end_time = run_id, start_time, end_time
+
+
+class _Data:
+    __slots__ = ("metrics", "params", "tags")
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+        self.metrics: dict[str, float] = {}
+        self.params: dict[str, str] = {}
+
+
+class _Run:
+    """The parts of an ``mlflow.entities.Run`` repricing reads."""
+
+    __slots__ = ("data", "info")
+
+    def __init__(self, run_id: str, start_time: int | None, end_time: int | None) -> None:
+        self.info = _Info(run_id, start_time, end_time)
+        self.data = _Data()
+
+
+def _call_runs(
+    uri: str, feature: str | None, since: datetime | None, until: datetime | None, filter_string: str,
+    page_size: int,
+) -> Iterator[Any]:
+    """Active call runs, oldest first: straight from MLflow's tables through its own ORM models
+    on a SQL store, else through ``MlflowClient.search_runs``."""
+    client = reports._client(uri)
+    store = _sql_store(client)
+    if store is None:
+        yield from reports.iter_runs(
+            feature, tracking_uri=uri, filter_string=filter_string, page_size=page_size,
+            order_by=["attributes.start_time ASC"],
+        )
+        return
+    ids = reports._experiment_ids(client, feature)
+    if ids:
+        yield from _sql_call_runs(store, ids, since, until, page_size)
+
+
+def _sql_call_runs(
+    store: Any, experiment_ids: list[str], since: datetime | None, until: datetime | None, page_size: int
+) -> Iterator[_Run]:
+    """Keyset-paged reads of runs and their tags, latest metrics and params.
+
+    ``search_runs`` builds full ORM objects for every run, tag, metric and param (profiled: over
+    90% of a repricing's time); four plain queries per page read the same rows several times
+    faster.
+    """
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+    from sqlalchemy import and_, or_, select
+
+    is_call: Any = select(SqlTag.run_uuid).where(SqlTag.key == "kind", SqlTag.value == "call")
+    base = [
+        SqlRun.experiment_id.in_([int(i) for i in experiment_ids]),
+        SqlRun.lifecycle_stage == "active",
+        SqlRun.run_uuid.in_(is_call),
+    ]
+    if since is not None:
+        base.append(SqlRun.start_time >= int(since.timestamp() * 1000))
+    if until is not None:
+        base.append(SqlRun.start_time < int(until.timestamp() * 1000))
+    after: tuple[int, str] | None = None
+    while True:
+        where = list(base)
+        if after is not None:
+            where.append(or_(SqlRun.start_time > after[0],
+                             and_(SqlRun.start_time == after[0], SqlRun.run_uuid > after[1])))
+        with store.ManagedSessionMaker() as session:
+            rows = session.execute(
+                select(SqlRun.run_uuid, SqlRun.start_time, SqlRun.end_time)
+                .where(*where)
+                .order_by(SqlRun.start_time, SqlRun.run_uuid)
+                .limit(page_size)
+            ).all()
+            if not rows:
+                return
+            runs = {r[0]: _Run(r[0], r[1], r[2]) for r in rows}
+            ids = list(runs)
+            for key, value, run_id in session.execute(
+                select(SqlTag.key, SqlTag.value, SqlTag.run_uuid).where(SqlTag.run_uuid.in_(ids))
+            ):
+                runs[run_id].data.tags[key] = value
+            for key, value, run_id in session.execute(
+                select(SqlLatestMetric.key, SqlLatestMetric.value, SqlLatestMetric.run_uuid).where(
+                    SqlLatestMetric.run_uuid.in_(ids)
+                )
+            ):
+                runs[run_id].data.metrics[key] = value
+            for key, value, run_id in session.execute(
+                select(SqlParam.key, SqlParam.value, SqlParam.run_uuid).where(SqlParam.run_uuid.in_(ids))
+            ):
+                runs[run_id].data.params[key] = value
+        yield from runs.values()
+        after = (rows[-1][1] or 0, rows[-1][0])
 
 
 def _new_figures(
