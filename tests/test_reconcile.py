@@ -242,3 +242,14 @@ def test_cli_refused_key_exits_3(store: Store, api: FakeAdminAPI, monkeypatch: p
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-proj-ordinary")
     assert cli(store, "--base-url", api.base_url) == 3
     assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_the_same_through_mlflow_client_reads(store: Store, api: FakeAdminAPI,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stores that are not MLflow's SQL store (an ``mlflow server``) are read with search_runs."""
+    from tracked_openai import reprice
+
+    fast = run(store, api)
+    monkeypatch.setattr(reprice, "_sql_store", lambda client: None)
+    slow = run(store, api)
+    assert slow.ok and slow.to_dict() == fast.to_dict()

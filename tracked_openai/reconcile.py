@@ -340,12 +340,12 @@ class Reconciliation:
 def _ours(
     since: datetime, until: datetime, tracking_uri: str | None, feature: str | None = None
 ) -> dict[tuple[str, str], Side]:
+    from .reprice import _call_runs
+
     sides: dict[tuple[str, str], Side] = {}
-    for run in reports.iter_runs(
-        feature,
-        tracking_uri=tracking_uri,
-        filter_string=" AND ".join(("tags.kind = 'call'", reports._time_filter(since, until))),
-    ):
+    filter_string = " AND ".join(("tags.kind = 'call'", reports._time_filter(since, until)))
+    uri = reports.resolve_tracking_uri(tracking_uri)
+    for run in _call_runs(uri, feature, since, until, filter_string, 1_000):
         tags, metrics = run.data.tags, run.data.metrics
         used = tags.get("status") == "success" or tags.get("usage_source", "none") != "none"
         if not used:
