@@ -376,13 +376,12 @@ def reprice(
     if progress is not None and result.total.records:
         progress(result.total.records)
 
-    lower = start
-    if position_ms is not None:
-        resumed_at = datetime.fromtimestamp(position_ms / 1000, tz=UTC)
-        lower = resumed_at if lower is None or resumed_at > lower else lower
-    filter_string = " AND ".join(
-        part for part in ("tags.kind = 'call'", reports._time_filter(lower, end)) if part
-    )
+    # Bounds in whole milliseconds, as MLflow stores start times: a resumed position must not
+    # move by float rounding (a run one millisecond earlier would be counted twice).
+    lower_ms = _ms(start)
+    if position_ms is not None and (lower_ms is None or position_ms > lower_ms):
+        lower_ms = position_ms
+    upper_ms = _ms(end)
     client: Any = None
     if write:
         from mlflow.tracking import MlflowClient
@@ -416,7 +415,7 @@ def reprice(
         if progress is not None:
             progress(result.total.records)
 
-    for run in _call_runs(uri, feature, lower, end, filter_string, page_size):
+    for run in _call_runs(uri, feature, lower_ms, upper_ms, page_size):
         if (
             position_ms is not None
             and (run.info.start_time or 0) == position_ms
@@ -471,27 +470,35 @@ class _Run:
         self.data = _Data()
 
 
+def _ms(when: datetime | None) -> int | None:
+    return None if when is None else round(when.timestamp() * 1000)
+
+
 def _call_runs(
-    uri: str, feature: str | None, since: datetime | None, until: datetime | None, filter_string: str,
-    page_size: int,
+    uri: str, feature: str | None, since_ms: int | None, until_ms: int | None, page_size: int
 ) -> Iterator[Any]:
-    """Active call runs, oldest first: straight from MLflow's tables through its own ORM models
-    on a SQL store, else through ``MlflowClient.search_runs``."""
+    """Active call runs started in ``[since_ms, until_ms)``, oldest first: straight from MLflow's
+    tables through its own ORM models on a SQL store, else through ``MlflowClient.search_runs``."""
     client = reports._client(uri)
     store = _sql_store(client)
     if store is None:
+        parts = ["tags.kind = 'call'"]
+        if since_ms is not None:
+            parts.append(f"attributes.start_time >= {since_ms}")
+        if until_ms is not None:
+            parts.append(f"attributes.start_time < {until_ms}")
         yield from reports.iter_runs(
-            feature, tracking_uri=uri, filter_string=filter_string, page_size=page_size,
+            feature, tracking_uri=uri, filter_string=" AND ".join(parts), page_size=page_size,
             order_by=["attributes.start_time ASC"],
         )
         return
     ids = reports._experiment_ids(client, feature)
     if ids:
-        yield from _sql_call_runs(store, ids, since, until, page_size)
+        yield from _sql_call_runs(store, ids, since_ms, until_ms, page_size)
 
 
 def _sql_call_runs(
-    store: Any, experiment_ids: list[str], since: datetime | None, until: datetime | None, page_size: int
+    store: Any, experiment_ids: list[str], since_ms: int | None, until_ms: int | None, page_size: int
 ) -> Iterator[_Run]:
     """Keyset-paged reads of runs and their tags, latest metrics and params.
 
@@ -508,10 +515,10 @@ def _sql_call_runs(
         SqlRun.lifecycle_stage == "active",
         SqlRun.run_uuid.in_(is_call),
     ]
-    if since is not None:
-        base.append(SqlRun.start_time >= int(since.timestamp() * 1000))
-    if until is not None:
-        base.append(SqlRun.start_time < int(until.timestamp() * 1000))
+    if since_ms is not None:
+        base.append(SqlRun.start_time >= since_ms)
+    if until_ms is not None:
+        base.append(SqlRun.start_time < until_ms)
     after: tuple[int, str] | None = None
     while True:
         where = list(base)
