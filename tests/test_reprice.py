@@ -429,7 +429,7 @@ def test_write_through_the_mlflow_client_as_for_a_tracking_server(
 
 
 def test_millisecond_bounds_do_not_move_by_float_rounding() -> None:
-    """A resumed position (a start time in ms) must not slip one ms earlier: that run would be
-    counted twice. ``int(ts * 1000)`` gets 1,000 of these 5,000 instants wrong."""
+    """A resumed position (a start time in ms) must come back exactly: one ms earlier and the
+    runs of that instant would be counted twice."""
     instants = range(1_764_576_000_000, 1_764_576_005_000)
     assert all(rp._ms(datetime.fromtimestamp(ms / 1000, tz=UTC)) == ms for ms in instants)
