@@ -433,3 +433,33 @@ def test_millisecond_bounds_do_not_move_by_float_rounding() -> None:
     runs of that instant would be counted twice."""
     instants = range(1_764_576_000_000, 1_764_576_005_000)
     assert all(rp._ms(datetime.fromtimestamp(ms / 1000, tz=UTC)) == ms for ms in instants)
+
+
+def test_a_half_written_run_is_completed_not_skipped(store: Store, tmp_path: Path) -> None:
+    """``log_batch`` commits metrics before tags: a run interrupted in between has this version's
+    cost but no ``cost_status``. The next ``--write`` writes it whole, its figures replaced."""
+    from mlflow.tracking import MlflowClient
+
+    path = write_prices(tmp_path / "fix.yaml", TestFixedEntry.BODY.replace("fix-1", "fix-half"))
+    window = {"since": "2026-11-22T08:00:00", "until": "2026-11-22T08:01:00"}  # i = 21 and 51
+    keys = rp.repriced_keys(f"{load_price_book().version}+fix-half")
+    with sqlite3.connect(store.db) as con:
+        (run_id,) = con.execute(
+            "SELECT run_uuid FROM runs WHERE start_time = ?",
+            (round(datetime(2026, 11, 22, 8, 0, 21, tzinfo=UTC).timestamp() * 1000),),
+        ).fetchone()
+    MlflowClient(store.uri).log_metric(run_id, keys["cost_usd"], 123.0, timestamp=1, step=0)
+    result = rp.reprice(path, tracking_uri=store.uri, write=True, **window)
+    assert result.written == 2 and result.already_written == 0
+    with sqlite3.connect(store.db) as con:
+        latest = con.execute(
+            "SELECT value FROM latest_metrics WHERE run_uuid = ? AND key = ?", (run_id, keys["cost_usd"])
+        ).fetchall()
+        status = con.execute(
+            "SELECT value FROM tags WHERE run_uuid = ? AND key = ?", (run_id, keys["cost_status"])
+        ).fetchall()
+    at = datetime(2026, 11, 22, 8, 0, 21, tzinfo=UTC).timestamp()
+    (rec,) = [r for r in store.records if r.started_at == at]
+    assert rec.model == "gpt-4o-mini"
+    assert latest == [(float(token_cost(rec, (Decimal("0.15"), Decimal("0.075"), Decimal("0.66")))),)]
+    assert status == [("priced",)]
