@@ -376,8 +376,8 @@ def reprice(
     if progress is not None and result.total.records:
         progress(result.total.records)
 
-    # Bounds in whole milliseconds, as MLflow stores start times: a resumed position must not
-    # move by float rounding (a run one millisecond earlier would be counted twice).
+    # Bounds in whole milliseconds, as MLflow stores start times: the resumed position is the
+    # exact start time of the last run done.
     lower_ms = _ms(start)
     if position_ms is not None and (lower_ms is None or position_ms > lower_ms):
         lower_ms = position_ms
