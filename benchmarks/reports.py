@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracked_openai import reports
+from tracked_openai.reports.query import PAGE_SIZE
 
 MODELS = [("gpt-4o", 0.0025, 0.01), ("gpt-4o-mini", 0.00015, 0.0006), ("gpt-4.1", 0.002, 0.008),
           ("o4-mini", 0.0011, 0.0044)]
@@ -180,7 +181,7 @@ def bench_reprice(sizes: list[int]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--page-size", type=int, default=reports._PAGE_SIZE)
+    ap.add_argument("--page-size", type=int, default=PAGE_SIZE)
     ap.add_argument("--reprice", action="store_true", help="time reprice instead of the reports")
     ap.add_argument("--seed-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)
     ap.add_argument("--seed-calls-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)

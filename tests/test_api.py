@@ -13,7 +13,7 @@ pytest.importorskip("fastapi", reason="the REST API needs the [api] extra")
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tracked_openai.api import PREFIX, create_app, create_router
+from tracked_openai.contrib.fastapi import PREFIX, create_app, create_router
 
 from .test_reports_helpers import Seeded, seed_contract_store
 
@@ -54,10 +54,15 @@ class TestEndpoints:
         assert first["metrics.confidence_score"] == 0.7
         assert first["tags.status"] == "success"
 
-    def test_metrics_seed_fields(self, api: TestClient) -> None:
+    def test_metrics_aiflow_shape(self, api: TestClient) -> None:
+        """The AIFlow tracking API's shape: ``{"feature": X, "metrics": {total_runs,
+        avg_execution_time, success_rate, avg_confidence, total_cost, ...}}``."""
         r = api.get(f"{PREFIX}/metrics/", params={"feature": "pid_verification"})
         assert r.status_code == 200
-        m = r.json()
+        body = r.json()
+        assert body["feature"] == "pid_verification"
+        m = body["metrics"]
+        assert {"total_runs", "avg_execution_time", "success_rate", "avg_confidence", "total_cost"} <= set(m)
         assert m["total_runs"] == 4
         assert m["avg_execution_time"] == pytest.approx(1.6)
         assert m["success_rate"] == pytest.approx(75.0)
@@ -67,9 +72,11 @@ class TestEndpoints:
         assert {row["key"] for row in m["by_model"]} == {"gpt-4o", "gpt-4o-mini", "mystery-model"}
 
     def test_metrics_all_features_and_dates(self, api: TestClient) -> None:
-        m = api.get(f"{PREFIX}/metrics/").json()
+        body = api.get(f"{PREFIX}/metrics/").json()
+        m = body["metrics"]
+        assert body["feature"] is None
         assert (m["total_runs"], m["total_cost"]) == (5, pytest.approx(0.038))
-        m = api.get(f"{PREFIX}/metrics/", params={"since": "2026-11-21"}).json()
+        m = api.get(f"{PREFIX}/metrics/", params={"since": "2026-11-21"}).json()["metrics"]
         assert m["total_runs"] == 3
 
     def test_health(self, api: TestClient) -> None:
@@ -204,7 +211,7 @@ def test_router_mounts_in_any_app(seeded: Seeded) -> None:
     with TestClient(app) as client:
         r = client.get("/internal/llm/metrics/", params={"feature": "crs_analysis"})
     assert r.status_code == 200
-    assert r.json()["total_runs"] == 1
+    assert r.json()["metrics"]["total_runs"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +228,15 @@ def test_metrics_count_a_nested_features_calls_under_it(nested: tuple[str, dict[
     """Each call is counted once, under its innermost feature: per feature and in the totals,
     through the REST API as through the Python reports (FastAPI and Django share the handlers)."""
     from tracked_openai import reports
-    from tracked_openai.contrib import _endpoints
+    from tracked_openai.reports import http as _endpoints
 
     uri, costs = nested
     with TestClient(create_app(tracking_uri=uri)) as client:
-        checkout = client.get(f"{PREFIX}/metrics/", params={"feature": "checkout"}).json()
-        fraud = client.get(f"{PREFIX}/metrics/", params={"feature": "fraud_check"}).json()
-        every = client.get(f"{PREFIX}/metrics/").json()
+        checkout_body = client.get(f"{PREFIX}/metrics/", params={"feature": "checkout"}).json()
+        fraud_body = client.get(f"{PREFIX}/metrics/", params={"feature": "fraud_check"}).json()
+        every = client.get(f"{PREFIX}/metrics/").json()["metrics"]
         fraud_runs = client.get(f"{PREFIX}/runs/", params={"feature": "fraud_check"}).json()
+    checkout, fraud = checkout_body["metrics"], fraud_body["metrics"]
     assert (checkout["total_runs"], checkout["total_calls"]) == (1, 2)
     assert checkout["total_cost"] == pytest.approx(costs["checkout"])
     assert (fraud["total_runs"], fraud["total_calls"]) == (1, 1)
@@ -238,8 +246,8 @@ def test_metrics_count_a_nested_features_calls_under_it(nested: tuple[str, dict[
     assert sum(r["total_cost"] for r in every["by_feature"]) == pytest.approx(every["total_cost"])
     assert fraud_runs["count"] == 1 and fraud_runs["runs"][0]["tags.parent_feature"] == "checkout"
     # The same numbers as the Python API and the framework-free handlers Django serves.
-    # (the REST body also names the store it read)
-    assert checkout.pop("tracking_uri") == uri
+    # (the REST body also names the feature and the store it read)
+    assert (checkout_body["feature"], checkout_body["tracking_uri"]) == ("checkout", uri)
     assert checkout == reports.feature_metrics("checkout", tracking_uri=uri)
     status, body = _endpoints.metrics(uri, feature="fraud_check")
-    assert status == 200 and body == fraud
+    assert status == 200 and body == fraud_body

@@ -157,12 +157,12 @@ class TestMoney:
         ],
     )
     def test_usd(self, value: float | None, shown: str) -> None:
-        from tracked_openai._cli_reports import _usd
+        from tracked_openai.cli.reports import _usd
 
         assert _usd(value) == shown
 
     def test_all_unpriced_is_a_dash(self) -> None:
-        from tracked_openai._cli_reports import _cost
+        from tracked_openai.cli.reports import _cost
 
         assert _cost({"total_cost": 0.0, "unpriced_calls": 2}, "total_cost") == DASH
         # Priced calls that failed before the model answered cost nothing: that is $0.

@@ -1,4 +1,4 @@
-"""The seed decorators (``tracked_openai.decorators``) on sync and async functions, success and
+"""The AIFlow tracking decorators (``tracked_openai.decorators``) on sync and async functions, success and
 failure, with tracked and plain clients."""
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_next_lines_are_runnable_as_printed(demo: tuple[subprocess.CompletedProc
 
 def test_next_lines_from_the_project_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Run from the folder holding the venv (as `make demo` does), the commands are `.venv/bin/...`."""
-    from tracked_openai import _demo
+    from tracked_openai.cli import demo as _demo
 
     venv_bin = tmp_path / ".venv" / "bin"
     venv_bin.mkdir(parents=True)

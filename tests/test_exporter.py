@@ -923,7 +923,7 @@ START_SCRIPT = textwrap.dedent(
     result["start_wait"] = tracked_openai.start(wait=True, timeout=120)
     result["threads"] = sorted(t.name for t in threading.enumerate())
     result["mlflow_importers"] = sorted({t for n, t in imported if n == "mlflow"})
-    result["prices_loaded"] = pricing._book is not None
+    result["prices_loaded"] = pricing.book._book is not None
     exporter = _runtime._exporter
     result["sinks"] = [type(s).__name__ for s in exporter.sinks] if exporter else None
     print(json.dumps(result))

@@ -392,7 +392,7 @@ def test_health_probe_when_our_requests_cannot_be_bounded(
     a live one is written to as before."""
     from tracked_openai.sinks import mlflow as sink_module
 
-    monkeypatch.setattr(sink_module, "_bounded_store", lambda uri, timeout: None)
+    monkeypatch.setattr(sink_module, "bounded_store", lambda uri, timeout: None)
     down = MlflowSink(closed_url)
     with pytest.raises(ConnectionError, match="unreachable"):
         down.export(make_calls(1, "probe"))
@@ -412,9 +412,9 @@ def test_urllib3_retry_warnings_are_quiet_on_our_threads_only(
     our threads (one per probe during an outage otherwise), kept for everyone else's."""
     import urllib3
 
-    from tracked_openai.sinks import mlflow as sink_module
+    from tracked_openai.mlflow.store import install_retry_filter
 
-    sink_module._install_retry_filter()
+    install_retry_filter()
 
     def request() -> None:
         with pytest.raises(urllib3.exceptions.MaxRetryError):
@@ -487,7 +487,7 @@ def test_exit_with_mlflow_down_is_bounded_and_spools_once(
 PREDICT_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from tracked_openai.sinks.mlflow import predicted_spool_key
+    from tracked_openai.mlflow.store import predicted_spool_key
     if sys.argv[1] == "set_in_code":
         import mlflow
         mlflow.set_tracking_uri("sqlite:///set-in-code.db")

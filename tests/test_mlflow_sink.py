@@ -1,6 +1,6 @@
 """The MLflow runs mapping against a real embedded store (SQLite in a tmp dir, no mocks).
 
-Records come from the tracked clients and the seed decorators, go through the exporter, and are
+Records come from the tracked clients and the AIFlow tracking decorators, go through the exporter, and are
 read back with ``MlflowClient`` exactly as reports and the REST API will read them.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracked_openai import pricing
+from tests.helpers.pricing import reset_price_book
 from tracked_openai.cli import main
 from tracked_openai.export import runtime as _runtime
 from tracked_openai.pricing import load_price_file, shipped_pricing_dir
@@ -20,9 +20,9 @@ VERSION = load_price_file(SHIPPED).version
 @pytest.fixture(autouse=True)
 def _fresh_book(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(_runtime.settings, "pricing", None)
-    pricing._reset_for_tests()
+    reset_price_book()
     yield
-    pricing._reset_for_tests()
+    reset_price_book()
 
 
 def write(path: Path, text: str) -> Path:
@@ -93,28 +93,6 @@ def test_show_prints_the_shipped_source_as_written(capsys: pytest.CaptureFixture
     assert "LiteLLM (2026-07-24)" in source and "https://openai.com/api-priority-processing/" in source
     # The console wraps long lines at spaces: compare with the whitespace collapsed.
     assert f"source: {source}" in " ".join(out.split())
-
-
-@pytest.mark.parametrize(
-    ("source", "has_note", "lines"),
-    [
-        ("prices.csv chat/1m_tokens/batch: SINGLE-SOURCE (sources=mlflow-3.17.2)", False,
-         ["batch token rates: only MLflow 3.17.2 lists them"]),
-        ("prices.csv 1m_tokens_when_input_gt_272k/standard: AGREE litellm,simonw/llm-prices", False,
-         ["standard token rates above 272k input tokens: LiteLLM and llm-prices agree"]),
-        ("prices.csv image/1m_image_tokens/standard: DISPUTED (sources=litellm,mlflow-3.17.2; CONFLICT x)",
-         True,
-         ["standard image-token rates: the sources disagree; the note says which price is used and why"]),
-        ("prices.csv minute/standard: AGREE litellm,page; output_per_1m absent in litellm", False,
-         ["standard price per minute: LiteLLM and OpenAI's pricing page agree",
-          "LiteLLM has no output rate"]),
-        ("contract with Acme, 2026-10", False, None),
-    ],
-)
-def test_plain_source(source: str, has_note: bool, lines: list[str] | None) -> None:
-    from tracked_openai._cli_pricing import plain_source
-
-    assert plain_source(source, has_note) == lines
 
 
 # Words of the survey the table was drafted from, and paths users cannot open.

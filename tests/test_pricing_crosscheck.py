@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.pricing import reset_price_book
 from tracked_openai import pricing
 from tracked_openai.pricing import load_price_book, price_record
 from tracked_openai.records import CallRecord, Usage
@@ -58,9 +59,9 @@ def book() -> Iterator[pricing.PriceBook]:
 
 @pytest.fixture(autouse=True)
 def _use(book: pricing.PriceBook) -> Iterator[None]:
-    pricing._reset_for_tests(book)
+    reset_price_book(book)
     yield
-    pricing._reset_for_tests()
+    reset_price_book()
 
 
 def _ours(model: str, tier: str, usage: dict[str, int], at: datetime) -> Decimal | None:

@@ -13,7 +13,7 @@ import pytest
 
 import tracked_openai
 from tests.fakeopenai import FakeOpenAI, FakeResponse
-from tracked_openai import pricing
+from tests.helpers.pricing import reset_price_book
 from tracked_openai.export import runtime as _runtime
 from tracked_openai.pricing import (
     PriceBook,
@@ -33,9 +33,9 @@ SHIPPED_VERSION = load_price_file(shipped_pricing_dir() / "openai.yaml").version
 @pytest.fixture(autouse=True)
 def _fresh_book(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(_runtime.settings, "pricing", None)
-    pricing._reset_for_tests()
+    reset_price_book()
     yield
-    pricing._reset_for_tests()
+    reset_price_book()
 
 
 def write(path: Path, text: str) -> Path:
@@ -214,7 +214,7 @@ def test_a_built_price_book_can_be_passed(tmp_path: Path) -> None:
 
 def test_env_var_file_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_runtime.settings, "pricing", str(write(tmp_path / "acme.yaml", ACME)))
-    pricing._reset_for_tests()
+    reset_price_book()
     r = record("acme-llm", input_tokens=1000, output_tokens=100)
     assert r.cost is not None and r.pricing_version == f"{SHIPPED_VERSION}+acme-2026.1"
 
@@ -224,7 +224,7 @@ def test_bad_env_var_file_logs_and_prices_with_the_shipped_table(
 ) -> None:
     bad = write(tmp_path / "bad.yaml", "version: x\nmodels:\n  gpt-4o:\n    source: s\n    inptu: 2\n")
     monkeypatch.setattr(_runtime.settings, "pricing", str(bad))
-    pricing._reset_for_tests()
+    reset_price_book()
     caplog.set_level(logging.ERROR, logger="tracked_openai")
     r = record("gpt-4o", input_tokens=1000)  # never raises on the exporter thread
     assert r.cost is not None and r.cost.total_usd == Decimal("0.0025")  # shipped 2.50
@@ -372,7 +372,7 @@ def test_installed_wheel_layout_finds_the_packaged_tables(tmp_path: Path) -> Non
     import subprocess
     import sys
 
-    package = Path(pricing.__file__).resolve().parent
+    package = Path(tracked_openai.__file__).resolve().parent
     site = tmp_path / "site"
     shutil.copytree(package, site / "tracked_openai", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(shipped_pricing_dir(), site / "tracked_openai" / "_pricing_data")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.pricing import reset_price_book
 from tracked_openai import pricing
 from tracked_openai.pricing import get_price_book, price_record
 from tracked_openai.records import CallRecord, Usage
@@ -19,9 +20,9 @@ from tracked_openai.records import CallRecord, Usage
 
 @pytest.fixture(autouse=True)
 def _fresh_book() -> Iterator[None]:
-    pricing._reset_for_tests()
+    reset_price_book()
     yield
-    pricing._reset_for_tests()
+    reset_price_book()
 
 
 def ts(day: str) -> float:
@@ -280,7 +281,7 @@ def test_tier_cached_rate_never_exceeds_the_tier_input_rate() -> None:
         "version: t\nmodels:\n  m:\n    source: s\n    input: 1\n    cached_input: 0.9\n"
         "    output: 2\n    tiers:\n      batch: {input: 0.5, output: 1}\n"
     )
-    pricing._reset_for_tests(pricing.PriceBook([("t", table)]))
+    reset_price_book(pricing.PriceBook([("t", table)]))
     # batch cached = min(standard cached 0.9, batch input 0.5) = 0.5: 1000 * 0.5 = 500/1M
     r = priced("m", tier="batch", input_tokens=1000, cached_input_tokens=1000)
     assert costs(r)[0] == Decimal("0.0005")

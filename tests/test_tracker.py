@@ -1,4 +1,4 @@
-"""The seed-compatible ``mlflow_tracker`` object."""
+"""The AIFlow-compatible ``mlflow_tracker`` object."""
 
 from __future__ import annotations
 

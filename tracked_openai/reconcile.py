@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from . import reports
+from .reports.aggregate import _is_unpriced
 
 __all__ = [
     "CAUSES",
@@ -363,7 +364,7 @@ def _ours(
         cost = metrics.get("cost_usd")
         if cost is not None:
             side.add_usd(Decimal(repr(cost)))
-        elif reports._is_unpriced(tags, metrics):
+        elif _is_unpriced(tags, metrics):
             side.unpriced += 1
     return sides
 

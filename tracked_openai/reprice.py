@@ -41,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from . import reports
+from .mlflow.store import read_client
 from .pricing import PriceBook, PricingError, load_price_book, price_record
 from .records import CallRecord, Usage
+from .reports.query import _experiment_ids
 
 __all__ = [
     "RepriceResult",
@@ -479,7 +481,7 @@ def _call_runs(
 ) -> Iterator[Any]:
     """Active call runs started in ``[since_ms, until_ms)``, oldest first: straight from MLflow's
     tables through its own ORM models on a SQL store, else through ``MlflowClient.search_runs``."""
-    client = reports._client(uri)
+    client = read_client(uri)
     store = _sql_store(client)
     if store is None:
         parts = ["tags.kind = 'call'"]
@@ -492,7 +494,7 @@ def _call_runs(
             order_by=["attributes.start_time ASC"],
         )
         return
-    ids = reports._experiment_ids(client, feature)
+    ids = _experiment_ids(client, feature)
     if ids:
         yield from _sql_call_runs(store, ids, since_ms, until_ms, page_size)
 

@@ -1,24 +1,27 @@
-"""``tracked-openai`` command line. Each command group lives in its own module and registers
-itself through ``add_commands(subparsers)``; a handler returns the process exit code.
-
-Exit codes (stable, for scripts): 0 ok, 1 the command ran and found a problem (e.g. an invalid
-pricing file), 2 bad arguments (an unknown feature too), 3 the tracking store is missing or
-unreachable, 130 interrupted.
+"""``tracked-openai`` command line: one app. Each command group lives in its own module
+(``reports``, ``pricing``, ``demo``, ``serve``) and registers itself through
+``add_commands(subparsers)``; a handler returns the process exit code (``output``: one set of
+exit codes and one console for every command).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
 
+from ..reports import StoreUnavailableError, UnknownFeatureError
+from . import bill as cli_bill
+from . import demo as cli_demo
+from . import pricing as cli_pricing
+from . import reports as cli_reports
+from . import serve as cli_serve
+from .output import EXIT_INTERRUPTED, EXIT_OK, EXIT_STORE, EXIT_USAGE, error
+
 __all__ = ["main"]
 
-_COMMAND_MODULES = ("tracked_openai._cli_reports", "tracked_openai._cli_pricing", "tracked_openai._cli_bill")
-
-EXIT_USAGE, EXIT_STORE_UNREACHABLE = 2, 3
+_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_bill, cli_demo, cli_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,20 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.add_commands(sub)
+    for group in _COMMAND_GROUPS:
+        group.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .reports import StoreUnavailableError, UnknownFeatureError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.tracking_uri:
@@ -58,19 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except StoreUnavailableError as exc:
-        print(f"tracked-openai {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_STORE_UNREACHABLE
+        error(args.command, str(exc))
+        return EXIT_STORE
     except UnknownFeatureError as exc:
-        print(f"tracked-openai {args.command}: error: {exc}", file=sys.stderr)
+        error(args.command, str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `tracked-openai report | head`: the reader left; not an error of ours.
         sys.stderr.close()
-        return 0
+        return EXIT_OK
     return code
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,28 +1,26 @@
 """``tracked-openai pricing show|check|diff|import-genai-prices``: inspect, validate and compare
 price tables.
 
-Exit codes (see :mod:`tracked_openai.cli`): 0 ok, 1 invalid price file or unknown model, 2 bad
-arguments (a path that does not exist, genai-prices not installed).
+Exit codes (``cli.output``): 0 ok, 1 invalid price file or unknown model, 2 bad arguments (a
+path that does not exist, genai-prices not installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import re
 import sys
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import pricing
-from .pricing import ModelPrice, PriceBook, PricingError
+from .. import pricing
+from ..pricing import ModelPrice, PriceBook, PricingError
+from ..pricing.load import yaml_files
+from .output import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, new_console
 
 __all__ = ["add_commands"]
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 _RATE_COLUMNS = (
     ("input", "input"),
@@ -74,13 +72,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    # Piped output still gets whole rows: a price table wrapped at 80 columns is unreadable.
-    return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=False)
-
-
 def _err(message: str) -> None:
     print(f"tracked-openai pricing: {message}", file=sys.stderr)
 
@@ -96,109 +87,6 @@ def _load_book(path: str | None) -> PriceBook:
     if path is not None:
         return pricing.load_price_book(path)
     return pricing.get_price_book()
-
-
-# ------------------------------------------------------------------------------- source, in words
-
-# The shipped table's `source:` fields are terse survey notes ("prices.csv 1m_tokens/standard: AGREE
-# litellm,mlflow-3.17.2"); `pricing show` says them in words.
-_SOURCE_NAMES = {
-    "litellm": "LiteLLM",
-    "pydantic/genai-prices": "genai-prices",
-    "genai-prices": "genai-prices",
-    "simonw/llm-prices": "llm-prices",
-    "simonw": "llm-prices",
-    "page": "OpenAI's pricing page",
-}
-_UNITS = {
-    "1m_tokens": "token rates",
-    "1m_text_tokens": "text-token rates",
-    "1m_image_tokens": "image-token rates",
-    "1m_audio_tokens": "audio-token rates",
-    "1m_characters": "price per character",
-    "minute": "price per minute",
-    "image": "price per image",
-}
-_SEGMENT = re.compile(r"^(?P<what>\S+): (?P<verdict>AGREE|SINGLE-SOURCE|DISPUTED|RESOLVED)\b ?(?P<rest>.*)$")
-
-
-def _source_name(raw: str) -> str:
-    raw = raw.strip()
-    if raw.startswith("mlflow-"):
-        return "MLflow " + raw.removeprefix("mlflow-")
-    if raw in _SOURCE_NAMES:
-        return _SOURCE_NAMES[raw]
-    # A name cut short in the note ("litel").
-    prefixed = [name for key, name in _SOURCE_NAMES.items() if len(raw) >= 3 and key.startswith(raw)]
-    return prefixed[0] if prefixed else raw
-
-
-def _and(names: list[str]) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def _split_top(text: str) -> list[str]:
-    """``text`` split at the semicolons outside parentheses."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == ";" and depth <= 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return [p for p in parts if p]
-
-
-def _what(category: str) -> str:
-    """``chat/1m_tokens/batch`` → ``batch token rates``."""
-    *head, tier = category.split("/")
-    unit = head[-1] if head else ""
-    above = re.fullmatch(r"(\w+?)_when_input_gt_(\d+k)", unit)
-    if above:
-        unit = above.group(1)
-    words = "mixed token rates" if unit.startswith("1m_mixed") else _UNITS.get(unit, unit.replace("_", " "))
-    text = f"{tier} {words}".strip()
-    return f"{text} above {above.group(2)} input tokens" if above else text
-
-
-def plain_source(source: str, has_note: bool) -> list[str] | None:
-    """The shipped survey note ``source`` as lines in plain words; ``None`` when it is not such a
-    note (a user's own ``source:``, shown as written)."""
-    text = source.strip()
-    if not text.startswith("prices.csv"):
-        return None
-    lines = []
-    for part in _split_top(text.removeprefix("prices.csv").strip()):
-        found = _SEGMENT.match(part)
-        if found is None:
-            # Some notes were cut short when the table was drafted ("output_per_1m abs").
-            absent = re.fullmatch(r"([a-z_]+?)_per(?:_1?m?)?(?: a\w*)?(?: in)?(?: (\S+))?", part)
-            if absent:
-                rate = absent.group(1).replace("_", " ")
-                who = _source_name(absent.group(2)) if absent.group(2) else "one price list"
-                lines.append(f"{who} has no {rate} rate")
-            elif part.startswith("curated-history"):
-                rest = part.removeprefix("curated-history").lstrip(": ")
-                if rest.startswith("+ consensus"):
-                    rest = "and the lists' consensus" + rest.removeprefix("+ consensus")
-                lines.append(f"from the price history {rest}" if rest.startswith("and") else
-                             f"from the price history: {rest}")
-            else:
-                lines.append(part)
-            continue
-        what, verdict, rest = found.group("what", "verdict", "rest")
-        sources = re.search(r"sources=([^;)]*)", rest)
-        if verdict == "AGREE":
-            names = [_source_name(n) for n in rest.split(",") if n.strip()]
-            said = f"{_and(names)} agree" if len(names) > 1 else f"{_and(names)} lists them"
-        elif verdict == "SINGLE-SOURCE":
-            said = f"only {_source_name(sources.group(1)) if sources else 'one source'} lists them"
-        elif has_note:
-            said = "the sources disagree; the note says which price is used and why"
-        else:
-            said = f"the sources disagree: {rest.strip('() ')}"
-        lines.append(f"{_what(what)}: {said}")
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------- show
@@ -250,7 +138,7 @@ def _show_all(book: PriceBook) -> int:
             ", ".join(entry.tiers or {}),
             _units(entry),
         )
-    _console().print(table)
+    new_console().print(table)
     return EXIT_OK
 
 
@@ -263,15 +151,9 @@ def _show_model(book: PriceBook, name: str, provider: str) -> int:
         return EXIT_PROBLEM
     key, rule = found
     entry = book.models[key]
-    console = _console()
+    console = new_console()
     console.print(f"[bold]{name}[/bold] -> {key} ({rule}); version {book.version}; from {book.origin[key]}")
-    plain = plain_source(entry.source, bool(entry.note))
-    if plain is None:
-        console.print(f"source: {entry.source}", markup=False)
-    else:
-        console.print("where these prices come from (compared across public price lists):")
-        for line in plain:
-            console.print(f"  {line}", markup=False)
+    console.print(f"source: {entry.source}", markup=False)
     if entry.note:
         console.print(f"note: {entry.note}", markup=False)
     table = Table(title="USD per 1M tokens")
@@ -333,11 +215,11 @@ def _check(args: argparse.Namespace) -> int:
     except PricingError as exc:
         _err(str(exc))
         return EXIT_PROBLEM
-    shipped_files = pricing._yaml_files(pricing.shipped_pricing_dir())
+    shipped_files = yaml_files(pricing.shipped_pricing_dir())
     shipped_paths = {p.resolve() for p in shipped_files}
     shipped_versions = {pricing.load_price_file(p).version for p in shipped_files}
     shipped = pricing.load_price_book().models
-    for pf, file in zip(files, pricing._yaml_files(path), strict=True):
+    for pf, file in zip(files, yaml_files(path), strict=True):
         print(f"{file}: ok, version {pf.version}, {_plural(len(pf.models), 'model')}"
               f"{_against_shipped(pf, file, shipped, shipped_paths, shipped_versions)}")
     return EXIT_OK
@@ -428,7 +310,7 @@ def _diff(args: argparse.Namespace) -> int:
             a, b = before.get(field), after.get(field)
             if a != b:
                 table.add_row(name, "changed", field, a or "-", b or "-")
-    console = _console()
+    console = new_console()
     if table.row_count == 0:
         console.print(f"no price changes ({old_version} -> {new_version})")
     else:
@@ -441,6 +323,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _import_genai_prices(args: argparse.Namespace) -> int:
     try:
+        from ..pricing.genai_prices import draft_from_genai_prices
+
         text = draft_from_genai_prices(args.table_version)
     except ImportError:
         _err("genai-prices is not installed (pip install genai-prices)")
@@ -451,112 +335,3 @@ def _import_genai_prices(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EXIT_OK
-
-
-_GENAI_FIELDS = {
-    "input_mtok": "input",
-    "cache_read_mtok": "cached_input",
-    "cache_write_mtok": "cache_write",
-    "output_mtok": "output",
-    "input_audio_mtok": "audio_input",
-    "output_audio_mtok": "audio_output",
-    "input_image_mtok": "image_input",
-    "cache_image_read_mtok": "cached_image_input",
-    "output_image_mtok": "image_output",
-}
-
-
-def _rates_from_genai(price: Any) -> tuple[dict[str, Decimal], dict[str, Any]]:
-    """Flat rates and long-context rates (from TieredPrices) of one genai-prices ModelPrice."""
-    flat: dict[str, Decimal] = {}
-    long: dict[str, Any] = {}
-    for their, ours in _GENAI_FIELDS.items():
-        value = getattr(price, their, None)
-        if value is None:
-            continue
-        if isinstance(value, Decimal):
-            flat[ours] = value
-        elif getattr(value, "tiers", None):
-            flat[ours] = value.base
-            long["threshold"] = value.tiers[0].start
-            long[ours] = value.tiers[0].price
-    return flat, long
-
-
-def _yaml_rates(rates: Mapping[str, Any], indent: str) -> list[str]:
-    return [f"{indent}{k}: {_fmt(v) if isinstance(v, Decimal) else v}" for k, v in rates.items()]
-
-
-def draft_from_genai_prices(table_version: str | None = None) -> str:
-    """A price file drafted from the installed genai-prices data (OpenAI provider only).
-
-    Conditional prices with start dates become ``history``; service-tier and batch variants
-    become ``tiers``. Web-search and storage fees have no place in our schema and are dropped.
-    Every entry's ``source`` says it is a draft: a human reviews it before it ships.
-    """
-    import importlib.metadata
-
-    from genai_prices import data
-
-    provider = next(p for p in data.providers if p.id == "openai")
-    pkg_version = importlib.metadata.version("genai-prices")
-    today = datetime.now(UTC).date().isoformat()
-    out = [
-        "# Drafted by `tracked-openai pricing import-genai-prices`"
-        f" from genai-prices {pkg_version} on {today}.",
-        "# DRAFT: review every entry against OpenAI's pricing page before shipping it.",
-        f'version: "{table_version or f"genai-prices-{pkg_version}-draft"}"',
-        "currency: USD",
-        "models:",
-    ]
-    for model in sorted(provider.models, key=lambda m: m.id):
-        prices = model.prices
-        periods: list[tuple[date | None, Any]] = []
-        if isinstance(prices, list):
-            for conditional in prices:
-                constraint = getattr(conditional, "constraint", None)
-                periods.append((getattr(constraint, "start_date", None), conditional.prices))
-        else:
-            periods.append((None, prices))
-        _, current = periods[-1]
-        flat, long = _rates_from_genai(current)
-        if not flat:
-            continue
-        out.append(f"  {model.id}:")
-        out.append(f'    source: "genai-prices {pkg_version} (draft, review)"')
-        out.extend(_yaml_rates(flat, "    "))
-        if long:
-            out.append("    long_context:")
-            out.extend(_yaml_rates(long, "      "))
-        tiers: list[str] = []
-        for variant in model.price_variants or []:
-            (key, value), *_ = variant.when.items()
-            batch = (key, value) == ("processing", "batch")
-            tier = value if key == "service_tier" else "batch" if batch else None
-            if tier not in ("flex", "priority", "batch"):
-                continue
-            t_flat, t_long = _rates_from_genai(variant.prices)
-            if not t_flat:
-                continue
-            tiers.append(f"      {tier}:")
-            tiers.extend(_yaml_rates(t_flat, "        "))
-            if t_long:
-                tiers.append("        long_context:")
-                tiers.extend(_yaml_rates(t_long, "          "))
-        if tiers:
-            out.append("    tiers:")
-            out.extend(tiers)
-        history = []
-        for (_, price), (next_start, _) in itertools.pairwise(periods):
-            h_flat, h_long = _rates_from_genai(price)
-            if not h_flat or next_start is None:
-                continue
-            history.append(f"      - until: {next_start.isoformat()}")
-            history.extend(_yaml_rates(h_flat, "        "))
-            if h_long:
-                history.append("        long_context:")
-                history.extend(_yaml_rates(h_long, "          "))
-        if history:
-            out.append("    history:")
-            out.extend(history)
-    return "\n".join(out) + "\n"

@@ -1,10 +1,10 @@
 """The four REST endpoints, framework-free: each returns ``(http status, JSON body)``.
 
-The FastAPI router (:mod:`tracked_openai.api`) and the Django views
+The FastAPI router (:mod:`tracked_openai.contrib.fastapi`) and the Django views
 (:mod:`tracked_openai.contrib.django.views`) are thin adapters over these, so both serve the
-same shapes (the seed's field names) and the same errors: 400 for a bad query value, 404 for an
-unknown feature (with the known ones), 503 when the store is missing or cannot be read (reading
-never creates a store). No stack trace ever reaches a response.
+same shapes (the field names of the AIFlow tracking API) and the same errors: 400 for a bad
+query value, 404 for an unknown feature (with the known ones), 503 when the store is missing or
+cannot be read (reading never creates a store). No stack trace ever reaches a response.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import reports
+from .._config import settings
 from .._errors import logger
-from ..reports import StoreNotFoundError, StoreUnavailableError, UnknownFeatureError
+from ..export.runtime import stats
+from ..export.spool import Spool
+from ..mlflow.store import StoreNotFoundError, StoreUnavailableError
+from .query import UnknownFeatureError
 
 __all__ = ["MAX_LIMIT", "experiments", "health", "metrics", "runs"]
 
@@ -91,7 +95,7 @@ def parse_limit(raw: Any, default: int = 10) -> int:
 
 
 def runs(uri: str | None = None, feature: str | None = None, limit: int = 10) -> Payload:
-    """``GET runs/?feature=&limit=``: the newest top-level runs, seed column names."""
+    """``GET runs/?feature=&limit=``: the newest top-level runs, AIFlow column names."""
 
     def body() -> dict[str, Any]:
         rows = reports.recent_runs(feature or None, limit, tracking_uri=reports.check_store(uri))
@@ -103,7 +107,8 @@ def runs(uri: str | None = None, feature: str | None = None, limit: int = 10) ->
 def metrics(
     uri: str | None = None, feature: str | None = None, since: str | None = None, until: str | None = None
 ) -> Payload:
-    """``GET metrics/?feature=&since=&until=``: ``feature_metrics`` (seed fields first)."""
+    """``GET metrics/?feature=&since=&until=``: the AIFlow envelope ``{"feature", "metrics"}``;
+    ``metrics`` is ``feature_metrics`` (the AIFlow fields first, then ours and the breakdowns)."""
 
     def body() -> dict[str, Any]:
         reports.parse_when(since)
@@ -111,16 +116,13 @@ def metrics(
         found = reports.feature_metrics(
             feature or None, since or None, until or None, tracking_uri=reports.check_store(uri)
         )
-        return {**found, "tracking_uri": _safe_uri(uri)}
+        return {"feature": feature or None, "tracking_uri": _safe_uri(uri), "metrics": found}
 
     return _guard(uri, body)
 
 
 def _spool() -> dict[str, Any]:
     try:
-        from .._config import settings
-        from ..export.spool import Spool
-
         spool = Spool(settings.spool_dir)
         files = spool.files()
         size = 0
@@ -137,8 +139,6 @@ def _spool() -> dict[str, Any]:
 def health(uri: str | None = None) -> Payload:
     """``GET health/``: store reachable or not, exporter counters, spool size. 503 when the
     store is unreachable (so load balancers and probes see it), 200 otherwise."""
-    from ..export.runtime import stats
-
     store: dict[str, Any] = {"reachable": True, "detail": None}
     try:
         reports.check_store(uri)

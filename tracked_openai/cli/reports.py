@@ -1,7 +1,7 @@
-"""``tracked-openai report|experiments|runs|demo|serve``: the reading side of the command line.
+"""``tracked-openai report|experiments|runs``: the reading side of the command line.
 
-Every handler returns an exit code (see :mod:`tracked_openai.cli`): 0 ok, 2 bad arguments
-(an unknown ``--feature`` too), 3 store missing or unreachable (reading never creates a store).
+Every handler returns an exit code (``cli.output``): 0 ok, 2 bad arguments (an unknown
+``--feature`` too), 3 store missing or unreachable (reading never creates a store).
 Tables go to stdout through rich; errors go to stderr as one line.
 """
 
@@ -12,16 +12,14 @@ import csv
 import io
 import json
 import math
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import reports
+from .. import reports
+from .output import EXIT_OK, EXIT_USAGE, new_console, store_option, tracking_uri
 
 __all__ = ["add_commands"]
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
 
 
 def _positive_int(text: str) -> int:
@@ -34,16 +32,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
-    return value
-
-
 def _when(text: str) -> str:
     # Validate at parse time so a bad date is a usage error (exit 2) like any other bad argument.
     try:
@@ -51,19 +39,6 @@ def _when(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-_READ_HELP = (
-    "MLflow store to read (default: $MLFLOW_TRACKING_URI, else ./mlflow.db); "
-    "a store that does not exist is an error, never created"
-)
-
-
-def store_option(help_text: str = _READ_HELP) -> argparse.ArgumentParser:
-    """``--tracking-uri`` accepted after the command name too (``report --tracking-uri X``)."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--tracking-uri", default=argparse.SUPPRESS, help=help_text)
-    return parent
 
 
 def add_commands(sub: Any) -> None:
@@ -112,44 +87,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table", dest="fmt")
     p.set_defaults(handler=cmd_runs)
 
-    p = sub.add_parser(
-        "demo",
-        parents=[
-            store_option(
-                "MLflow store the demo writes its runs to, created if missing "
-                "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
-            )
-        ],
-        help="offline demo: tracked calls against a local fake OpenAI, then the report",
-        description="Starts a fake OpenAI-compatible server on a loopback port, makes tracked "
-        "calls for the four default features through a tracked client, writes them to MLflow, "
-        "prints the report and the commands to look further. No network, no API key.",
-    )
-    p.add_argument("--quiet", action="store_true", help="print only the report")
-    p.set_defaults(handler=cmd_demo)
-
-    p = sub.add_parser(
-        "serve",
-        parents=common,
-        help="serve the REST API (needs tracked-openai[api])",
-        description="Serves the REST API (experiments, runs, metrics, health) and its docs at "
-        "/api/docs/ (work offline). Prints the address once the port accepts connections.",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
-    p.set_defaults(handler=cmd_serve)
-
 
 # -- output helpers ------------------------------------------------------------------------------
 # Shown for a value that does not exist (no runs, no confidence logged, a cost nobody can price).
 NO_VALUE = "\u2013"  # an en dash
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    # Not a terminal (pipes, CI logs): use a fixed width so tables are not squeezed to 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 140, soft_wrap=False)
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -301,11 +242,6 @@ def _csv(rows: Sequence[dict[str, Any]], first: str) -> str:
     return out.getvalue()
 
 
-def _uri(args: argparse.Namespace) -> str | None:
-    value: str | None = getattr(args, "tracking_uri", None)
-    return value
-
-
 # -- handlers ------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     since, until = reports.parse_when(args.since), reports.parse_when(args.until, end=True)
@@ -313,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         # A usage error, reported before the store is touched.
         print("tracked-openai report: error: since must be before until", file=sys.stderr)
         return EXIT_USAGE
-    uri = reports.check_store(_uri(args))
+    uri = reports.check_store(tracking_uri(args))
     try:
         metrics = reports.feature_metrics(
             args.feature, args.since, args.until, operation=args.operation, tracking_uri=uri
@@ -328,12 +264,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         dim = args.by or "model"
         sys.stdout.write(_csv(metrics[f"by_{dim}"], dim))
     else:
-        render_report(metrics, args.by, _console(), tracking_uri=uri)
+        render_report(metrics, args.by, new_console(), tracking_uri=uri)
     return EXIT_OK
 
 
 def _feature_origin(key: str, registered: dict[str, str]) -> str:
-    from .mlflow.names import DEFAULT_FEATURES
+    from ..mlflow.names import DEFAULT_FEATURES
 
     if key in DEFAULT_FEATURES and registered.get(key) == DEFAULT_FEATURES[key]:
         return "default AIFlow feature"
@@ -343,7 +279,7 @@ def _feature_origin(key: str, registered: dict[str, str]) -> str:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    uri = reports.check_store(_uri(args))
+    uri = reports.check_store(tracking_uri(args))
     rows = reports.experiments(tracking_uri=uri)
     shown = reports.display_uri(uri)
     if args.fmt == "json":
@@ -351,7 +287,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
 
-    from .mlflow.names import features
+    from ..mlflow.names import features
 
     registered = features()
     table = Table(title=f"experiments in {shown}", title_justify="left")
@@ -364,7 +300,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
             row["experiment_id"] or f"{NO_VALUE} (no runs yet)",
             _feature_origin(row["key"], registered),
         )
-    console = _console()
+    console = new_console()
     console.print(table)
     if not any(row["experiment_id"] for row in rows):
         console.print(
@@ -377,14 +313,14 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    uri = reports.check_store(_uri(args))
+    uri = reports.check_store(tracking_uri(args))
     rows = reports.recent_runs(args.feature, args.limit, tracking_uri=uri, include_calls=args.calls)
     if args.fmt == "json":
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     from rich.table import Table
 
-    console = _console()
+    console = new_console()
     console.print(f"recent runs: {args.feature or 'all features'}", markup=False, highlight=False)
     console.print(f"store: {reports.display_uri(uri)}", markup=False, highlight=False, soft_wrap=True)
     table = Table()
@@ -405,47 +341,4 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*(get(row) for _, get in columns))
     console.print(table)
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
-
-    return run_demo(tracking_uri=_uri(args), quiet=args.quiet)
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-
-        from .api import create_app
-    except ImportError as exc:
-        print(
-            f"tracked-openai: error: serve needs the API extra ({exc.name} is missing): "
-            "pip install 'tracked-openai[api]'",
-            file=sys.stderr,
-        )
-        return EXIT_PROBLEM
-    uri = reports.resolve_tracking_uri(_uri(args))
-    try:
-        reports.check_store(uri)
-    except reports.StoreUnavailableError as exc:
-        # The store may appear later (the application has not written yet): serve anyway.
-        print(f"tracked-openai serve: warning: {exc}; the endpoints answer 503 until it is there",
-              file=sys.stderr)
-    app = create_app(tracking_uri=uri)
-    host = args.host
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            # Only now does the port accept connections (a failed bind has exited above).
-            port = args.port
-            for server in getattr(self, "servers", []):
-                for sock in server.sockets:
-                    port = sock.getsockname()[1]
-            print(f"tracked-openai API on http://{host}:{port}/api/docs/ "
-                  f"(store: {reports.display_uri(uri)})", file=sys.stderr, flush=True)
-
-    Server(uvicorn.Config(app, host=host, port=args.port, log_level="warning")).run()
     return EXIT_OK

@@ -3,13 +3,13 @@ app, and a ready app for ``tracked-openai serve``.
 
 ```python
 from fastapi import FastAPI
-from tracked_openai.api import create_router
+from tracked_openai.contrib.fastapi import create_router
 
 app = FastAPI()
 app.include_router(create_router())          # GET /api/v1/mlflow/tracking/{experiments,runs,metrics,health}/
 ```
 
-Shapes keep the seed system's field names. A bad query value answers 400 (FastAPI's own type
+Shapes keep the field names of the AIFlow tracking API. A bad query value answers 400 (FastAPI's own type
 checks answer 422), an unknown ``feature`` 404 with the known ones, a missing or unreachable
 tracking store 503 (reading never creates a store); all are JSON with ``error`` and ``detail``,
 never a stack trace.
@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from .contrib import _endpoints
+from ..reports import http as _endpoints
 
 __all__ = ["PREFIX", "create_app", "create_router", "router"]
 

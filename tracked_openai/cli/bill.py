@@ -19,12 +19,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ._cli_reports import NO_VALUE, _console, _num, _usd, _when, store_option
-from .pricing import PricingError
+from ..pricing import PricingError
+from .output import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+    EXIT_STORE,
+    EXIT_USAGE,
+    error,
+    new_console,
+    store_option,
+    tracking_uri,
+)
+from .reports import NO_VALUE, _num, _usd, _when
 
 __all__ = ["add_commands"]
 
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_STATE = "tracked-openai-reprice.state.json"
 
 
@@ -86,14 +95,6 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_reconcile)
 
 
-def _uri(args: argparse.Namespace) -> str | None:
-    return getattr(args, "tracking_uri", None)
-
-
-def _err(command: str, message: str) -> None:
-    print(f"tracked-openai {command}: error: {message}", file=sys.stderr)
-
-
 # -- reprice ---------------------------------------------------------------------------------------
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
@@ -119,7 +120,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
 
 
 def cmd_reprice(args: argparse.Namespace) -> int:
-    from . import reprice as rp
+    from .. import reprice as rp
 
     state: Path | None = Path(args.state) if args.state else (Path(DEFAULT_STATE) if args.write else None)
     if state is not None and args.restart:
@@ -134,12 +135,12 @@ def cmd_reprice(args: argparse.Namespace) -> int:
                 model=args.model,
                 as_model=args.as_model,
                 write=args.write,
-                tracking_uri=_uri(args),
+                tracking_uri=tracking_uri(args),
                 state_path=state,
                 progress=progress,
             )
     except (PricingError, ValueError) as exc:
-        _err("reprice", str(exc))
+        error("reprice", str(exc))
         return EXIT_USAGE
     if args.fmt == "json":
         print(json.dumps(result.to_dict(), indent=2))
@@ -165,7 +166,7 @@ def _signed_pct(value: float | None) -> str:
 def _render_reprice(result: Any, args: argparse.Namespace) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = new_console()
     t = result.total
     what = f" as if served by {result.as_model}" if result.as_model else ""
     console.print(f"Repriced {t.records:,} call records{what} with price table {result.pricing_version}"
@@ -202,11 +203,11 @@ def _render_reprice(result: Any, args: argparse.Namespace) -> None:
 
 # -- reconcile -------------------------------------------------------------------------------------
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from . import reconcile as rc
+    from .. import reconcile as rc
 
     key = os.environ.get("OPENAI_ADMIN_KEY", "").strip()
     if not key:
-        _err("reconcile", "OPENAI_ADMIN_KEY is not set: create an admin key at "
+        error("reconcile", "OPENAI_ADMIN_KEY is not set: create an admin key at "
              "https://platform.openai.com/settings/organization/admin-keys (ordinary API keys "
              "cannot read organization usage)")
         return EXIT_USAGE
@@ -214,13 +215,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     try:
         result = rc.reconcile(
             args.since, args.until, fetch=rc.http_fetch(key, base_url), project=args.project,
-            tolerance=args.tolerance, tracking_uri=_uri(args),
+            tolerance=args.tolerance, tracking_uri=tracking_uri(args),
         )
     except rc.AdminAPIError as exc:
-        _err("reconcile", f"OpenAI admin API: {exc}")
-        return EXIT_UNREACHABLE
+        error("reconcile", f"OpenAI admin API: {exc}")
+        return EXIT_STORE
     except ValueError as exc:
-        _err("reconcile", str(exc))
+        error("reconcile", str(exc))
         return EXIT_USAGE
     if args.fmt == "json":
         print(json.dumps(result.to_dict(), indent=2))
@@ -238,9 +239,9 @@ def _amount(value: float | int, unit: str) -> str:
 def _render_reconcile(result: Any, problems_only: bool) -> None:
     from rich.table import Table
 
-    from .reconcile import CAUSES, pct
+    from ..reconcile import CAUSES, pct
 
-    console = _console()
+    console = new_console()
     last = (result.until - timedelta(days=1)).date().isoformat()
     scope = f", project {result.project}" if result.project else ""
     console.print(f"Our records vs OpenAI's usage and costs, {result.since.date().isoformat()} to {last} "

@@ -1,7 +1,7 @@
 """``tracked-openai demo``: the whole product in one offline command.
 
 Starts the fake OpenAI-compatible server on a free loopback port, makes tracked calls for the four
-seed features (vision, text, a stream, RAG with embeddings, image generation, a custom operation
+default AIFlow features (vision, text, a stream, RAG with embeddings, image generation, a custom operation
 and one failing call) with a tracked client pointed at it, writes them to MLflow (the store
 ``MLFLOW_TRACKING_URI`` names, else MLflow's default ``./mlflow.db``), flushes, prints the
 report and prints the commands to look further, as this environment can run them
@@ -10,6 +10,7 @@ report and prints the commands to look further, as this environment can run them
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shlex
@@ -21,9 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import reports
+from .. import reports
+from .output import new_console, store_option, tracking_uri
 
-__all__ = ["run_demo"]
+__all__ = ["add_commands", "run_demo"]
 
 _DIAGRAMS = ("P&ID-101 (crude distillation)", "P&ID-204 (heat exchanger train)", "P&ID-317 (flare header)")
 _PFDS = ("PFD-A: feed preheat", "PFD-B: amine regeneration", "PFD-C: sour water stripper")
@@ -31,6 +33,28 @@ _PIXEL = (
     "data:image/png;base64,"
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[
+            store_option(
+                "MLflow store the demo writes its runs to, created if missing "
+                "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+            )
+        ],
+        help="offline demo: tracked calls against a local fake OpenAI, then the report",
+        description="Starts a fake OpenAI-compatible server on a loopback port, makes tracked "
+        "calls for the four default features through a tracked client, writes them to MLflow, "
+        "prints the report and the commands to look further. No network, no API key.",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the report")
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(tracking_uri=tracking_uri(args), quiet=args.quiet)
 
 
 def _confidence(text: str) -> float:
@@ -45,8 +69,8 @@ def _workload(client: Any, say: Any) -> None:
     """What an engineering-documents app would do; each function is one tracked operation."""
     import openai
 
-    from . import track
-    from .decorators import (
+    from .. import track
+    from ..decorators import (
         track_custom_operation,
         track_dalle_generation,
         track_gpt_text,
@@ -158,8 +182,8 @@ def run_demo(tracking_uri: str | None = None, *, quiet: bool = False) -> int:
     """Run the offline demo; returns a CLI exit code (0 ok, 1 not recorded, 3 store unreachable)."""
     import tracked_openai
 
-    from ._cli_reports import _console, render_report
-    from ._fake_server import serve_fake_openai
+    from .._fake_server import serve_fake_openai
+    from .reports import render_report
 
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -167,12 +191,7 @@ def run_demo(tracking_uri: str | None = None, *, quiet: bool = False) -> int:
     # The demo writes: a missing local store is created by the sink (an unreachable server is
     # still an error, found before any call is made).
     uri = reports.check_store(tracking_uri, create=True)
-    console = _console()
-    try:
-        from .sinks.mlflow import MlflowSink  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
-    except ImportError as exc:
-        print(f"tracked-openai demo: error: the MLflow sink is unavailable ({exc})", file=sys.stderr)
-        return 1
+    console = new_console()
     tracked_openai.configure(enabled=True)
 
     def say(feature: str, operation: str, what: str) -> None:
