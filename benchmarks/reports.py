@@ -168,6 +168,7 @@ def bench_reprice(sizes: list[int]) -> None:
             prices = Path(tmp) / "fix.yaml"
             prices.write_text(PRICE_FIX)
             uri = f"sqlite:///{db}"
+            reprice.reprice(prices, tracking_uri=uri, since="2099-01-01")  # warm: imports, engine
             dry, t_dry = timed(reprice.reprice, prices, tracking_uri=uri)
             wrote, t_write = timed(reprice.reprice, prices, tracking_uri=uri, write=True)
             again, t_again = timed(reprice.reprice, prices, tracking_uri=uri, write=True)
