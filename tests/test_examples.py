@@ -115,7 +115,7 @@ def check_manual_logging(r: Ran) -> None:
 def _foreign_runs(uri: str) -> None:
     """Other pfd_conversion work already in the store: a gpt-4o-mini call and an earlier
     model_comparison run of gpt-4.1 (yesterday). The example must leave both out."""
-    from .test_reports_helpers import _Writer
+    from tests.helpers.reports import _Writer
 
     w = _Writer(uri)
     now = datetime.now(UTC)

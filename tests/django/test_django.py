@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.reports import Seeded, seed_contract_store
 from tracked_openai.contrib.django import track_model_saves
 from tracked_openai.testing import TrackedRecords
 
-from ..test_reports_helpers import Seeded, seed_contract_store
 from .testapp.models import PidReport
 
 PREFIX = "/api/v1/mlflow/tracking"

@@ -14,7 +14,7 @@ thread when its first batch is due, or at once after ``start()``, the warm-up an
 calls when it starts. The spool folder is checked there too.
 
 Lifecycle: ``flush(timeout)``, ``shutdown(timeout)``; at interpreter exit ``exit_flush`` (see
-``delivery``). A forked child starts with an empty queue and fresh threads
+``exit``). A forked child starts with an empty queue and fresh threads
 (``os.register_at_fork`` + a pid check on submit).
 """
 
@@ -37,7 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from ..records import Record
-from .delivery import Delivery, sink_key
+from .delivery import sink_key
+from .exit import ExitPath
 from .spool import Spool
 
 __all__ = ["Exporter", "sink_key"]
@@ -61,7 +62,7 @@ class _Counter:
         return int(repr(self._it)[6:-1])
 
 
-class Exporter(Delivery):
+class Exporter(ExitPath):
     """Bounded queue + a worker thread feeding sinks, with retry, spool and replay.
 
     Args:
@@ -391,28 +392,6 @@ class Exporter(Delivery):
                 self._internal_error(exc, "exporter.worker")
             if self._closed and (not self._queue or self._abort.is_set()):
                 return
-
-    def _run_spooler(self) -> None:
-        while True:
-            self._spool_wake.wait(self._interval)
-            self._spool_wake.clear()
-            try:
-                self._drain_overflow()
-            except Exception as exc:
-                self._internal_error(exc, "exporter.spooler")
-            if self._closed and not self._overflow:
-                return
-
-    def _drain_overflow(self) -> None:
-        if self._overflow:
-            self._resolve_sinks()  # the spool files name the sinks they are owed to
-        while self._overflow:
-            batch = self._take(self._overflow)
-            try:
-                self._prepare_batch(batch)
-                self._store(batch, list(range(len(self.sinks))))
-            finally:
-                self._done(batch)
 
     def _take(self, source: deque[Record]) -> list[Record]:
         batch: list[Record] = []

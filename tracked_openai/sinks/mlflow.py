@@ -37,16 +37,15 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._config import settings
 from ..mlflow.names import FEATURE_TAG, experiment_name
+from ..mlflow.pool import WriterPool
 from ..mlflow.runs import MAX_ENTITIES, MAX_METRICS, MAX_PARAMS, MAX_TAGS, ms, run_fields
 from ..mlflow.store import (
     bounded_store,
@@ -70,56 +69,6 @@ _WINDOW_GAP_MS = 5_000
 
 class _SkippedError(Exception):
     """A write not attempted because another write of the same phase had already failed."""
-
-
-class _WriterPool:
-    """A few daemon threads running the sink's writes.
-
-    Not ``concurrent.futures.ThreadPoolExecutor``: its threads are joined at interpreter exit,
-    before atexit hooks run, so writes queued against a hung server would keep the process
-    alive past the exporter's exit deadline (what is unwritten then is spooled anyway).
-    """
-
-    def __init__(self, size: int, initializer: Callable[[], None]) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[Any], Any], Any] | None] = (
-            queue.SimpleQueue()
-        )
-        self._initializer = initializer
-        self._threads = [
-            threading.Thread(target=self._work, name=f"tracked-openai-mlflow-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _work(self) -> None:
-        self._initializer()
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            future, fn, item = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(item)
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
-
-    def submit(self, fn: Callable[[Any], Any], item: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._jobs.put((future, fn, item))
-        return future
-
-    def shutdown(self, wait: bool = True) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
-        if wait:
-            for thread in self._threads:
-                if thread is not threading.current_thread():
-                    thread.join()
 
 
 class _Existing:
@@ -181,7 +130,7 @@ class MlflowSink:
         # True when our requests could not be bounded (see bounded_store): probe /health first.
         self._probe_health = False
         self._client: MlflowClient | None = None
-        self._pool: _WriterPool | None = None
+        self._pool: WriterPool | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         # Held while MLflow opens a local store (see prepare_exit); _closing: open none now.
@@ -270,7 +219,7 @@ class MlflowSink:
         if pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = _WriterPool(self.writers, self._init_writer_thread)
+                    self._pool = WriterPool(self.writers, self._init_writer_thread)
                 pool = self._pool
         # After a failure the writes not yet started are skipped: the store is likely down, and
         # the whole batch is retried (idempotently) or spooled anyway.
