@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/reports.py --reprice [--sizes 10000 100000]
 
 ``--reprice`` times ``tracked-openai reprice`` instead: call runs written by the MLflow sink's
-mapping (``tests/store_seed.py``), repriced with a price file that changes one model (a dry run,
+mapping (``tests/helpers/store_seed.py``), repriced with a price file that changes one model (a dry run,
 ``--write``, and ``--write`` again, which finds everything written and writes nothing).
 
 The store is created by MLflow (its own schema and migrations), then filled fast with plain
@@ -133,7 +133,7 @@ models:
 
 def seed_calls_store(db: Path, size: int) -> None:
     """``size`` call runs over 30 days, four models, four features, priced by the shipped table."""
-    from tests.store_seed import seed_calls
+    from tests.helpers.store_seed import seed_calls
     from tracked_openai.pricing import load_price_book, price_record
     from tracked_openai.records import CallRecord, Usage
 

@@ -1,7 +1,7 @@
 """Repricing stored call runs (issue 19 item 3) on 10,000 runs in an embedded SQLite MLflow store.
 
 The runs are the MLflow sink's own mapping (``run_fields``) of call records priced by the shipped
-table when "recorded" (``tests/store_seed.py``). Every expected figure below is worked out from
+table when "recorded" (``tests/helpers/store_seed.py``). Every expected figure below is worked out from
 the records' usage and the rates written in the test, never by the code under test.
 
 Data set: 10,000 calls over November 2026 (day = i % 30 + 1), three features, five models:
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.store_seed import seed_calls
+from tests.helpers.store_seed import seed_calls
 from tracked_openai import reprice as rp
 from tracked_openai.pricing import PricingError, load_price_book, price_record
 from tracked_openai.records import CallRecord, Usage

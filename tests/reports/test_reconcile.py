@@ -1,6 +1,6 @@
 """Reconciling our records with OpenAI's organization Usage and Costs APIs (issue 19 item 4).
 
-OpenAI's side is ``tests/fake_admin_api.py``: a local HTTP server answering with pages shaped
+OpenAI's side is ``tests/helpers/fake_admin_api.py``: a local HTTP server answering with pages shaped
 exactly like the documented responses (``tests/fixtures/admin_api``, from OpenAI's API reference
 https://platform.openai.com/docs/api-reference/usage), reached through the real HTTP client.
 Our side is a SQLite MLflow store holding the MLflow sink's runs for the records below. OpenAI's
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_admin_api import ADMIN_KEY, FakeAdminAPI
-from tests.store_seed import seed_calls
+from tests.helpers.fake_admin_api import ADMIN_KEY, FakeAdminAPI
+from tests.helpers.store_seed import seed_calls
 from tracked_openai import reconcile as rc
 from tracked_openai.pricing import load_price_book, price_record
 from tracked_openai.records import CallRecord, Usage

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "admin_api"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "admin_api"
 ADMIN_KEY = "sk-admin-test-key"
 _DAY = 86_400
 
