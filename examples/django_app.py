@@ -58,4 +58,5 @@ tracked_openai.flush()
 
 response = Client().get("/api/v1/mlflow/tracking/metrics/", {"feature": "pid_verification"})
 body = json.loads(response.content)
-print("status", response.status_code, "runs", body["total_runs"], "avg confidence", body["avg_confidence"])
+metrics = body["metrics"]
+print("status", response.status_code, "runs", metrics["total_runs"], "avg confidence", metrics["avg_confidence"])
