@@ -7,7 +7,7 @@ Servers are started here, on free loopback ports, with ``mlflow server``'s defau
 workers), and stopped at the end.
 
 * naive: ``mlflow.start_run`` + ``log_params`` + ``log_metrics`` + ``set_tags`` per record, as a
-  user would write it (this is what the seed system did on every call).
+  user would write it (this is what the AIFlow tracking decorators/API did on every call).
 * ours: records submitted to the exporter (``submit`` rate = what the caller sees), then the time
   until the last one is a finished run (``export`` rate = what the store absorbs).
 * burst: N calls submitted at once; the server is SIGKILLed once a third of them are in MLflow,

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 import tracked_openai
 from tracked_openai import OpenAI, track
-from tracked_openai.api import create_router
+from tracked_openai.contrib.fastapi import create_router
 
 app = FastAPI()
 app.include_router(create_router())  # GET /api/v1/mlflow/tracking/{experiments,runs,metrics,health}/
@@ -43,7 +43,8 @@ if __name__ == "__main__":
             request = urllib.request.Request(f"{base}/summaries?text=Summarise+CRS-4.2", method="POST")
             print(json.loads(urllib.request.urlopen(request).read())["summary"])
             tracked_openai.flush()
-            metrics = json.loads(urllib.request.urlopen(f"{base}/api/v1/mlflow/tracking/metrics/?feature=crs_analysis").read())
+            body = json.loads(urllib.request.urlopen(f"{base}/api/v1/mlflow/tracking/metrics/?feature=crs_analysis").read())
+            metrics = body["metrics"]
             print("crs_analysis runs:", metrics["total_runs"], "total cost:", metrics["total_cost"])
         finally:
             server.should_exit = True

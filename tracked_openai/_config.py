@@ -173,7 +173,7 @@ def _env_number(name: str, setting: str) -> Any:
 
 
 def load_settings() -> Settings:
-    """Build settings from ``TRACKED_OPENAI_*`` and the seed's ``MLFLOW_ENABLED``."""
+    """Build settings from ``TRACKED_OPENAI_*`` and the AIFlow tracking API's ``MLFLOW_ENABLED``."""
     enabled = True
     bad_switches: list[tuple[str, str]] = []
     # Either switch turns tracking off; TRACKED_OPENAI_ENABLED wins when both are set.

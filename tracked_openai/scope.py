@@ -32,6 +32,7 @@ from typing import Any, TypeVar, overload
 from ._config import settings
 from ._errors import internal_errors
 from .export import runtime
+from .mlflow.names import numeric_metrics
 from .records import LATE_TAG, OperationRecord, new_record_id, tag_value
 
 __all__ = [
@@ -102,10 +103,7 @@ class Operation:
     def log_metrics(self, metrics: Mapping[str, float] | None = None, **kw: float) -> None:
         """Add numeric metrics to this operation's record (non-numbers are ignored)."""
         with internal_errors("log_metrics"):
-            for key, value in {**(metrics or {}), **kw}.items():
-                number = _as_number(value)
-                if number is not None:
-                    self.record.metrics[_metric_name(key)] = number
+            self.record.metrics.update(numeric_metrics({**(metrics or {}), **kw}))
 
     def log_params(self, params: Mapping[str, Any] | None = None, **kw: Any) -> None:
         with internal_errors("log_params"):
@@ -219,19 +217,6 @@ _current: ContextVar[Operation | None] = ContextVar("tracked_openai_operation", 
 def current_scope() -> Operation | None:
     """The innermost running operation in this thread/task, or ``None``."""
     return _current.get()
-
-
-def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        f = float(value)
-        return f if f == f and f not in (float("inf"), float("-inf")) else None
-    return None
-
-
-def _metric_name(key: str) -> str:
-    return "confidence_score" if key in ("confidence", "confidence_score") else str(key)
 
 
 class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(...)`
@@ -349,6 +334,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
                 op._finish(None, result, True)
                 return result
 
+            async_wrapper.__tracked_openai__ = self  # type: ignore[attr-defined]  # for the Django middleware
             return async_wrapper
 
         @functools.wraps(func)
@@ -368,6 +354,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
             op._finish(None, result, True)
             return result
 
+        wrapper.__tracked_openai__ = self  # type: ignore[attr-defined]
         return wrapper
 
 

@@ -1,4 +1,4 @@
-"""The seed system's ``mlflow_tracker`` object, kept for code that uses it directly.
+"""The AIFlow tracking API's ``mlflow_tracker`` object, kept for code that uses it directly.
 
 ``mlflow_tracker.log_experiment_result(...)`` builds an :class:`OperationRecord` and submits it
 through the exporter like every other record: it returns at once, never raises, and the run
@@ -15,23 +15,14 @@ from typing import Any
 from ._config import settings
 from ._errors import internal_errors
 from .export import runtime
-from .mlflow.names import experiment_name, features
+from .mlflow.names import experiment_name, features, numeric_metrics
 from .records import OperationRecord, tag_value
 
 __all__ = ["MlflowTracker", "mlflow_tracker"]
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        f = float(value)
-        return f if f == f and abs(f) != float("inf") else None
-    return None
-
-
 class MlflowTracker:
-    """Seed-compatible facade over the exporter and the MLflow sink settings."""
+    """AIFlow-compatible facade over the exporter and the MLflow sink settings."""
 
     @property
     def enabled(self) -> bool:
@@ -68,7 +59,7 @@ class MlflowTracker:
     ) -> None:
         """Record one manual result as an operation run in ``feature``'s experiment.
 
-        ``confidence`` is stored as ``confidence_score`` (the seed's metric name); non-numeric
+        ``confidence`` is stored as ``confidence_score`` (the AIFlow metric name); non-numeric
         metrics are ignored, as MLflow would reject them.
         """
         if not settings.enabled:
@@ -76,12 +67,7 @@ class MlflowTracker:
         with internal_errors("tracker.log_experiment_result"):
             frame = sys._getframe(1)
             function = frame.f_code.co_qualname
-            numeric: dict[str, float] = {}
-            for key, value in (metrics or {}).items():
-                number = _number(value)
-                if number is not None:
-                    name = "confidence_score" if key in ("confidence", "confidence_score") else str(key)
-                    numeric[name] = number
+            numeric = numeric_metrics(metrics or {})
             record = OperationRecord(
                 started_at=time.time(),
                 duration_s=None,  # a manual result has no measured duration of its own

@@ -4,8 +4,8 @@
 this base class gets a prepared batch to its sinks. A failing sink is retried with exponential
 backoff and jitter (tenacity); when the retries run out the batch is spooled and the sink is
 considered down: later batches go straight to the spool and a single attempt probes the sink
-every ``retry_max`` seconds. When a probe succeeds the spool is replayed. At interpreter exit
-(``exit_flush``, once) whatever is left after the deadline (queued, in flight, held) is spooled.
+every ``retry_max`` seconds. When a probe succeeds the spool is replayed. The exit path (``exit``)
+builds on this class.
 Sinks are idempotent by ``record_id``, so a batch exported twice (retry after a partial
 success, replay of a batch also in flight at exit) still makes one entry per record.
 """
@@ -28,10 +28,6 @@ from .journal import Journal
 from .spool import Spool
 
 __all__ = ["Delivery", "sink_key"]
-
-# Longest the exit waits for a sink to finish work that must not be cut off half-way.
-_EXIT_BARRIER_TIMEOUT = 60.0
-
 
 class _AbortError(Exception):
     """Raised from the backoff sleep to stop retrying (shutdown or exit deadline)."""
@@ -99,26 +95,54 @@ class Delivery(ABC):
     _ready: threading.Event
     _setup_lock: threading.Lock
     _current_lock: threading.Lock
-    _journal: Journal | None
-    _staged: deque[Record]
+
+    _interval: float
+    _spool_wake: threading.Event
 
     @abstractmethod
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record submitted so far is exported or spooled."""
 
     @abstractmethod
-    def _adopt_journals(self) -> None:
-        """Move journals of dead processes into the spool."""
+    def _take(self, source: deque[Record]) -> list[Record]:
+        """Up to a batch from ``source``, counted in flight."""
+
+    # -- the journal (journal=True; see journal_thread.py) ---------------------------------------
+    _journal: Journal | None
+    _staged: deque[Record]
 
     @abstractmethod
-    def _close_journal(self) -> None:
-        """Delete this process's journal if every record in it is done, else just close it."""
+    def _adopt_journals(self) -> None:
+        """Move journals of dead processes into the spool."""
 
     def _journal_done(self, batch: list[Record]) -> None:
         """``batch`` reached its sinks or the spool: the journal can forget it."""
         journal = self._journal
         if journal is not None:
             journal.done(batch)
+
+    # -- the overflow, spooled by the spooler thread ---------------------------------------------
+    def _run_spooler(self) -> None:
+        while True:
+            self._spool_wake.wait(self._interval)
+            self._spool_wake.clear()
+            try:
+                self._drain_overflow()
+            except Exception as exc:
+                self._internal_error(exc, "exporter.spooler")
+            if self._closed and not self._overflow:
+                return
+
+    def _drain_overflow(self) -> None:
+        if self._overflow:
+            self._resolve_sinks()  # the spool files name the sinks they are owed to
+        while self._overflow:
+            batch = self._take(self._overflow)
+            try:
+                self._prepare_batch(batch)
+                self._store(batch, list(range(len(self.sinks))))
+            finally:
+                self._done(batch)
 
     def _setup(self) -> None:
         """Worker thread, once, at ``start()`` or after preparing the first batch: build the
@@ -361,105 +385,6 @@ class Delivery(ABC):
             if pending:
                 break
         return replayed
-
-    def _exit_keys(self) -> list[str] | None:
-        """The spool keys to file leftovers under at exit: ``None`` once the sinks are built
-        (theirs). Before, the sink factory's own prediction (``spool_keys()``): the worker may be
-        importing MLflow right now, and the exit deadline doesn't wait for that."""
-        factory = self._factory
-        if factory is None:
-            return None
-        predict = getattr(factory, "spool_keys", None)
-        if predict is not None:
-            try:
-                return [str(key) for key in predict()]
-            except Exception as exc:
-                self._internal_error(exc, "exporter.spool_keys")
-        if self._setup_lock.acquire(timeout=0.5):  # no prediction: the build may be about done
-            self._setup_lock.release()
-        return None if self._factory is None else []
-
-    def _spool_leftovers(self) -> None:
-        """Spool whatever is still in memory (queue, overflow, the batch in flight, held)."""
-        self._abort.set()
-        keys = self._exit_keys()
-        leftovers: list[Record] = []
-        for source in (self._staged, self._queue, self._overflow):
-            while source:
-                try:
-                    leftovers.append(source.popleft())
-                except IndexError:
-                    break
-        self._prepare_batch(leftovers)
-        all_targets = list(range(len(self.sinks)))
-        self._surrender_current(keys)
-        for start in range(0, len(leftovers), self._batch_size):
-            with self._current_lock:
-                self._spool_or_hold(leftovers[start : start + self._batch_size], all_targets, keys)
-        with self._current_lock:  # the exit path owns these now, the surrendered batch included
-            held = list(self._held)
-            self._held.clear()
-            for batch, targets in held:
-                self._spool_or_hold(batch, targets)
-
-    def _surrender_current(self, keys: list[str] | None) -> None:
-        """Take the batch in flight from the worker and spool it (exit path). The worker may
-        still export it right now (the sink's idempotency absorbs that) but never spools it."""
-        with self._current_lock:
-            current, self._current = self._current, None
-            if current is not None:
-                self._surrendered = current
-                self._spool_or_hold(current, list(range(len(self.sinks))), keys)
-
-    def _at_exit(self) -> None:
-        if self._exited or self._closed:
-            return
-        if self._before_exit is not None:
-            try:
-                self._before_exit()
-            except Exception as exc:
-                self._internal_error(exc, "exporter.before_exit")
-        self.exit_flush()
-
-    def exit_flush(self) -> None:
-        """At interpreter exit, once: flush with the exit deadline, spool whatever is left, and
-        close (a record submitted later, from another exit hook, goes straight to the spool).
-        Never raises."""
-        if self._closed or self._exited:
-            return
-        self._exited = True
-        # A little of the deadline is kept for a batch the worker was still preparing (pricing)
-        # when the flush gave up: neither queued nor deliverable then, it is spooled once ready.
-        grace = min(1.0, self._exit_timeout / 4)
-        try:
-            # exit_timeout 0: spool at once, without waking the worker to take a batch first.
-            budget = self._exit_timeout - grace
-            if budget <= 0 or not self.flush(budget):
-                self._spool_leftovers()
-                if self._preparing is not None:
-                    with self._idle:
-                        self._idle.wait_for(lambda: self._preparing is None, timeout=grace)
-                    self._surrender_current(self._exit_keys())
-                preparing = self._preparing
-                left = sum(len(b) for b, _ in self._held) + (len(preparing) if preparing else 0)
-                if left:
-                    logger.warning("tracked_openai: exit with %d records neither exported nor spooled", left)
-        except Exception as exc:  # pragma: no cover
-            self._internal_error(exc, "exporter.at_exit")
-        finally:
-            self._closed = True
-            self._abort.set()
-            self._wake.set()
-            self._close_journal()
-            # A sink in the middle of something that must not be cut off (the MLflow sink
-            # creating a local store) is waited for; no sink starts such work from now on.
-            for sink in list(self.sinks):
-                barrier = getattr(sink, "prepare_exit", None)
-                if barrier is not None:
-                    try:
-                        barrier(_EXIT_BARRIER_TIMEOUT)
-                    except Exception as exc:
-                        self._internal_error(exc, "sink.prepare_exit")
 
     def _count(self, name: str, n: int) -> None:
         with self._lock:

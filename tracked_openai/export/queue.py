@@ -14,7 +14,7 @@ thread when its first batch is due, or at once after ``start()``, the warm-up an
 calls when it starts. The spool folder is checked there too.
 
 Lifecycle: ``flush(timeout)``, ``shutdown(timeout)``; at interpreter exit ``exit_flush`` (see
-``delivery``). A forked child starts with an empty queue and fresh threads
+``exit``). A forked child starts with an empty queue and fresh threads
 (``os.register_at_fork`` + a pid check on submit).
 """
 
@@ -36,21 +36,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from .._errors import logger
 from ..records import Record
-from .delivery import Delivery, sink_key
-from .journal import Journal, adopt_journals
+from .delivery import sink_key
+from .journal import Journal
+from .journal_thread import JournalThread
 from .spool import Spool
 
 __all__ = ["Exporter", "sink_key"]
 
 OverflowPolicy = Literal["spool", "drop"]
-
-# How often a running exporter looks for the journals of processes that died meanwhile.
-_ADOPT_EVERY = 60.0
-# How long the journal thread lets records gather before it journals them: the window a SIGKILL
-# can still lose, traded against one wake-up and one write per call (see docs/exporter.md).
-_JOURNAL_DELAY = 0.01
 
 class _Counter:
     """A thread-safe counter whose increment is one C call (``next`` on itertools.count), so the
@@ -69,7 +63,7 @@ class _Counter:
         return int(repr(self._it)[6:-1])
 
 
-class Exporter(Delivery):
+class Exporter(JournalThread):
     """Bounded queue + a worker thread feeding sinks, with retry, spool and replay.
 
     Args:
@@ -436,113 +430,6 @@ class Exporter(Delivery):
             if self._closed and (not (self._queue or self._staged) or self._abort.is_set()):
                 return
 
-    def _run_journal(self) -> None:
-        while True:
-            # Woken by the first record submitted after a pass (the timeout is a safety net),
-            # then a short pause before taking the queue: records arriving meanwhile share one
-            # pass and one write, and the caller threads are not interrupted once per call.
-            if self._journal_wake.wait(self._interval) and not self._closed:
-                time.sleep(_JOURNAL_DELAY)
-            self._journal_wake.clear()
-            try:
-                self._journal_drain()
-            except Exception as exc:
-                self._internal_error(exc, "exporter.journal")
-            if self._closed and (not self._queue or self._abort.is_set()):
-                return
-
-    def _journal_drain(self) -> None:
-        """Take what is queued, prepare it, journal it and stage it for the worker."""
-        while self._queue and not self._abort.is_set():
-            batch = self._take(self._queue)
-            try:
-                self._prepare_batch(batch)
-                self._journal_write(batch)
-            finally:
-                with self._idle:  # staged and no longer in flight together: flush() sees one
-                    self._staged.extend(batch)
-                    self._in_flight -= len(batch)
-                    self._idle.notify_all()
-            if len(self._staged) >= self._batch_size:
-                self._wake.set()
-
-    def _journal_write(self, batch: list[Record]) -> None:
-        journal = self._journal
-        if journal is None:
-            if self._spool is None:
-                return
-            journal = self._journal = Journal(self._spool.directory, self._journal_keys)
-        try:
-            journal.write(batch)
-        except OSError as exc:
-            # The records go on to their sinks as they would without a journal; said once.
-            self._count("journal_errors", 1)
-            if not self._journal_warned:
-                self._journal_warned = True
-                logger.warning(
-                    "tracked_openai: the journal in %s can't be written (%s: %s); records are "
-                    "delivered without it (a SIGKILL loses what is queued)",
-                    journal.directory, type(exc).__name__, exc.strerror or exc,
-                )
-        except Exception as exc:
-            self._count("journal_errors", 1)
-            self._internal_error(exc, "journal")
-
-    def _journal_keys(self) -> list[str]:
-        """The spool keys a journal names: the sinks' once built, else the factory's prediction."""
-        keys = self._exit_keys()
-        return list(self._keys) if keys is None else keys
-
-    def _adopt_journals(self) -> None:
-        """Move journals of dead processes into the spool (replayed from there)."""
-        self._next_adopt = time.monotonic() + _ADOPT_EVERY
-        if self._spool is None or not self._replay:
-            return
-        with self._idle:  # flush() waits for it, as for a replay
-            self._replaying += 1
-        try:
-            moved = adopt_journals(self._spool, self._journal, self._batch_size)
-        except Exception as exc:
-            self._internal_error(exc, "journal adopt")
-            return
-        finally:
-            with self._idle:
-                self._replaying -= 1
-                self._idle.notify_all()
-        if moved:
-            self._count("adopted", moved)
-            logger.info("tracked_openai: %d records from stopped processes' journals go to the spool", moved)
-
-    def _close_journal(self) -> None:
-        journal = self._journal
-        if journal is not None:
-            try:
-                journal.close()
-            except Exception as exc:  # pragma: no cover - defensive
-                self._internal_error(exc, "journal close")
-
-    def _run_spooler(self) -> None:
-        while True:
-            self._spool_wake.wait(self._interval)
-            self._spool_wake.clear()
-            try:
-                self._drain_overflow()
-            except Exception as exc:
-                self._internal_error(exc, "exporter.spooler")
-            if self._closed and not self._overflow:
-                return
-
-    def _drain_overflow(self) -> None:
-        if self._overflow:
-            self._resolve_sinks()  # the spool files name the sinks they are owed to
-        while self._overflow:
-            batch = self._take(self._overflow)
-            try:
-                self._prepare_batch(batch)
-                self._store(batch, list(range(len(self.sinks))))
-            finally:
-                self._done(batch)
-
     def _take(self, source: deque[Record]) -> list[Record]:
         batch: list[Record] = []
         with self._idle:
@@ -592,7 +479,7 @@ class Exporter(Delivery):
                 continue
             if not self._set_up or self._abort.is_set() or not self._sink_probe_due():
                 break  # (not set up: nothing was ever queued, nothing to retry or replay)
-            if time.monotonic() >= self._next_adopt:
+            if self._adopt_due():
                 self._adopt_journals()  # a process that died while this one runs
             if self._held:
                 with self._idle:  # pop and count together: flush() must never see neither

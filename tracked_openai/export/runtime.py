@@ -67,7 +67,7 @@ class _DefaultSinks:
 
     def spool_keys(self) -> list[str]:
         # At exit, before the sink exists: where its records go (cheap, no MLflow import).
-        from ..sinks.mlflow import predicted_spool_key
+        from ..mlflow.store import predicted_spool_key
 
         return [predicted_spool_key()]
 
