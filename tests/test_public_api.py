@@ -28,7 +28,13 @@ def test_all_equals_public_names() -> None:
 
 @pytest.mark.parametrize(
     "module_name",
-    ["tracked_openai", "tracked_openai.decorators", "tracked_openai.sinks", "tracked_openai.records"],
+    [
+        "tracked_openai",
+        "tracked_openai.decorators",
+        "tracked_openai.sinks",
+        "tracked_openai.records",
+        "tracked_openai.budgets",
+    ],
 )
 def test_every_listed_name_resolves(module_name: str) -> None:
     module = importlib.import_module(module_name)
@@ -80,3 +86,11 @@ def test_documented_surface() -> None:
     assert isinstance(InMemorySink(), Sink)
     assert JsonlSink is not None
     assert isinstance(tracked_openai.__version__, str)
+
+
+def test_budgets_surface() -> None:
+    from tracked_openai import Budget, BudgetExceeded, budgets
+
+    assert Budget is budgets.Budget and BudgetExceeded is budgets.BudgetExceeded
+    assert issubclass(BudgetExceeded, Exception)
+    assert Budget(feature="f", usd=1).key == "feature=f|day"

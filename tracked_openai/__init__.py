@@ -13,6 +13,7 @@ from ._client import AsyncAzureOpenAI, AsyncOpenAI, AsyncTrackedOpenAI, AzureOpe
 from ._context import Operation, current_scope, track
 from ._module_client import instrument_module_client, uninstrument_module_client
 from ._runtime import configure, flush, shutdown, start, stats
+from .budgets import Budget, BudgetExceeded
 from .records import CallRecord, Cost, OperationRecord, Usage
 
 __version__ = "0.1.0"
@@ -22,6 +23,8 @@ __all__ = [
     "AsyncOpenAI",
     "AsyncTrackedOpenAI",
     "AzureOpenAI",
+    "Budget",
+    "BudgetExceeded",
     "CallRecord",
     "Cost",
     "OpenAI",
