@@ -17,12 +17,33 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import logger, report_internal_error
-from ._alerts import Alert
-from ._file import BudgetsFileError, load_budgets_file, parse_budgets_text
 from ._model import Budget, BudgetExceeded
+
+if TYPE_CHECKING:
+    from ._alerts import Alert
+    from ._file import BudgetsFileError, load_budgets_file, parse_budgets_text
+
+# Loaded on first use: YAML and urllib cost tens of milliseconds at import.
+_LAZY = {
+    "Alert": "._alerts",
+    "BudgetsFileError": "._file",
+    "load_budgets_file": "._file",
+    "parse_budgets_text": "._file",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "ACTIVE",
@@ -78,6 +99,8 @@ def configure_budgets(
 
     hooks: list[dict[str, Any]] = [w if isinstance(w, dict) else {"url": w} for w in webhooks]
     if isinstance(budgets, (str, Path)):
+        from ._file import load_budgets_file
+
         loaded = load_budgets_file(budgets)
         budgets = loaded.budgets
         hooks += [{"url": w.url, "slack": w.slack, "timeout": w.timeout} for w in loaded.webhooks]
@@ -140,6 +163,8 @@ def _from_env() -> Any:
     if not path:
         ACTIVE = False
         return None
+    from ._file import BudgetsFileError
+
     try:
         configure_budgets(path)
     except BudgetsFileError as exc:

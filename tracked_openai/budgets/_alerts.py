@@ -12,7 +12,6 @@ import json
 import queue
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -109,6 +108,8 @@ class AlertDispatcher:
         body: dict[str, Any] = alert.as_dict()
         if hook.slack:
             body = {"text": alert.text(), **body}
+        import urllib.request
+
         data = json.dumps(body).encode()
         delay = 0.5
         for attempt in range(_ATTEMPTS):
