@@ -17,6 +17,7 @@ from typing import Any
 import openai
 
 from . import _runtime
+from . import budgets as _budgets
 from ._compat import SUPPORTED, sdk_problem, sdk_version
 from ._errors import internal_errors, logger, report_internal_error
 
@@ -75,6 +76,8 @@ def _tracked_sync(
         report_internal_error(exc, "begin")
     if call is None:
         return request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    if _budgets.ACTIVE:
+        _budgets.guard(call)  # BudgetExceeded here: not sent, recorded as blocked
     token: Token[Call | None] = _active.set(call)
     try:
         result = request(cast_to, options, stream=stream, stream_cls=stream_cls)
@@ -101,6 +104,8 @@ async def _tracked_async(
         report_internal_error(exc, "begin")
     if call is None:
         return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    if _budgets.ACTIVE:
+        await _budgets.guard_async(call)  # BudgetExceeded here: not sent, recorded as blocked
     token: Token[Call | None] = _active.set(call)
     try:
         result = await request(cast_to, options, stream=stream, stream_cls=stream_cls)

@@ -152,6 +152,7 @@ def submit(record: Record | Any) -> None:
 def prepare(item: Record | Any) -> Record:
     """On the exporter thread: the record of a finished tracked call (``Call.to_record``), or the
     record given, with its derived fields filled: id, estimated usage, cost, operation roll-ups."""
+    reservation = getattr(item, "budget", None)  # a tracked call's budget reservation
     record: Record = item if isinstance(item, (CallRecord, OperationRecord)) else _record_of(item)
     if isinstance(record, CallRecord):
         if not record.record_id:  # a tracked call's record is named here, off the caller's path
@@ -163,6 +164,10 @@ def prepare(item: Record | Any) -> Record:
                 price_record(record)
             if record.cost_status == "pending":
                 record.cost_status = "error"
+        if reservation is not None:
+            from .budgets import settle
+
+            settle(reservation, record)
     elif isinstance(record, OperationRecord):
         children, record.children = record.children, []
         if children:
@@ -240,6 +245,10 @@ def configure(
     default_feature: str | None = None,
     features: Mapping[str, str] | None = None,
     pricing: Any = None,
+    budgets: Iterable[Any] | str | None = None,
+    ledger_url: str | None = None,
+    on_budget_alert: Callable[[Any], Any] | None = None,
+    budget_webhooks: Iterable[str | dict[str, Any]] | None = None,
     **exporter_options: Any,
 ) -> None:
     """Change settings at run time. ``sinks`` replaces the sinks (the old exporter is flushed).
@@ -252,6 +261,12 @@ def configure(
         default_feature: Feature key for calls made outside any ``track`` block.
         features: Extra ``{feature key: experiment name}`` entries for the MLflow sink.
         pricing: A pricing file or folder (or a loaded price book) overriding the shipped tables.
+        budgets: :class:`~tracked_openai.Budget` objects, or a budgets file, replacing the budgets
+            in force (``[]`` removes them). See ``tracked_openai.budgets.configure_budgets``.
+        ledger_url: SQLAlchemy URL of the budget ledger (default ``TRACKED_OPENAI_LEDGER_URL``,
+            else a SQLite file ``.tracked_openai/budget_ledger.sqlite``).
+        on_budget_alert: Called with each budget alert.
+        budget_webhooks: URLs (or ``{"url": ..., "slack": True}``) budget alerts are POSTed to.
         **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
             ``spool_dir``, ``retry_attempts``, ``retry_initial``, ``retry_max``, ``overflow``,
             ``experiment_prefix``, ``mlflow_timeout``. A bad value (not a number, not finite,
@@ -276,6 +291,12 @@ def configure(
         from .pricing import use_pricing
 
         use_pricing(pricing)
+    if budgets is not None:
+        from .budgets import configure_budgets
+
+        configure_budgets(
+            budgets, ledger_url=ledger_url, on_alert=on_budget_alert, webhooks=budget_webhooks or ()
+        )
     if sinks is not None or exporter_options:
         with _lock:
             old = _exporter
@@ -306,6 +327,8 @@ def shutdown(timeout: float | None = None) -> bool:
 
 def stats() -> dict[str, int]:
     """Exporter counters (submitted, exported, dropped, …) and internal errors."""
+    from .budgets import stats as budget_stats
+
     exporter = _exporter
     counters = exporter.stats() if exporter is not None else {}
-    return {**counters, "internal_errors": internal_error_count()}
+    return {**counters, **budget_stats(), "internal_errors": internal_error_count()}

@@ -65,7 +65,7 @@ _MAX_MESSAGE = 2_000
 
 # Read on every tracked call: False costs the caller one global lookup.
 ACTIVE: bool = bool(os.environ.get("TRACKED_OPENAI_BUDGETS"))
-_manager: Any = None  # BudgetManager | None, built lazily (it imports the ledger module)
+_current: Any = None  # BudgetManager | None, built lazily (it imports the ledger module)
 _env_loaded = False
 _lock = threading.Lock()
 
@@ -94,7 +94,7 @@ def configure_budgets(
         slice_fraction: Share of a limit leased to a process at a time (default 0.05).
         sync_interval: Seconds between reports of settled costs to the ledger (default 1).
     """
-    global _manager, ACTIVE, _env_loaded
+    global _current, ACTIVE, _env_loaded
     from ._manager import DEFAULT_SLICE_FRACTION, DEFAULT_SYNC_INTERVAL, BudgetManager
 
     hooks: list[dict[str, Any]] = [w if isinstance(w, dict) else {"url": w} for w in webhooks]
@@ -112,7 +112,7 @@ def configure_budgets(
         ledger_timeout if ledger_timeout is not None else _env_float("TRACKED_OPENAI_LEDGER_TIMEOUT", 2.0)
     )
     with _lock:
-        old, _manager = _manager, None
+        old, _current = _current, None
         _env_loaded = True
         if items:
             manager = BudgetManager(
@@ -129,8 +129,8 @@ def configure_budgets(
                     str(hook["url"]), bool(hook.get("slack", False)), float(hook.get("timeout", 5.0))
                 )
             manager.start()
-            _manager = manager
-        ACTIVE = _manager is not None
+            _current = manager
+        ACTIVE = _current is not None
     if old is not None:
         old.close()
 
@@ -157,7 +157,7 @@ def _from_env() -> Any:
     global _env_loaded, ACTIVE
     with _lock:
         if _env_loaded:
-            return _manager
+            return _current
         _env_loaded = True
     path = os.environ.get("TRACKED_OPENAI_BUDGETS")
     if not path:
@@ -170,11 +170,11 @@ def _from_env() -> Any:
     except BudgetsFileError as exc:
         logger.error("tracked_openai: TRACKED_OPENAI_BUDGETS ignored, no budget applies:\n%s", exc)
         ACTIVE = False
-    return _manager
+    return _current
 
 
 def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
-    manager = _manager if _env_loaded else _from_env()
+    manager = _current if _env_loaded else _from_env()
     if manager is None:
         return None
     op = call.op
@@ -268,14 +268,14 @@ def settle(reservation: Any, record: Any) -> None:
 def stats() -> dict[str, int]:
     """Budget counters (reservations, blocked, ledger unavailable, fail open/closed, alerts,
     ledger round trips, webhooks); empty without budgets."""
-    manager = _manager
+    manager = _current
     return manager.stats() if manager is not None else {}
 
 
 def _shutdown_for_tests() -> None:
-    global _manager, ACTIVE, _env_loaded
+    global _current, ACTIVE, _env_loaded
     with _lock:
-        old, _manager = _manager, None
+        old, _current = _current, None
         ACTIVE = bool(os.environ.get("TRACKED_OPENAI_BUDGETS"))
         _env_loaded = False
     if old is not None:
