@@ -34,6 +34,10 @@ DEFAULT_SLICE_FRACTION = 0.05
 DEFAULT_SYNC_INTERVAL = 1.0
 # A lease unused this long is given back to the ledger for other processes.
 IDLE_RETURN_S = 5.0
+# After the ledger refused a grant, calls needing more than the room it had left are blocked
+# without asking again for this long (a budget that is spent would otherwise cost every blocked
+# call a round trip). Room handed back meanwhile is seen once it passes.
+REFUSAL_TTL_S = 1.0
 
 
 class NeedsLedgerError(Exception):
@@ -52,7 +56,9 @@ class _State:
         "last_used",
         "outstanding",
         "refill",
+        "refused_at",
         "reserved",
+        "room",
         "spent",
         "unreported",
         "window",
@@ -71,6 +77,9 @@ class _State:
         self.fired: set[float] = set()
         self.refill = threading.Lock()
         self.last_used = time.monotonic()
+        # When the ledger last refused a grant, and the room it had left then.
+        self.refused_at = -1e18
+        self.room = 0
 
 
 class Reservation:
@@ -255,6 +264,9 @@ class BudgetManager:
             with self._lock:
                 need = amount - max(state.available, 0)
                 want = max(need, int(budget.limit_nano * self.slice_fraction))
+                if need > state.room and time.monotonic() - state.refused_at < REFUSAL_TTL_S:
+                    self.counters["blocked"] += 1
+                    raise self._exceeded(state, amount)
                 report = self._report_of(state, return_leases=False)
             try:
                 ex = self.ledger.exchange(
@@ -274,6 +286,9 @@ class BudgetManager:
                 state.spent, state.held = ex.spent, ex.held
                 state.available += ex.granted
                 state.outstanding += ex.granted
+                if not ex.granted:
+                    state.refused_at = time.monotonic()
+                    state.room = budget.limit_nano - ex.spent - ex.held
             if ex.granted and self._take(state, amount):
                 return True
             self.counters["blocked"] += 1
