@@ -16,7 +16,11 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMAND_MODULES = ("tracked_openai._cli_reports", "tracked_openai._cli_pricing")
+_COMMAND_MODULES = (
+    "tracked_openai._cli_reports",
+    "tracked_openai._cli_pricing",
+    "tracked_openai.budgets._cli",
+)
 
 EXIT_USAGE, EXIT_STORE_UNREACHABLE = 2, 3
 
