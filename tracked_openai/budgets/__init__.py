@@ -184,9 +184,9 @@ def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
     if not matched:
         return None
     try:
-        from ._cost import worst_case_usd
+        from ._cost import worst_case_nano
 
-        estimate = worst_case_usd(call.endpoint, call.request, call.model, call.provider, call.upload)
+        estimate = worst_case_nano(call.endpoint, call.request, call.model, call.provider, call.upload)
     except Exception as exc:
         report_internal_error(exc, "budget estimate")
         estimate = None

@@ -14,6 +14,7 @@ book at the requested service tier, so a reservation is never below what the cal
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from decimal import Decimal
@@ -21,9 +22,9 @@ from functools import lru_cache
 from typing import Any
 
 from ..records import CallRecord, Usage
-from ._model import NANO
+from ._model import NANO, to_nano
 
-__all__ = ["DEFAULT_OUTPUT_LIMIT", "OUTPUT_LIMITS", "worst_case_usd"]
+__all__ = ["DEFAULT_OUTPUT_LIMIT", "OUTPUT_LIMITS", "worst_case_nano", "worst_case_usd"]
 
 # Most output tokens a model can return (OpenAI's model pages, 2026); longest prefix wins.
 OUTPUT_LIMITS: dict[str, int] = {
@@ -129,32 +130,40 @@ def worst_case_usd(
     upload: Any = None,
 ) -> Decimal | None:
     """The most the call can cost in dollars; ``None`` when the price table cannot price it."""
+    nano = worst_case_nano(endpoint, request, model, provider, upload)
+    return None if nano is None else Decimal(nano) / NANO
+
+
+def worst_case_nano(
+    endpoint: str,
+    request: dict[str, Any],
+    model: str | None,
+    provider: str = "openai",
+    upload: Any = None,
+) -> int | None:
+    """:func:`worst_case_usd` in nano-dollars, rounded up (what a reservation holds)."""
     name = model or ""
     tier = request.get("service_tier")
     tier = tier if isinstance(tier, str) else None
     if endpoint in _IMAGE_ENDPOINTS:
-        return _image_worst_case(request, name, provider)
+        return _nano(_image_worst_case(request, name, provider))
     if endpoint == "audio.speech":
         text = request.get("input")
-        return _price(
-            _record(
-                endpoint,
-                model,
-                provider,
-                tier,
-                Usage(characters=len(text) if isinstance(text, str) else 4096),
-            )
-        )
+        chars = Usage(characters=len(text) if isinstance(text, str) else 4096)
+        return _nano(_price(_record(endpoint, model, provider, tier, chars)))
     if endpoint in ("audio.transcriptions", "audio.translations"):
-        return _price(_record(endpoint, model, provider, tier, Usage(seconds=_upload_seconds(upload))))
-    from .._estimate import estimate_prompt_tokens
-
-    if endpoint == "embeddings":
+        seconds = Usage(seconds=_upload_seconds(upload))
+        return _nano(_price(_record(endpoint, model, provider, tier, seconds)))
+    images = audio = 0
+    if endpoint == "chat.completions":
+        prompt, images, audio = _chat_tokens(request, model)
+    elif endpoint == "embeddings":
         prompt = _embedding_tokens(request, model)
     else:
-        prompt = estimate_prompt_tokens(endpoint, request, model)
-    source = request.get("messages") if endpoint == "chat.completions" else request.get("input")
-    images, audio = _media_tokens(source, name)
+        from .._estimate import estimate_prompt_tokens
+
+        prompt = estimate_prompt_tokens(endpoint, request, model) + _json_bytes(request.get("tools"))
+        images, audio = _media_tokens(request.get("input"), name)
     output = 0
     if endpoint != "embeddings":
         cap = None
@@ -170,14 +179,82 @@ def worst_case_usd(
         if rates is None:
             return None
         # Float rates, rounded up with a nano-dollar to spare: never below the exact price.
-        return Decimal(math.ceil(prompt * rates[0] + output * rates[1]) + 1) / NANO
+        return math.ceil(prompt * rates[0] + output * rates[1]) + 1
     usage = Usage(
         input_tokens=prompt + images + audio,
         image_input_tokens=images or None,
         audio_input_tokens=audio or None,
         output_tokens=output,
     )
-    return _price(_record(endpoint, model, provider, tier, usage))
+    return _nano(_price(_record(endpoint, model, provider, tier, usage)))
+
+
+def _nano(usd: Decimal | None) -> int | None:
+    return None if usd is None else to_nano(usd)
+
+
+# Texts up to this many bytes count as one token a byte (a token is at least a byte): an upper
+# bound that spares tiktoken's ~15 µs per text on the caller's path; longer ones are counted.
+_BYTES_AS_TOKENS = 64
+# Tokens of each standard role (one in cl100k and o200k).
+_ROLES = frozenset({"system", "user", "assistant", "developer", "tool", "function"})
+
+
+@lru_cache(maxsize=256)
+def _counter_for(model: str | None) -> Any:
+    from .._estimate import _encoding_for
+
+    return _encoding_for(model)
+
+
+def _count(text: str, model: str | None) -> int:
+    if len(text) <= _BYTES_AS_TOKENS:
+        return len(text.encode())
+    from .._estimate import _Counter
+
+    return int(_Counter(_counter_for(model))(text))
+
+
+def _json_bytes(value: Any) -> int:
+    """Tokens of tool and schema definitions, bounded by their JSON's length in bytes."""
+    if not value:
+        return 0
+    try:
+        return len(json.dumps(value, default=str).encode())
+    except (TypeError, ValueError):
+        return 0
+
+
+def _chat_tokens(request: dict[str, Any], model: str | None) -> tuple[int, int, int]:
+    """(text tokens, image tokens, audio tokens) of a chat request: OpenAI's counting recipe
+    (3 tokens per message, +1 for a name, +3 priming), tools and response format included."""
+    name = model or ""
+    total = 3 + _json_bytes(request.get("tools")) + _json_bytes(request.get("functions"))
+    total += _json_bytes(request.get("response_format"))
+    images = audio = 0
+    for message in request.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        total += 4 if role in _ROLES else 3 + (_count(role, model) if isinstance(role, str) else 0)
+        content = message.get("content")
+        if isinstance(content, str):
+            total += _count(content, model)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += _count(part["text"], model)
+                elif isinstance(part, str):
+                    total += _count(part, model)
+                else:
+                    i, a = _media_tokens(part, name)
+                    images += i
+                    audio += a
+        if message.get("name"):
+            total += 1 + _count(str(message["name"]), model)
+        if message.get("tool_calls"):
+            total += _json_bytes(message["tool_calls"])
+    return total, images, audio
 
 
 # Up to this many input tokens no long-context price applies (the lowest threshold listed is
@@ -229,14 +306,12 @@ def _record(endpoint: str, model: str | None, provider: str, tier: str | None, u
 
 
 def _embedding_tokens(request: dict[str, Any], model: str | None) -> int:
-    from .._estimate import count_tokens
-
     value = request.get("input")
     items = value if isinstance(value, list) else [value]
     total = 0
     for item in items:
         if isinstance(item, str):
-            total += count_tokens(item, model)
+            total += _count(item, model)
         elif isinstance(item, int):
             total += 1
         elif isinstance(item, list):

@@ -211,24 +211,26 @@ class BudgetManager:
         return out
 
     def reserve(
-        self, matched: list[tuple[Budget, str]], estimate_usd: Decimal | None, local_only: bool = False
+        self, matched: list[tuple[Budget, str]], estimate_usd: Decimal | int | None, local_only: bool = False
     ) -> Reservation:
-        """Reserve ``estimate_usd`` in every matching budget; raises :class:`BudgetExceeded` (with
-        nothing left reserved) when a block budget cannot take it."""
+        """Reserve ``estimate_usd`` (dollars, or nano-dollars as an int) in every matching
+        budget; raises :class:`BudgetExceeded` (with nothing left reserved) when a block budget
+        cannot take it."""
         if os.getpid() != self._pid:
             self._after_fork()
-        estimate = to_nano(estimate_usd) if estimate_usd is not None else 0
+        estimate = to_nano(estimate_usd) if isinstance(estimate_usd, Decimal) else estimate_usd or 0
         res = Reservation(self, estimate)
         now = self.clock()
         try:
             for budget, key in matched:
                 state = self._state(budget, key, now)
                 state.last_used = time.monotonic()
+                if estimate_usd is None and budget.fail == "closed" and budget.action == "block":
+                    self.counters["blocked"] += 1
+                    raise self._exceeded(state, estimate, "the price table cannot price this call")
                 if budget.action == "alert" or estimate == 0:
                     res.items.append((state, 0))
                     continue
-                if estimate_usd is None and budget.fail == "closed":
-                    raise self._exceeded(state, estimate, "the price table cannot price this call")
                 if self._take(state, estimate):
                     res.items.append((state, estimate))
                 elif local_only:
