@@ -171,3 +171,26 @@ def test_malformed_budgets_file(tmp_path: Path, server: FakeOpenAIServer) -> Non
     assert "sent" in out.stdout
     assert f"{bad}:3: budgets[0].usd: must be a number of dollars >= 0" in out.stderr
     assert server.requests == 1
+
+
+def test_exit_reports_spend_and_hands_leases_back(server: FakeOpenAIServer, sqlite_url: str) -> None:
+    """A process that just ends (no close, no flush): its spend reaches the ledger at exit and
+    its lease is handed back, so a restart sees the spend and the whole remaining budget."""
+    script = textwrap.dedent(
+        f"""
+        import tracked_openai
+        from tracked_openai import Budget
+        tracked_openai.configure(sinks=[], budgets=[Budget(usd=1)], ledger_url={sqlite_url!r})
+        client = tracked_openai.OpenAI(api_key="sk-x", base_url={server.base_url!r}, max_retries=0)
+        client.chat.completions.create(model="gpt-4o", messages=[{{"role": "user", "content": {PROMPT!r}}}])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from tracked_openai.budgets._ledger import Ledger
+
+    ledger = Ledger(sqlite_url, timeout=10)
+    rows = ledger.rows()
+    ledger.close()
+    assert [(r["key"], r["held"]) for r in rows] == [("app|day", 0)]
+    assert Decimal("0.0025") <= Decimal(rows[0]["spent"]) / 10**9 <= Decimal("0.0027")

@@ -84,7 +84,15 @@ class Ledger:
     def _run(self, fn: Callable[[], T], on_late: Callable[[T], None] | None = None) -> T:
         if os.getpid() != self._pid:  # forked: the parent's thread and connections are not ours
             self._after_fork()
-        future: Future[T] = self._executor.submit(fn)
+        try:
+            future: Future[T] = self._executor.submit(fn)
+        except RuntimeError:
+            # Interpreter exit (concurrent.futures stops taking work before atexit hooks run):
+            # the last report runs here, bounded by the driver's own timeouts.
+            try:
+                return fn()
+            except Exception as exc:
+                raise LedgerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         try:
             return future.result(self.timeout)
         except FutureTimeout:
