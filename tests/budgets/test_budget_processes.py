@@ -138,3 +138,50 @@ def test_eight_processes_share_one_budget(ledger_url: str) -> None:
         assert spent + spent_again <= LIMIT + sum(r["fail_open"] for r in again) * _worst_case()
         assert sum(r["blocked"] for r in again) >= WORKERS * CALLS - (LIMIT - spent) / Decimal("0.0026")
         assert sorted(t for r in again for t in r["alerts"]) == []  # already fired this window
+
+
+def _spend_in_child(manager: Any, out: Any) -> None:
+    try:
+        from tracked_openai.budgets import BudgetExceeded
+
+        calls = 0
+        try:
+            while True:
+                manager.reserve(manager.matching("f", None, None, None), 1_000_000).settle(1_000_000)
+                calls += 1
+        except BudgetExceeded:
+            pass
+        manager.close(10)
+        out.put(calls)
+    except BaseException as exc:
+        out.put(repr(exc))
+
+
+def test_forked_workers_do_not_share_the_parent_lease(sqlite_url: str) -> None:
+    """gunicorn --preload: budgets configured (and a lease taken) before the fork. Each child
+    starts with no lease of its own, so the parent's is never spent twice."""
+    from tracked_openai.budgets import Budget, BudgetExceeded
+    from tracked_openai.budgets._manager import BudgetManager
+
+    manager = BudgetManager([Budget(usd="0.1")], ledger_url=sqlite_url, ledger_timeout=10, sync_interval=0.2)
+    manager.reserve(manager.matching("f", None, None, None), 1_000_000).settle(
+        1_000_000
+    )  # $0.001, leases $0.005
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_spend_in_child, args=(manager, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    children = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert all(isinstance(c, int) for c in children), children
+    parent = 1
+    try:
+        while True:
+            manager.reserve(manager.matching("f", None, None, None), 1_000_000).settle(1_000_000)
+            parent += 1
+    except BudgetExceeded:
+        pass
+    manager.close(10)
+    assert parent + sum(children) == 100  # $0.001 each: exactly the $0.1 limit, never more
