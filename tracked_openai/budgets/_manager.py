@@ -110,6 +110,9 @@ class BudgetManager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.budgets = list(budgets)
+        self._untagged = [b for b in self.budgets if b.tag_key is None]
+        self._tagged = [b for b in self.budgets if b.tag_key is not None]
+        self._matched: dict[tuple[str, str | None, str | None], list[tuple[Budget, str]]] = {}
         self.ledger = Ledger(ledger_url or default_ledger_url(), ledger_timeout)
         self.slice_fraction = slice_fraction
         self.sync_interval = sync_interval
@@ -203,8 +206,19 @@ class BudgetManager:
     def matching(
         self, feature: str, operation: str | None, model: str | None, tags: Mapping[str, str] | None
     ) -> list[tuple[Budget, str]]:
-        out = []
-        for budget in self.budgets:
+        """``(budget, ledger key)`` of every budget the call falls in."""
+        scope = (feature, operation, model)
+        fixed = self._matched.get(scope)
+        if fixed is None:
+            # Budgets without a tag depend on these three only: matched once per combination.
+            fixed = [(b, k) for b in self._untagged if (k := b.matches(feature, operation, model, None))]
+            if len(self._matched) > 10_000:  # bounded: model names come from callers
+                self._matched.clear()
+            self._matched[scope] = fixed
+        if not self._tagged:
+            return fixed
+        out = list(fixed)
+        for budget in self._tagged:
             key = budget.matches(feature, operation, model, tags)
             if key is not None:
                 out.append((budget, key))
@@ -221,10 +235,11 @@ class BudgetManager:
         estimate = to_nano(estimate_usd) if isinstance(estimate_usd, Decimal) else estimate_usd or 0
         res = Reservation(self, estimate)
         now = self.clock()
+        used = time.monotonic()
         try:
             for budget, key in matched:
                 state = self._state(budget, key, now)
-                state.last_used = time.monotonic()
+                state.last_used = used
                 if estimate_usd is None and budget.fail == "closed" and budget.action == "block":
                     self.counters["blocked"] += 1
                     raise self._exceeded(state, estimate, "the price table cannot price this call")
