@@ -265,3 +265,33 @@ class TestAlerts:
         finally:
             for m in managers:
                 m.close()
+
+
+def test_a_call_never_waits_longer_than_the_ledger_timeout(tmp_path: Any) -> None:
+    """The SQLite ledger is locked by another writer: 8 threads needing a lease each give up
+    within the timeout (waiting behind each other's refill included) and fail open."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    m = BudgetManager([Budget(usd="1")], ledger_url=url, ledger_timeout=0.4, sync_interval=60)
+    m.ledger.timeout = 10
+    m.ledger.open()  # tables created before the lock is taken
+    m.ledger.timeout = 0.4
+    blocker = sqlite3.connect(f"{tmp_path}/ledger.sqlite", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+
+        def one(_: int) -> float:
+            t0 = time.monotonic()
+            m.reserve(m.matching("f", None, None, None), Decimal("0.01")).settle(0)
+            return time.monotonic() - t0
+
+        with ThreadPoolExecutor(8) as pool:
+            waits = list(pool.map(one, range(8)))
+        assert max(waits) < 0.4 + 0.3, waits
+        assert m.stats()["budget_fail_open"] == 8
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        m.close(1)

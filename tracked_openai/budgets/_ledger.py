@@ -81,7 +81,11 @@ class Ledger:
 
     # -- running operations with a deadline ----------------------------------------------------
 
-    def _run(self, fn: Callable[[], T], on_late: Callable[[T], None] | None = None) -> T:
+    def _run(
+        self, fn: Callable[[], T], on_late: Callable[[T], None] | None = None, timeout: float | None = None
+    ) -> T:
+        """``fn()`` on the ledger thread; waits at most ``timeout`` (default: the ledger's)."""
+        wait = self.timeout if timeout is None else timeout
         if os.getpid() != self._pid:  # forked: the parent's thread and connections are not ours
             self._after_fork()
         try:
@@ -94,7 +98,7 @@ class Ledger:
             except Exception as exc:
                 raise LedgerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
         try:
-            return future.result(self.timeout)
+            return future.result(wait)
         except FutureTimeout:
             if not future.cancel() and on_late is not None:
 
@@ -103,7 +107,7 @@ class Ledger:
                         on_late(f.result())
 
                 future.add_done_callback(late)
-            raise LedgerUnavailableError(f"no answer within {self.timeout:g}s") from None
+            raise LedgerUnavailableError(f"no answer within {wait:.3g}s") from None
         except LedgerUnavailableError:
             raise
         except Exception as exc:
@@ -224,6 +228,7 @@ class Ledger:
         reports: Sequence[Report] = (),
         want: int = 0,
         need: int = 0,
+        timeout: float | None = None,
     ) -> Exchange:
         """Apply this process's ``reports``, then grant ``want`` (if at least ``need`` fits under
         the limit, else nothing), in one transaction. The caller waits at most ``timeout``."""
@@ -245,7 +250,7 @@ class Ledger:
 
         self.round_trips += 1
         try:
-            return self._run(run, on_late)
+            return self._run(run, on_late, timeout)
         except LedgerUnavailableError:
             with self._late_lock:  # the reports of returned late grants are retried next time
                 self._late_grants.extend(late)

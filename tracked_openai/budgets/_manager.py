@@ -272,8 +272,9 @@ class BudgetManager:
         """Lease more from the ledger and reserve ``amount``; False to let the call go unreserved
         (ledger unreachable, failing open); raises when the budget cannot take it."""
         budget = state.budget
-        timeout = self.ledger.timeout
-        if not state.refill.acquire(timeout=timeout):
+        # One deadline for the wait behind another thread's refill and for our own exchange.
+        deadline = time.monotonic() + self.ledger.timeout
+        if not state.refill.acquire(timeout=self.ledger.timeout):
             return self._ledger_down(state, amount, LedgerUnavailableError("another refill is still waiting"))
         try:
             if self._take(state, amount):  # another thread refilled meanwhile
@@ -285,7 +286,10 @@ class BudgetManager:
                     self.counters["blocked"] += 1
                     raise self._exceeded(state, amount)
                 report = self._report_of(state, return_leases=False)
+            left = deadline - time.monotonic()
             try:
+                if left <= 0:
+                    raise LedgerUnavailableError("the ledger timeout ran out waiting for another refill")
                 ex = self.ledger.exchange(
                     state.key,
                     budget.limit_nano,
@@ -295,6 +299,7 @@ class BudgetManager:
                     [report] if report else (),
                     want,
                     need,
+                    timeout=left,
                 )
             except LedgerUnavailableError as exc:
                 self._unreport(state, report)
