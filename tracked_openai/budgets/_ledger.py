@@ -270,44 +270,9 @@ class Ledger:
         import sqlalchemy as sa
 
         engine = self._connect()
-        keys, windows, _ = self._tables
+        _, windows, _ = self._tables
         with engine.begin() as conn:
-            now = time.time()
-            self._insert_ignore(conn, keys, {"key": key, "limit_nano": limit_nano, "updated_at": now})
-            lock = sa.select(keys.c.key).where(keys.c.key == key)
-            if conn.dialect.name == "postgresql":
-                lock = lock.with_for_update()
-            conn.execute(lock)
-            conn.execute(
-                sa.update(keys).where(keys.c.key == key).values(limit_nano=limit_nano, updated_at=now)
-            )
-            for r in reports:
-                self._insert_ignore(
-                    conn, windows, {"key": key, "bucket": r.bucket, "idx": r.index, "spent": 0, "held": 0}
-                )
-                conn.execute(
-                    sa.update(windows)
-                    .where(windows.c.key == key, windows.c.bucket == r.bucket)
-                    .values(
-                        spent=windows.c.spent + r.spent,
-                        held=sa.case((windows.c.held > r.released, windows.c.held - r.released), else_=0),
-                    )
-                )
-            in_window = [windows.c.key == key]
-            if rolling:
-                from ._model import ROLLING_STEPS
-
-                in_window.append(windows.c.idx > index - ROLLING_STEPS - 1)
-                in_window.append(windows.c.bucket.like("r%"))
-            else:
-                in_window.append(windows.c.bucket == bucket)
-            row = conn.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(windows.c.spent), 0),
-                    sa.func.coalesce(sa.func.sum(windows.c.held), 0),
-                ).where(*in_window)
-            ).one()
-            spent, held = int(row[0]), int(row[1])
+            spent, held = self._apply(conn, key, limit_nano, bucket, index, rolling, reports, lock=True)
             granted = 0
             if want > 0:
                 room = limit_nano - spent - held
@@ -323,6 +288,70 @@ class Ledger:
                     )
                     held += granted
         return Exchange(granted, spent, held)
+
+    def _apply(
+        self,
+        conn: Any,
+        key: str,
+        limit_nano: int,
+        bucket: str,
+        index: int,
+        rolling: bool,
+        reports: Sequence[Report],
+        lock: bool,
+    ) -> tuple[int, int]:
+        """In ``conn``'s transaction: the key's row (locked if ``lock``: a grant follows), the
+        reports applied; the window's spent and held after them."""
+        import sqlalchemy as sa
+
+        keys, windows, _ = self._tables
+        now = time.time()
+        self._insert_ignore(conn, keys, {"key": key, "limit_nano": limit_nano, "updated_at": now})
+        if lock and conn.dialect.name == "postgresql":
+            conn.execute(sa.select(keys.c.key).where(keys.c.key == key).with_for_update())
+        conn.execute(sa.update(keys).where(keys.c.key == key).values(limit_nano=limit_nano, updated_at=now))
+        for r in reports:
+            self._insert_ignore(
+                conn, windows, {"key": key, "bucket": r.bucket, "idx": r.index, "spent": 0, "held": 0}
+            )
+            conn.execute(
+                sa.update(windows)
+                .where(windows.c.key == key, windows.c.bucket == r.bucket)
+                .values(
+                    spent=windows.c.spent + r.spent,
+                    held=sa.case((windows.c.held > r.released, windows.c.held - r.released), else_=0),
+                )
+            )
+        in_window = [windows.c.key == key]
+        if rolling:
+            from ._model import ROLLING_STEPS
+
+            in_window.append(windows.c.idx > index - ROLLING_STEPS - 1)
+            in_window.append(windows.c.bucket.like("r%"))
+        else:
+            in_window.append(windows.c.bucket == bucket)
+        row = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(windows.c.spent), 0),
+                sa.func.coalesce(sa.func.sum(windows.c.held), 0),
+            ).where(*in_window)
+        ).one()
+        return int(row[0]), int(row[1])
+
+    def report_many(self, items: Sequence[tuple[str, int, str, int, bool, Report]]) -> list[tuple[int, int]]:
+        """Apply many keys' reports ``(key, limit, bucket, index, rolling, report)`` in one
+        transaction (one round trip); each key's window spent and held after it."""
+
+        def run() -> list[tuple[int, int]]:
+            engine = self._connect()
+            with engine.begin() as conn:
+                return [
+                    self._apply(conn, key, limit, bucket, index, rolling, [report], lock=False)
+                    for key, limit, bucket, index, rolling, report in items
+                ]
+
+        self.round_trips += 1
+        return self._run(run)
 
     def claim_alert(self, key: str, bucket: str, threshold: str) -> bool:
         """Whether this process is the first to claim the alert (the one that sends it)."""

@@ -382,35 +382,39 @@ class BudgetManager:
             state.available += report.returned
 
     def sync(self, return_leases: bool = False) -> None:
-        """Report settled costs, hand back idle leases, check alert thresholds."""
+        """Report settled costs and hand back idle leases (every budget in one transaction),
+        then check alert thresholds."""
         now = self.clock()
         idle_before = time.monotonic() - IDLE_RETURN_S
+        batch: list[tuple[_State, Report]] = []
         with self._lock:
-            states = list(self._states.values())
-        for state in states:
-            with self._lock:
+            for state in list(self._states.values()):
                 back = return_leases or (state.reserved == 0 and state.last_used < idle_before)
                 report = self._report_of(state, back)
-                if report is None:
-                    idle = state.reserved == 0 and state.outstanding == 0 and state.unreported == 0
-                    if idle and state.window.end.timestamp() <= now:
-                        self._states.pop((state.key, state.window.key), None)
-                    continue
-            try:
-                ex = self.ledger.exchange(
-                    state.key,
-                    state.budget.limit_nano,
-                    state.window.key,
-                    state.window.index,
-                    state.window.rolling,
-                    [report],
-                )
-            except LedgerUnavailableError as exc:
+                if report is not None:
+                    batch.append((state, report))
+                elif (
+                    state.reserved == 0
+                    and state.outstanding == 0
+                    and state.unreported == 0
+                    and state.window.end.timestamp() <= now
+                ):
+                    self._states.pop((state.key, state.window.key), None)  # a past window, settled
+        if not batch:
+            return
+        items = [
+            (s.key, s.budget.limit_nano, s.window.key, s.window.index, s.window.rolling, r) for s, r in batch
+        ]
+        try:
+            totals = self.ledger.report_many(items)
+        except LedgerUnavailableError as exc:
+            for state, report in batch:
                 self._unreport(state, report)
-                self._unavailable(exc)
-                continue
+            self._unavailable(exc)
+            return
+        for (state, _), (spent, held) in zip(batch, totals, strict=True):
             with self._lock:
-                state.spent, state.held = ex.spent, ex.held
+                state.spent, state.held = spent, held
             self._check_alerts(state)
 
     def _check_alerts(self, state: _State) -> None:
