@@ -134,6 +134,10 @@ def start(wait: bool = False, timeout: float | None = None) -> bool:
     if not settings.enabled:
         return True
     with internal_errors("start"):
+        from . import budgets
+
+        if budgets.ACTIVE:
+            budgets.warm_up()  # TRACKED_OPENAI_BUDGETS: load it and connect the ledger now
         return _get_exporter().start(wait, timeout)
     return False
 

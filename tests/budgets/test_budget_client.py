@@ -194,3 +194,18 @@ def test_exit_reports_spend_and_hands_leases_back(server: FakeOpenAIServer, sqli
     ledger.close()
     assert [(r["key"], r["held"]) for r in rows] == [("app|day", 0)]
     assert Decimal("0.0025") <= Decimal(rows[0]["spent"]) / 10**9 <= Decimal("0.0027")
+
+
+def test_start_loads_the_budgets_file(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "budgets.yaml"
+    path.write_text("budgets:\n  - feature: f\n    usd: 2\n")
+    monkeypatch.setenv("TRACKED_OPENAI_BUDGETS", str(path))
+    monkeypatch.setenv("TRACKED_OPENAI_LEDGER_URL", sqlite_url)
+    budgets_module._shutdown_for_tests()  # as at import with the variable set
+    assert budgets_module.ACTIVE and budgets_module._current is None
+    tracked_openai.start()
+    manager = budgets_module._current
+    assert manager is not None and [b.key for b in manager.budgets] == ["feature=f|day"]
+    assert manager.ledger.url == sqlite_url

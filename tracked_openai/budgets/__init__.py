@@ -59,6 +59,7 @@ __all__ = [
     "parse_budgets_text",
     "settle",
     "stats",
+    "warm_up",
 ]
 
 BLOCKED_TAG = "tracked_openai.budget_blocked"
@@ -172,6 +173,13 @@ def _from_env() -> Any:
         logger.error("tracked_openai: TRACKED_OPENAI_BUDGETS ignored, no budget applies:\n%s", exc)
         ACTIVE = False
     return _current
+
+
+def warm_up() -> None:
+    """Load ``TRACKED_OPENAI_BUDGETS`` now rather than on the first call (``tracked_openai.start()``
+    calls it); the ledger connects and the price book loads on the budgets' thread."""
+    if not _env_loaded:
+        _from_env()
 
 
 def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
