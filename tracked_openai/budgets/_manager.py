@@ -155,6 +155,8 @@ class BudgetManager:
         self._states = {}
         self._thread = None
         self._pid = os.getpid()
+        if self.ledger._pid != self._pid:  # before any thread of the child can use it
+            self.ledger._after_fork()
         if not self.closed:
             self.start()
 
