@@ -182,6 +182,18 @@ def warm_up() -> None:
         _from_env()
 
 
+def _worst_case() -> Any:
+    global _worst_case_nano
+    if _worst_case_nano is None:
+        from ._cost import worst_case_nano
+
+        _worst_case_nano = worst_case_nano
+    return _worst_case_nano
+
+
+_worst_case_nano: Any = None
+
+
 def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
     manager = _current if _env_loaded else _from_env()
     if manager is None:
@@ -192,9 +204,7 @@ def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
     if not matched:
         return None
     try:
-        from ._cost import worst_case_nano
-
-        estimate = worst_case_nano(call.endpoint, call.request, call.model, call.provider, call.upload)
+        estimate = _worst_case()(call.endpoint, call.request, call.model, call.provider, call.upload)
     except Exception as exc:
         report_internal_error(exc, "budget estimate")
         estimate = None

@@ -128,6 +128,8 @@ class BudgetManager:
         }
         self._lock = threading.Lock()
         self._states: dict[tuple[str, str], _State] = {}
+        # Ledger key -> (end of its current window, its state): the caller's path lookup.
+        self._by_key: dict[str, tuple[float, _State]] = {}
         self._windows: dict[int, tuple[float, Window]] = {}
         self._warned_unavailable = False
         self._stop = threading.Event()
@@ -153,6 +155,7 @@ class BudgetManager:
         # The parent's leases are the parent's: the child starts with none.
         self._lock = threading.Lock()
         self._states = {}
+        self._by_key = {}
         self._thread = None
         self._pid = os.getpid()
         if self.ledger._pid != self._pid:  # before any thread of the child can use it
@@ -198,11 +201,17 @@ class BudgetManager:
         return window
 
     def _state(self, budget: Budget, key: str, now: float) -> _State:
+        hit = self._by_key.get(key)
+        if hit is not None and now < hit[0]:
+            return hit[1]
         window = self._window(budget, now)
         state = self._states.get((key, window.key))
         if state is None:
             with self._lock:
                 state = self._states.setdefault((key, window.key), _State(budget, key, window))
+        if len(self._by_key) > 100_000:  # bounded: tag values come from callers
+            self._by_key.clear()
+        self._by_key[key] = (window.end.timestamp(), state)
         return state
 
     def matching(
@@ -238,6 +247,20 @@ class BudgetManager:
         res = Reservation(self, estimate)
         now = self.clock()
         used = time.monotonic()
+        if estimate_usd is not None:
+            # The usual case in one pass under one lock: every block budget's lease covers it.
+            states = [(self._state(b, k, now), b.action == "block") for b, k in matched]
+            with self._lock:
+                if all(state.available >= estimate for state, block in states if block):
+                    for state, block in states:
+                        state.last_used = used
+                        if block:
+                            state.available -= estimate
+                            state.reserved += estimate
+                        res.items.append((state, estimate if block else 0))
+            if res.items:
+                self.counters["reservations"] += 1
+                return res
         try:
             for budget, key in matched:
                 state = self._state(budget, key, now)
