@@ -81,6 +81,23 @@ class TestWorstCase:
         assert worst_case_usd("chat.completions", {"messages": []}, "no-such-model") is None
 
 
+    def test_transcription_by_the_upload_length(self) -> None:
+        """A 30-second WAV upload reserves a little over half a minute of whisper-1."""
+        import io
+        import wave
+
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(b"\0\0" * 8000 * 30)
+        est = worst_case_usd("audio.transcriptions", {}, "whisper-1", upload=buf.getvalue())
+        assert est is not None and Decimal("0.003") <= est <= Decimal("0.0032")  # $0.006 a minute
+        unknown = worst_case_usd("audio.transcriptions", {}, "whisper-1", upload=None)
+        assert unknown == Decimal("0.18")  # 30 minutes when the length can't be read
+
+
 class TestLedger:
     def test_grants_never_pass_the_limit(self, ledger_url: str) -> None:
         ledger = Ledger(ledger_url, timeout=10)
