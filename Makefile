@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[api,django,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[api,django,celery,dev]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -44,8 +44,8 @@ from tests.mlflow_server import (
     drop_pg_database,
     postgres_available,
 )
-from tracked_openai import _runtime
-from tracked_openai._exporter import Exporter
+from tracked_openai.export import runtime as _runtime
+from tracked_openai.export.queue import Exporter
 from tracked_openai.records import CallRecord, OperationRecord, Record, Usage
 from tracked_openai.sinks.mlflow import MlflowSink
 

@@ -20,7 +20,7 @@ from tests.test_clients_helpers import (
     fixture_responder,
     make_clients,
 )
-from tracked_openai._audio import capture_upload, measure_seconds, subtitle_seconds
+from tracked_openai.capture.audio import capture_upload, measure_seconds, subtitle_seconds
 
 
 @pytest.mark.parametrize(("case", "mode"), case_params(AUDIO))

@@ -13,7 +13,7 @@ import tracked_openai
 from tests.conftest import API_KEY
 from tests.fakeopenai import FakeOpenAI, FakeResponse, httpx2
 from tests.test_clients_helpers import fixture_responder, make_clients, normalize, usage_aware_stream
-from tracked_openai._estimate import count_tokens
+from tracked_openai.capture.estimate import count_tokens
 
 MSG = [{"role": "user", "content": "Say this is a test"}]
 CHAT_STREAM = "chat_stream_gpt4_include_usage"
@@ -722,7 +722,7 @@ async def test_responses_stream_error_event(fake, records, is_async: bool) -> No
     ],
 )
 def test_strip_usage_null_only_removes_the_member(block: bytes, want: bytes | None) -> None:
-    from tracked_openai._instrument import _strip_usage_null
+    from tracked_openai.capture.sse import _strip_usage_null
 
     out = _strip_usage_null(block)
     assert out == (block if want is None else want)
@@ -785,17 +785,17 @@ def test_stream_longer_than_the_inline_parse_threshold_keeps_exact_usage(
 ) -> None:
     """Past ``_INLINE_PARSE_BYTES`` the kept body is parsed as it arrives; the record still holds
     the server's usage and the caller still sees every chunk but the injected one."""
-    import tracked_openai._instrument as instrument
-    from tracked_openai._instrument import _INLINE_PARSE_BYTES
+    import tracked_openai.capture.sse as sse
+    from tracked_openai.capture.tee import _INLINE_PARSE_BYTES
 
     inline: list[int] = []
-    parse_kept = instrument._BodyParser.parse_kept
+    parse_kept = sse.BodyParser.parse_kept
 
     def spy(self, record) -> None:
         inline.append(len(self.chunks))
         parse_kept(self, record)
 
-    monkeypatch.setattr(instrument._BodyParser, "parse_kept", spy)
+    monkeypatch.setattr(sse.BodyParser, "parse_kept", spy)
 
     copies = 6000
     fake.add("POST", "/chat/completions", _reshaped_stream(lambda s: _long(s, copies), chunk_size=8192))
@@ -818,7 +818,7 @@ async def test_fault_in_the_stream_filter_breaks_neither_caller_nor_record(
     """If hiding the usage-only chunk fails, the caller gets the unfiltered bytes (one extra
     chunk with empty choices, which the SDK parses fine) rather than an exception, the fault is
     reported, and the call is still recorded once with the server's usage."""
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.sse as instrument
 
     def boom(ready: bytes) -> bytes:
         raise RuntimeError("filter fault")
@@ -888,7 +888,8 @@ def test_a_long_line_is_held_in_its_reads_not_copied_per_read() -> None:
     partial line on every read, as before, allocated the whole line again each time)."""
     import tracemalloc
 
-    from tracked_openai._instrument import _MAX_KEPT_EVENTS_BYTES, _BodyParser
+    from tracked_openai.capture.sse import _MAX_KEPT_EVENTS_BYTES
+    from tracked_openai.capture.sse import BodyParser as _BodyParser
     from tracked_openai.records import CallRecord
 
     reads = _reads(_long_stream("y" * (16 << 20), None), 64 * 1024)
@@ -916,7 +917,8 @@ def test_a_long_event_withheld_by_the_filter_is_not_copied_per_read() -> None:
     until it ends: it searches each read only, and joins the event once."""
     import tracemalloc
 
-    from tracked_openai._instrument import Call, _BodyObserver
+    from tracked_openai.capture.call import Call
+    from tracked_openai.capture.tee import BodyObserver as _BodyObserver
 
     call = Call("chat.completions", None, {}, "f", "openai", "gpt-4", True)
     observer = _BodyObserver(call, {"content-type": "text/event-stream"}, httpx2)
@@ -969,8 +971,8 @@ async def test_a_long_stream_without_usage_is_estimated_within_bounds(
     """A stream longer than the estimate keeps (here made small): only the first events are kept
     (the one that crosses the cap cut short), tiktoken counts only the first part of their text,
     and the rest is extrapolated, marked as such; the figure stays close to the exact count."""
-    import tracked_openai._estimate as estimate
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.estimate as estimate
+    import tracked_openai.capture.sse as instrument
     from tracked_openai.records import EXTRAPOLATED_TAG
 
     monkeypatch.setattr(instrument, "_MAX_KEPT_EVENTS_BYTES", 256 * 1024)
@@ -1010,7 +1012,7 @@ async def test_a_long_stream_without_usage_is_estimated_within_bounds(
 def test_an_event_longer_than_any_we_parse_is_skipped(fake, records, monkeypatch, with_usage: bool) -> None:
     """An event past ``_MAX_EVENT_BYTES`` (here made small) is skipped: the caller still gets it,
     the usage that follows is still read, and an estimate counts its bytes."""
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.sse as instrument
     from tracked_openai.records import EXTRAPOLATED_TAG
 
     monkeypatch.setattr(instrument, "_MAX_EVENT_BYTES", 4096)
@@ -1041,7 +1043,7 @@ def test_token_counts_are_bounded_and_exact_below_the_bound(monkeypatch) -> None
     """tiktoken sees slices of at most ``_SLICE_CHARS`` (cut at whitespace, so ordinary text
     counts exactly as it would whole) and at most ``_EXACT_CHARS`` of a text; beyond, the count
     is extrapolated by characters and says so."""
-    import tracked_openai._estimate as estimate
+    import tracked_openai.capture.estimate as estimate
 
     enc = estimate.get_encoding("o200k_base")
     text = _words(200_000)
@@ -1065,7 +1067,7 @@ def test_token_counts_are_bounded_and_exact_below_the_bound(monkeypatch) -> None
 
 
 def test_a_slice_tiktoken_rejects_is_counted_by_characters() -> None:
-    import tracked_openai._estimate as estimate
+    import tracked_openai.capture.estimate as estimate
 
     class Refuses:
         def encode(self, text: str, disallowed_special: object = ()) -> list[int]:
@@ -1093,19 +1095,19 @@ def test_a_slice_tiktoken_rejects_is_counted_by_characters() -> None:
     ],
 )
 def test_text_of_an_event_kept_in_part(endpoint: str, raw: bytes, want: str) -> None:
-    from tracked_openai._estimate import _prefix_text
+    from tracked_openai.capture.estimate import _prefix_text
 
     assert _prefix_text(endpoint, raw) == want
 
 
 def test_a_json_body_too_long_to_parse_is_let_go(monkeypatch) -> None:
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.sse as instrument
     from tracked_openai.records import CallRecord
 
     monkeypatch.setattr(instrument, "_MAX_JSON_BODY", 1000)
     usage = {"prompt_tokens": 1, "completion_tokens": 2}
     body = json.dumps({"model": "gpt-4o", "usage": usage, "pad": "p" * 2000})
-    parser = instrument._BodyParser("chat.completions", "json", None, _reads(body.encode(), 300))
+    parser = instrument.BodyParser("chat.completions", "json", None, _reads(body.encode(), 300))
     record = CallRecord(endpoint="chat.completions")
     parser.parse_kept(record)
     assert parser.body == [] and parser.body_size == len(body)

@@ -15,8 +15,8 @@ import pytest
 import tracked_openai
 from tests.fakeopenai import FakeResponse
 from tests.test_clients_helpers import fixture_responder, make_clients, normalize, usage_aware_stream
-from tracked_openai import _runtime
 from tracked_openai._errors import set_internal_error_hook
+from tracked_openai.export import runtime as _runtime
 from tracked_openai.sinks import InMemorySink
 
 MSG = [{"role": "user", "content": "Say this is a test"}]
@@ -92,7 +92,7 @@ _SUBPROCESS = textwrap.dedent(
     import tracked_openai
     from tracked_openai._compat import sdk_http_module
     httpx2 = sdk_http_module()  # httpx on openai 2.x
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
 
     body = {"id": "c", "object": "chat.completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -183,7 +183,7 @@ def _boom(*args, **kwargs):
 
 def test_usage_extraction_fault(fake, records, faults, monkeypatch) -> None:
     fake.add("POST", "/chat/completions", fixture_responder("chat_gpt5_nano_reasoning"))
-    monkeypatch.setattr("tracked_openai._usage.usage_from_body", _boom)
+    monkeypatch.setattr("tracked_openai.capture.usage.usage_from_body", _boom)
     tracked, plain, _ = make_clients(fake, is_async=False)
     got = tracked.chat.completions.create(model="gpt-5-nano", messages=MSG)
     assert normalize(got) == normalize(plain.chat.completions.create(model="gpt-5-nano", messages=MSG))
@@ -193,8 +193,8 @@ def test_usage_extraction_fault(fake, records, faults, monkeypatch) -> None:
 
 def test_stream_observer_fault(fake, records, faults, monkeypatch) -> None:
     fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
-    monkeypatch.setattr("tracked_openai._usage.usage_from_body", _boom)
-    monkeypatch.setattr("tracked_openai._instrument.usage_from_body", _boom)
+    monkeypatch.setattr("tracked_openai.capture.usage.usage_from_body", _boom)
+    monkeypatch.setattr("tracked_openai.capture.sse.usage_from_body", _boom)
     tracked, plain, _ = make_clients(fake, is_async=False)
     kw = dict(model="gpt-4", messages=MSG, stream=True)
     got = [normalize(c) for c in tracked.chat.completions.create(**kw)]
@@ -207,7 +207,7 @@ def test_stream_observer_fault(fake, records, faults, monkeypatch) -> None:
 def test_submit_fault(fake, records, faults, monkeypatch, stream: bool) -> None:
     fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
     fake.add("POST", "/responses", fixture_responder("responses_gpt5_mini_reasoning"))
-    monkeypatch.setattr("tracked_openai._runtime.submit", _boom)
+    monkeypatch.setattr("tracked_openai.export.runtime.submit", _boom)
     tracked, plain, _ = make_clients(fake, is_async=False)
 
     def run(client):
@@ -235,7 +235,7 @@ def test_begin_fault_falls_back_to_plain_call(fake, records, faults, monkeypatch
 
 async def test_async_fault_in_stream_observer(fake, records, faults, monkeypatch) -> None:
     fake.add("POST", "/responses", fixture_responder("responses_stream_gpt41_nano"))
-    monkeypatch.setattr("tracked_openai._instrument.apply_body", _boom)
+    monkeypatch.setattr("tracked_openai.capture.sse.apply_body", _boom)
     tracked, plain, _ = make_clients(fake, is_async=True)
     kw = dict(model="gpt-4.1-nano", input="What is 2+2?", stream=True)
     got = [normalize(e) async for e in await tracked.responses.create(**kw)]
@@ -299,7 +299,7 @@ async def test_observe_fault_keeps_the_record_and_releases_its_operation(
     """A fault while installing the stream observer: the caller's stream is untouched, the call
     is still recorded once and its operation is not held back waiting for it."""
     fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))
-    monkeypatch.setattr("tracked_openai._instrument._make_tee", _boom)
+    monkeypatch.setattr("tracked_openai.capture.observe.make_tee", _boom)
     tracked, plain, _ = make_clients(fake, is_async=is_async)
     kw = dict(model="gpt-4", messages=MSG, stream=True)
     with tracked_openai.track("f", "op"):
@@ -319,7 +319,7 @@ async def test_observe_fault_keeps_the_record_and_releases_its_operation(
 
 def test_audio_measuring_fault(fake, records, faults, monkeypatch) -> None:
     fake.add("POST", "/audio/transcriptions", fixture_responder("audio_transcription_text"))
-    monkeypatch.setattr("tracked_openai._instrument.capture_upload", _boom)
+    monkeypatch.setattr("tracked_openai.capture.request.capture_upload", _boom)
     tracked, plain, _ = make_clients(fake, is_async=False)
     kw = dict(model="whisper-1", file=("a.wav", b"RIFF....WAVE", "audio/wav"), response_format="text")
     assert tracked.audio.transcriptions.create(**kw) == plain.audio.transcriptions.create(**kw)

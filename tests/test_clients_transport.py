@@ -327,11 +327,11 @@ async def test_corrupt_gzip_body_is_recorded_as_the_error_the_caller_got(
     """The SDK decodes above the tee: a body that fails to decode mid-way raises
     ``DecodingError`` (a ``Stream`` raises ``APIConnectionError`` from it). The record says so,
     and the kept bytes are not decoded a second time for it (no internal error either)."""
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.tee as instrument
 
     decoded_again: list = []
-    decoder_for = instrument._decoder_for
-    monkeypatch.setattr(instrument, "_decoder_for", lambda *a: decoded_again.append(a) or decoder_for(*a))
+    decoder_for = instrument.decoder_for
+    monkeypatch.setattr(instrument, "decoder_for", lambda *a: decoded_again.append(a) or decoder_for(*a))
     fake.add("POST", "/chat/completions", _corrupt_responder)
     tracked, plain, _ = make_clients(fake, is_async=is_async)
 

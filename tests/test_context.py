@@ -298,7 +298,7 @@ def test_abandoned_stream_releases_its_operation(fake, records) -> None:
 def test_operation_waits_no_longer_than_its_deadline(fake, records, monkeypatch) -> None:
     """A stream kept open past the wait: the operation is submitted with what it has, and the
     stream's call, when it ends, is marked late (reports count its cost by itself)."""
-    from tracked_openai import _context
+    from tracked_openai import scope as _context
 
     client = _stream_client(fake)
     monkeypatch.setattr(_context, "OPERATION_WAIT_S", 0.0)

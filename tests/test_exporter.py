@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from tracked_openai import _errors, _runtime
-from tracked_openai._exporter import Exporter
-from tracked_openai._spool import Spool
+from tracked_openai import _errors
+from tracked_openai.export import runtime as _runtime
+from tracked_openai.export.queue import Exporter
+from tracked_openai.export.spool import Spool
 from tracked_openai.records import CallRecord, OperationRecord, Record, Usage
 from tracked_openai.sinks import InMemorySink
 
@@ -372,7 +373,7 @@ class TestLifecycle:
 EXIT_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
     from tracked_openai.records import CallRecord
     from tracked_openai.sinks.mlflow import MlflowSink
     uri, spool, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -389,7 +390,7 @@ EXIT_SCRIPT = textwrap.dedent(
 REPLAY_SCRIPT = textwrap.dedent(
     """
     import sys
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
     from tracked_openai.sinks.mlflow import MlflowSink
     from tracked_openai.records import CallRecord
     uri, spool = sys.argv[1], sys.argv[2]
@@ -636,7 +637,7 @@ EXIT_ONCE_SCRIPT = textwrap.dedent(
     """
     import sys, time
     import tracked_openai
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
     from tracked_openai.records import CallRecord
 
     class Down:
@@ -814,7 +815,7 @@ FIRST_CALL_SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Spy())
     import httpx2, openai
     import tracked_openai
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
 
     MESSAGE = {"role": "assistant", "content": "hi"}
     BODY = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
@@ -915,7 +916,8 @@ START_SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, Spy())
     import tracked_openai
-    from tracked_openai import _runtime, pricing
+    from tracked_openai import pricing
+    from tracked_openai.export import runtime as _runtime
 
     result = {"enabled": _runtime.settings.enabled, "start": tracked_openai.start()}
     result["start_wait"] = tracked_openai.start(wait=True, timeout=120)

@@ -30,10 +30,11 @@ from tests.mlflow_server import (  # noqa: F401 - fixtures
     mlflow_server,
     restartable_server,
 )
-from tracked_openai import _errors, _runtime
-from tracked_openai._exporter import Exporter
-from tracked_openai._features import experiment_name
-from tracked_openai._spool import Spool
+from tracked_openai import _errors
+from tracked_openai.export import runtime as _runtime
+from tracked_openai.export.queue import Exporter
+from tracked_openai.export.spool import Spool
+from tracked_openai.mlflow.names import experiment_name
 from tracked_openai.records import CallRecord, OperationRecord, Usage
 from tracked_openai.sinks.mlflow import MlflowSink
 
@@ -436,7 +437,7 @@ EXIT_DOWN_SCRIPT = textwrap.dedent(
     """
     import sys, time
     import tracked_openai
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
     from tracked_openai.records import CallRecord
     from tracked_openai.sinks.mlflow import MlflowSink
 
@@ -531,7 +532,7 @@ def test_predicted_spool_key_is_the_default_sinks(case: str, tmp_path: Path) -> 
 SHORT_SCRIPT = textwrap.dedent(
     """
     import time
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
     from tracked_openai.records import CallRecord
     for i in range(3):  # and exit at once: the exporter has not built its MLflow sink yet
         _runtime.submit(CallRecord(started_at=time.time(), duration_s=0.01, feature="short_script",

@@ -24,9 +24,10 @@ from mlflow.entities import Run
 
 import tracked_openai
 from tests.fakeopenai import FakeOpenAI, FakeResponse
-from tracked_openai import _errors, _runtime, track
-from tracked_openai._features import experiment_name, register_feature
+from tracked_openai import _errors, track
 from tracked_openai.decorators import track_custom_operation, track_gpt_text, track_gpt_vision
+from tracked_openai.export import runtime as _runtime
+from tracked_openai.mlflow.names import experiment_name, register_feature
 from tracked_openai.records import CallRecord, OperationRecord, Usage
 from tracked_openai.sinks import InMemorySink
 from tracked_openai.sinks.mlflow import MlflowSink
@@ -349,7 +350,8 @@ def test_streamed_operations_cost_counts_once_on_time_or_late(
     """A stream read after its operation ended: on time it is in the operation's cost; past the
     wait it is marked late and the report adds its cost by itself. Never twice, never zero."""
     from tests.test_clients_helpers import usage_aware_stream
-    from tracked_openai import _context, reports
+    from tracked_openai import reports
+    from tracked_openai import scope as _context
     from tracked_openai.records import LATE_TAG
 
     fake.add("POST", "/chat/completions", usage_aware_stream("chat_stream_gpt4_include_usage"))

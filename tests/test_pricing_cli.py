@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tracked_openai import _runtime, pricing
+from tracked_openai import pricing
 from tracked_openai.cli import main
+from tracked_openai.export import runtime as _runtime
 from tracked_openai.pricing import load_price_file, shipped_pricing_dir
 
 SHIPPED = shipped_pricing_dir() / "openai.yaml"

@@ -13,7 +13,8 @@ import pytest
 
 import tracked_openai
 from tests.fakeopenai import FakeOpenAI, FakeResponse
-from tracked_openai import _runtime, pricing
+from tracked_openai import pricing
+from tracked_openai.export import runtime as _runtime
 from tracked_openai.pricing import (
     PriceBook,
     PricingError,

@@ -50,7 +50,7 @@ def test_call_records_are_built_off_the_callers_thread(
     the exporter thread, so the caller never waits for it, streamed or not."""
     import threading
 
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.call as instrument
 
     built_on: list[int] = []
     real = instrument.CallRecord
@@ -79,7 +79,7 @@ def test_a_call_keeps_the_feature_and_tags_it_began_with(
     operation gains later and a default feature changed later are not the call's."""
     fake.add("POST", "/chat/completions", FakeResponse.from_fixture("chat_gpt5_nano_reasoning"))
     msgs = [{"role": "user", "content": "x"}]
-    from tracked_openai import _runtime
+    from tracked_openai.export import runtime as _runtime
 
     settings = _runtime.settings
     before = settings.default_feature
@@ -105,7 +105,7 @@ def test_a_fault_making_the_record_still_exports_what_the_call_knew(
     """Injected fault: making a finished call into its record fails on the exporter thread. The
     caller is unaffected, the fault is reported, and the record still reaches the sinks with
     what the call knew (and is priced as far as that goes)."""
-    import tracked_openai._instrument as instrument
+    import tracked_openai.capture.call as instrument
 
     def boom(self: Any) -> Any:
         raise RuntimeError("to_record fault")

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 import tracked_openai
-from tracked_openai import _runtime
+from tracked_openai.export import runtime as _runtime
 from tracked_openai.records import OperationRecord
 from tracked_openai.sinks.mlflow import MlflowSink
 from tracked_openai.testing import TrackedRecords
@@ -51,7 +51,7 @@ def test_disabled_tracker_records_nothing(records: TrackedRecords) -> None:
 
 
 def test_experiments_lists_seed_defaults_and_registered_features() -> None:
-    from tracked_openai._features import register_feature
+    from tracked_openai.mlflow.names import register_feature
 
     register_feature("tracker_test_feature", "Tracker Test Feature")
     experiments = mlflow_tracker.experiments

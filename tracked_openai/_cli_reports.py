@@ -333,9 +333,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _feature_origin(key: str, registered: dict[str, str]) -> str:
-    from . import _features
+    from .mlflow.names import DEFAULT_FEATURES
 
-    if key in _features.DEFAULT_FEATURES and registered.get(key) == _features.DEFAULT_FEATURES[key]:
+    if key in DEFAULT_FEATURES and registered.get(key) == DEFAULT_FEATURES[key]:
         return "default AIFlow feature"
     if key in registered:
         return "registered feature"
@@ -351,7 +351,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
 
-    from ._features import features
+    from .mlflow.names import features
 
     registered = features()
     table = Table(title=f"experiments in {shown}", title_justify="left")

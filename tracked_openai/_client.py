@@ -16,9 +16,9 @@ from typing import Any
 
 import openai
 
-from . import _runtime
 from . import budgets as _budgets
 from ._compat import SUPPORTED, sdk_problem, sdk_version
+from ._config import settings
 from ._errors import internal_errors, logger, report_internal_error
 
 __all__ = ["SDK_PROBLEM", "TRACKING", "AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
@@ -27,7 +27,9 @@ __all__ = ["SDK_PROBLEM", "TRACKING", "AsyncAzureOpenAI", "AsyncOpenAI", "AzureO
 SDK_PROBLEM: str | None = sdk_problem()
 if SDK_PROBLEM is None:
     try:
-        from ._instrument import Call, _active, begin, observe_async, observe_sync
+        from .capture.call import Call, active
+        from .capture.observe import observe
+        from .capture.request import begin
     except Exception as exc:  # an internal the checks did not foresee
         SDK_PROBLEM = f"{type(exc).__name__}: {exc}"
 TRACKING: bool = SDK_PROBLEM is None
@@ -41,7 +43,7 @@ TRACKING: bool = SDK_PROBLEM is None
 
 def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
     """One HTTP attempt; noted (with its headers) when a tracked call is active."""
-    call = _active.get()
+    call = active.get()
     if call is None:
         return send(request, stream=stream, **kwargs)
     try:
@@ -54,7 +56,7 @@ def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) ->
 
 
 async def _send_async(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
-    call = _active.get()
+    call = active.get()
     if call is None:
         return await send(request, stream=stream, **kwargs)
     try:
@@ -78,17 +80,17 @@ def _tracked_sync(
         return request(cast_to, options, stream=stream, stream_cls=stream_cls)
     if _budgets.ACTIVE:
         _budgets.guard(call)  # BudgetExceeded here: not sent, recorded as blocked
-    token: Token[Call | None] = _active.set(call)
+    token: Token[Call | None] = active.set(call)
     try:
         result = request(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException as exc:
-        _active.reset(token)
+        active.reset(token)
         with internal_errors("record error"):
             call.fail(exc)
         raise
-    _active.reset(token)
+    active.reset(token)
     try:
-        observe_sync(call, result)
+        observe(call, result, False)
     except Exception as exc:
         report_internal_error(exc, "observe")
     return result
@@ -106,17 +108,17 @@ async def _tracked_async(
         return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
     if _budgets.ACTIVE:
         await _budgets.guard_async(call)  # BudgetExceeded here: not sent, recorded as blocked
-    token: Token[Call | None] = _active.set(call)
+    token: Token[Call | None] = active.set(call)
     try:
         result = await request(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException as exc:
-        _active.reset(token)
+        active.reset(token)
         with internal_errors("record error"):
             call.fail(exc)
         raise
-    _active.reset(token)
+    active.reset(token)
     try:
-        observe_async(call, result)
+        observe(call, result, True)
     except Exception as exc:
         report_internal_error(exc, "observe")
     return result
@@ -126,7 +128,7 @@ class OpenAI(openai.OpenAI):
     """``openai.OpenAI`` with every paid call recorded. Same arguments, results and errors."""
 
     def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
 
@@ -140,7 +142,7 @@ class AsyncOpenAI(openai.AsyncOpenAI):
     async def request(  # type: ignore[override]
         self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
     ) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
 
@@ -152,7 +154,7 @@ class AzureOpenAI(openai.AzureOpenAI):
     """``openai.AzureOpenAI``, tracked; records keep the deployment name and the served model."""
 
     def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
 
@@ -166,7 +168,7 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
     async def request(  # type: ignore[override]
         self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
     ) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._errors import logger
 
-__all__ = ["NUMBERS", "Settings", "check_option", "load_settings"]
+__all__ = ["NUMBERS", "Settings", "check_option", "load_settings", "settings"]
 
 _FALSE = {"0", "false", "no", "off", "disabled"}
 _TRUE = {"1", "true", "yes", "on", "enabled"}
@@ -208,3 +208,8 @@ def load_settings() -> Settings:
         experiment_prefix=os.environ.get("TRACKED_OPENAI_EXPERIMENT_PREFIX") or "",
         mlflow_timeout=_env_number("TRACKED_OPENAI_MLFLOW_TIMEOUT", "mlflow_timeout"),
     )
+
+
+# The process's settings: read by every layer, so this module imports nothing of ours but the
+# logger (``configure()`` in ``export.runtime`` changes them in place).
+settings: Settings = load_settings()

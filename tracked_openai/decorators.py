@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ._context import track
+from .scope import track
 
 __all__ = [
     "track_custom_operation",

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._config import settings
 from ._errors import logger
 from .records import CallRecord, Cost
 
@@ -589,7 +590,6 @@ def load_price_book(overrides: str | Path | None = None, *, shipped: bool = True
 
 
 def _initial_book() -> PriceBook:
-    from ._runtime import settings
 
     source = settings.pricing
     if source:

@@ -24,7 +24,6 @@ call made inside it, nested operations' calls included, but a report never adds 
 from __future__ import annotations
 
 import math
-import os
 import urllib.error
 import urllib.request
 from array import array
@@ -34,6 +33,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from ._config import settings
+from .mlflow.names import DEFAULT_FEATURES, experiment_name, features
 
 __all__ = [
     "BREAKDOWNS",
@@ -63,13 +65,6 @@ PARENT_FEATURE_TAG = "parent_feature"
 BREAKDOWNS = ("model", "operation", "day", "feature")
 
 # The seed system's features; used until (or unless) the feature registry module is importable.
-DEFAULT_FEATURES: dict[str, str] = {
-    "pid_verification": "P&ID Design Verification",
-    "pfd_conversion": "PFD to P&ID Conversion",
-    "crs_analysis": "CRS Document Analysis",
-    "visual_generation": "Visual Diagram Generation",
-}
-
 # Runs per search_runs page. Measured (benchmarks/reports.py, 10k runs): 5,000 is ~15% faster
 # than 1,000 but holds ~140 MB more at the peak (MLflow builds every run of a page as objects).
 _PAGE_SIZE = 1_000
@@ -271,24 +266,8 @@ def _short(exc: BaseException) -> str:
 
 # -- features and experiments ------------------------------------------------------------------
 def _registry() -> dict[str, str]:
-    """``{feature key: experiment name}`` from the feature registry, or the seed defaults."""
-    try:
-        from . import _features  # type: ignore[attr-defined,unused-ignore]
-
-        return {str(k): str(v) for k, v in dict(_features.features()).items()}
-    except Exception:
-        # The registry is optional for reading: an older install or a partial checkout still reports.
-        return dict(DEFAULT_FEATURES)
-
-
-def experiment_name(feature: str) -> str:
-    """The experiment name the sink uses for ``feature`` (unknown keys map to themselves)."""
-    try:
-        from . import _features  # type: ignore[attr-defined,unused-ignore]
-
-        return str(_features.experiment_name(feature))
-    except Exception:
-        return DEFAULT_FEATURES.get(feature, feature)
+    """``{feature key: experiment name}`` from the feature registry."""
+    return {str(k): str(v) for k, v in features().items()}
 
 
 def _tracked_experiments(client: Any) -> Iterator[Any]:
@@ -357,12 +336,7 @@ def _known_features(client: Any) -> set[str]:
     """Registered features, the default feature of calls outside any operation, and every
     feature the store holds."""
     known = set(_registry())
-    try:
-        from ._runtime import settings
-
-        known.add(str(settings.default_feature))
-    except Exception:
-        known.add("default")
+    known.add(str(settings.default_feature))
     known.update(str(e.tags.get(FEATURE_TAG)) for e in _tracked_experiments(client))
     return known
 
@@ -765,9 +739,4 @@ def feature_metrics(
 
 def tracking_enabled() -> bool:
     """Whether tracking is on in this process (``MLFLOW_ENABLED`` / ``TRACKED_OPENAI_ENABLED``)."""
-    try:
-        from ._runtime import settings
-
-        return bool(settings.enabled)
-    except Exception:
-        return os.environ.get("MLFLOW_ENABLED", "true").lower() not in ("0", "false", "no", "off")
+    return bool(settings.enabled)

@@ -12,8 +12,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _runtime
+from ._config import settings
 from ._errors import internal_errors
+from .export import runtime
+from .mlflow.names import experiment_name, features
 from .records import OperationRecord, tag_value
 
 __all__ = ["MlflowTracker", "mlflow_tracker"]
@@ -34,13 +36,13 @@ class MlflowTracker:
     @property
     def enabled(self) -> bool:
         """``False`` when ``MLFLOW_ENABLED``/``TRACKED_OPENAI_ENABLED`` (or ``configure``) says so."""
-        return _runtime.settings.enabled
+        return settings.enabled
 
     @property
     def tracking_uri(self) -> str | None:
         """The tracking URI of the configured MLflow sink, else MLflow's resolved default."""
         with internal_errors("tracker.tracking_uri"):
-            sinks = _runtime._sinks
+            sinks = runtime.configured_sinks()
             if sinks is not None:
                 for sink in sinks:
                     uri = getattr(sink, "tracking_uri", None)
@@ -54,8 +56,6 @@ class MlflowTracker:
     @property
     def experiments(self) -> dict[str, str]:
         """Feature key → experiment name (defaults, registered and configured features)."""
-        from ._features import experiment_name, features
-
         return {key: experiment_name(key) for key in features()}
 
     def log_experiment_result(
@@ -71,7 +71,7 @@ class MlflowTracker:
         ``confidence`` is stored as ``confidence_score`` (the seed's metric name); non-numeric
         metrics are ignored, as MLflow would reject them.
         """
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return
         with internal_errors("tracker.log_experiment_result"):
             frame = sys._getframe(1)
@@ -93,7 +93,7 @@ class MlflowTracker:
                 metrics=numeric,
             )
             record.tags.setdefault("tracking_type", "manual")
-            _runtime.submit(record)
+            runtime.submit(record)
 
 
 mlflow_tracker = MlflowTracker()

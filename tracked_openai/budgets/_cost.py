@@ -1,6 +1,6 @@
 """The most a request can cost, worked out before it is sent.
 
-Input: the request's text counted with tiktoken (offline, as for stream estimates: ``_estimate``),
+Input: the request's text counted with tiktoken (offline, as for stream estimates: ``capture.estimate``),
 with OpenAI's per-message overhead; each image part at the most an image can bill on the model's
 family (``low`` detail at its fixed price); input audio parts by their length. Output: the
 request's own cap (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``) times ``n``,
@@ -107,7 +107,7 @@ def _upload_seconds(upload: Any) -> float:
     if upload is None:
         return DEFAULT_AUDIO_SECONDS
     try:
-        from .._audio import measure_seconds
+        from ..capture.audio import measure_seconds
 
         seconds = measure_seconds(upload)
     except Exception:
@@ -160,7 +160,7 @@ def worst_case_nano(
     elif endpoint == "embeddings":
         prompt = _embedding_tokens(request, model)
     else:
-        from .._estimate import estimate_prompt_tokens
+        from ..capture.estimate import estimate_prompt_tokens
 
         prompt = estimate_prompt_tokens(endpoint, request, model) + _json_bytes(request.get("tools"))
         images, audio = _media_tokens(request.get("input"), name)
@@ -202,7 +202,7 @@ _ROLES = frozenset({"system", "user", "assistant", "developer", "tool", "functio
 
 @lru_cache(maxsize=256)
 def _counter_for(model: str | None) -> Any:
-    from .._estimate import _encoding_for
+    from ..capture.estimate import _encoding_for
 
     return _encoding_for(model)
 
@@ -210,7 +210,7 @@ def _counter_for(model: str | None) -> Any:
 def _count(text: str, model: str | None) -> int:
     if len(text) <= _BYTES_AS_TOKENS:
         return len(text.encode())
-    from .._estimate import _Counter
+    from ..capture.estimate import _Counter
 
     return int(_Counter(_counter_for(model))(text))
 

@@ -495,7 +495,7 @@ def _exit_hook(ref: weakref.ref[BudgetManager]) -> None:
         return
     try:
         # Calls finished but not yet settled are settled by the exporter first.
-        from .. import _runtime
+        from ..export import runtime as _runtime
 
         _runtime.flush(2.0)
         manager.close(2.0)

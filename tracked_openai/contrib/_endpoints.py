@@ -118,8 +118,8 @@ def metrics(
 
 def _spool() -> dict[str, Any]:
     try:
-        from .._runtime import settings
-        from .._spool import Spool
+        from .._config import settings
+        from ..export.spool import Spool
 
         spool = Spool(settings.spool_dir)
         files = spool.files()
@@ -137,7 +137,7 @@ def _spool() -> dict[str, Any]:
 def health(uri: str | None = None) -> Payload:
     """``GET health/``: store reachable or not, exporter counters, spool size. 503 when the
     store is unreachable (so load balancers and probes see it), 200 otherwise."""
-    from .._runtime import stats
+    from ..export.runtime import stats
 
     store: dict[str, Any] = {"reachable": True, "detail": None}
     try:

@@ -2,7 +2,7 @@
 
 Mapping (the contract reports and the REST API read; see ``docs/mlflow-mapping.md``):
 
-* one experiment per feature, named by the feature registry (``tracked_openai._features``), with
+* one experiment per feature, named by the feature registry (``tracked_openai.mlflow.names``), with
   the experiment tag ``tracked_openai.feature=<key>``;
 * an operation record is a run; a call is a run whose ``mlflow.parentRunId`` is its operation's
   run (a call is always in its innermost operation's feature); an operation nested in one of
@@ -49,6 +49,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from .._config import settings
+from ..mlflow.names import experiment_name
 from ..records import CallRecord, OperationRecord, Record, tag_value
 
 if TYPE_CHECKING:
@@ -512,7 +514,6 @@ class MlflowSink:
         timeout: float | None = None,
     ) -> None:
         if timeout is None:
-            from .._runtime import settings
 
             timeout = settings.mlflow_timeout
         self.timeout = float(timeout)
@@ -662,7 +663,6 @@ class MlflowSink:
         return results
 
     def experiment_name(self, feature: str) -> str:
-        from .._features import experiment_name
 
         if feature in self.features:
             name = self.features[feature]

@@ -15,8 +15,9 @@ from typing import Any
 
 from django.db.models.signals import post_save
 
-from ... import _runtime
+from ..._config import settings
 from ..._errors import internal_errors
+from ...export import runtime
 from ...records import OperationRecord, new_record_id, tag_value
 
 __all__ = ["track_model_saves"]
@@ -69,7 +70,7 @@ def track_model_saves(
     extra_tags = {str(k): tag_value(v) for k, v in (tags or {}).items()}
 
     def receiver(sender: type[Any], instance: Any, created: bool, **kwargs: Any) -> None:
-        if not _runtime.settings.enabled or (created_only and not created):
+        if not settings.enabled or (created_only and not created):
             return
         with internal_errors("django.track_model_saves"):
             values: dict[str, float] = {}
@@ -96,7 +97,7 @@ def track_model_saves(
                 },
                 metrics=values,
             )
-            _runtime.submit(record)
+            runtime.submit(record)
 
     uid = f"tracked_openai:{label}:{feature}:{op_name}"
     post_save.connect(receiver, sender=model, weak=False, dispatch_uid=uid)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import Record, record_from_dict
+from ..records import Record, record_from_dict
 
 __all__ = ["Spool", "SpoolFile", "default_spool_dir"]
 

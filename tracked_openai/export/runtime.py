@@ -1,28 +1,39 @@
-"""Process-wide state: settings, the exporter and its sinks; ``configure``/``flush``/``shutdown``.
+"""The process's exporter and its sinks: ``configure``/``start``/``flush``/``shutdown``/``submit``.
 
 The exporter is built lazily on the first record, so a disabled library (or one never used)
 starts no thread and opens no store. Building it is cheap (a queue and a thread): the default
 sinks, which import MLflow, are built by the exporter's own thread, never by the call whose
 record started it. ``start()`` does that work at application start instead.
+
+Layers above this one that hold records back (an operation waiting for a stream, streams still
+open) register a release hook (``add_release_hook``); the exit path and ``shutdown()`` run them
+before the last flush. Nothing here imports those layers: settings live in ``_config``.
 """
 
 from __future__ import annotations
 
 import atexit
-import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from decimal import Decimal
 from typing import Any
 
-from ._config import Settings, check_option, load_settings
-from ._errors import internal_error_count, internal_errors, logger, report_internal_error
-from ._exporter import Exporter
-from .records import CallRecord, OperationRecord, Record, new_record_id
+from .._config import check_option, settings
+from .._errors import internal_error_count, internal_errors, logger
+from ..records import Record
+from .prepare import prepare
+from .queue import Exporter
 
-__all__ = ["configure", "flush", "prepare", "settings", "shutdown", "start", "stats", "submit"]
-
-settings: Settings = load_settings()
+__all__ = [
+    "add_release_hook",
+    "configure",
+    "configured_sinks",
+    "flush",
+    "restore_sinks",
+    "shutdown",
+    "start",
+    "stats",
+    "submit",
+]
 
 _exporter: Exporter | None = None
 _sinks: list[Any] | None = None
@@ -36,7 +47,7 @@ def _default_sinks() -> list[Any]:
     global _sinks, _built_defaults
     sinks: list[Any]
     try:
-        from .sinks.mlflow import MlflowSink
+        from ..sinks.mlflow import MlflowSink
 
         sinks = [MlflowSink()]
     except Exception as exc:  # mlflow missing or broken: keep the host running, say why once.
@@ -56,14 +67,14 @@ class _DefaultSinks:
 
     def spool_keys(self) -> list[str]:
         # At exit, before the sink exists: where its records go (cheap, no MLflow import).
-        from .sinks.mlflow import predicted_spool_key
+        from ..sinks.mlflow import predicted_spool_key
 
         return [predicted_spool_key()]
 
 
 def _warm_up() -> None:
     """Exporter thread, once: load the price table before the first batch needs it."""
-    from .pricing import get_price_book
+    from ..pricing import get_price_book
 
     get_price_book()
 
@@ -97,17 +108,24 @@ def _make_exporter(sinks: list[Any] | Callable[[], list[Any]]) -> Exporter:
     )
 
 
-def _release_waiting_operations(close_streams: bool = True) -> None:
-    """Operations still waiting for calls are submitted with what they have; at exit, streams
-    still open are recorded first (``stream_end="abandoned"``), which also completes their
-    operations. ``shutdown()`` leaves streams alone: they may still be read afterwards."""
-    from ._context import release_waiting
+# Release hooks: (order, name, hook). A hook gets ``at_exit``: True at interpreter exit, False
+# on ``shutdown()``; lower orders run first.
+_release_hooks: list[tuple[int, str, Callable[[bool], None]]] = []
 
-    # Streams are open only if the hooks were ever imported (never, on an unsupported SDK).
-    instrument = sys.modules.get("tracked_openai._instrument")
-    if close_streams and instrument is not None:
-        instrument.close_open_streams()
-    release_waiting(force=True)
+
+def add_release_hook(name: str, hook: Callable[[bool], None], order: int = 0) -> None:
+    """Have ``hook(at_exit)`` submit what a layer above still holds, at exit and on
+    ``shutdown()``, before the last flush (lower ``order`` first; idempotent by ``name``)."""
+    with _lock:
+        _release_hooks[:] = [entry for entry in _release_hooks if entry[1] != name]
+        _release_hooks.append((order, name, hook))
+        _release_hooks.sort(key=lambda entry: entry[0])
+
+
+def _release_held(at_exit: bool) -> None:
+    for _, name, hook in list(_release_hooks):
+        with internal_errors(f"release {name}"):
+            hook(at_exit)
 
 
 @atexit.register
@@ -117,7 +135,7 @@ def _at_exit() -> None:
     # exit deadline, after which what is left is spooled. Registered at import, so it also runs
     # when the only records were held and no exporter was started yet.
     with internal_errors("exit"):
-        _release_waiting_operations()
+        _release_held(at_exit=True)
         exporter = _exporter
         if exporter is not None:
             exporter.exit_flush()
@@ -134,7 +152,7 @@ def start(wait: bool = False, timeout: float | None = None) -> bool:
     if not settings.enabled:
         return True
     with internal_errors("start"):
-        from . import budgets
+        from .. import budgets
 
         if budgets.ACTIVE:
             budgets.warm_up()  # TRACKED_OPENAI_BUDGETS: load it and connect the ledger now
@@ -143,7 +161,7 @@ def start(wait: bool = False, timeout: float | None = None) -> bool:
 
 
 def submit(record: Record | Any) -> None:
-    """Hand a finished record, or a finished tracked call (``_instrument.Call``, made into its
+    """Hand a finished record, or a finished tracked call (``capture.call.Call``, made into its
     record by ``prepare``), to the exporter (O(1), never raises)."""
     exporter = _exporter
     if exporter is None:
@@ -151,93 +169,6 @@ def submit(record: Record | Any) -> None:
             exporter = _get_exporter()
     if exporter is not None:
         exporter.submit(record)
-
-
-def prepare(item: Record | Any) -> Record:
-    """On the exporter thread: the record of a finished tracked call (``Call.to_record``), or the
-    record given, with its derived fields filled: id, estimated usage, cost, operation roll-ups."""
-    reservation = getattr(item, "budget", None)  # a tracked call's budget reservation
-    record: Record = item if isinstance(item, (CallRecord, OperationRecord)) else _record_of(item)
-    if isinstance(record, CallRecord):
-        if not record.record_id:  # a tracked call's record is named here, off the caller's path
-            record.record_id = new_record_id()
-        if record.cost_status == "pending":
-            with internal_errors("pricing"):
-                from .pricing import price_record
-
-                price_record(record)
-            if record.cost_status == "pending":
-                record.cost_status = "error"
-        if reservation is not None:
-            from .budgets import settle
-
-            settle(reservation, record)
-    elif isinstance(record, OperationRecord):
-        children, record.children = record.children, []
-        if children:
-            _roll_up(record, [(child.record, _in_own_feature(child, record)) for child in children])
-    return record
-
-
-def _in_own_feature(call: Any, op: OperationRecord) -> bool:
-    """Whether a call rolled up into ``op`` belongs to ``op``'s own feature: every operation
-    between the call and ``op`` (the call's innermost one included) is in that feature. A call
-    inside a nested operation of another feature belongs to that one (the innermost feature)."""
-    scope = getattr(call, "op", None)
-    while scope is not None and scope.record is not op:
-        if scope.record.feature != op.feature:
-            return False
-        scope = scope.parent
-    return True
-
-
-def _record_of(call: Any) -> CallRecord:
-    try:
-        record: CallRecord = call.to_record()
-    except Exception as exc:
-        # Export what the call knew rather than hand the sinks something that is not a record.
-        report_internal_error(exc, "call record")
-        record = call.record
-    return record
-
-
-_ROLLUP_KEYS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
-
-
-def _roll_up(op: OperationRecord, children: Iterable[tuple[CallRecord, bool]]) -> None:
-    """Fill ``op``'s roll-up from its calls (nested operations' calls included), each given with
-    whether it belongs to ``op``'s own feature; the own-feature share is kept apart only when
-    some call belongs to another feature (see ``OperationRecord.feature_call_count``)."""
-    total = Decimal(0)
-    priced = False
-    own_total = Decimal(0)
-    own_priced = False
-    own_calls = 0
-    models: set[str] = set()
-    for call, own in children:
-        op.call_count += 1
-        own_calls += own
-        for key in _ROLLUP_KEYS:
-            value = getattr(call.usage, key)
-            if value is not None:
-                setattr(op.usage, key, (getattr(op.usage, key) or 0) + value)
-        if call.cost is not None:
-            total += call.cost.total_usd
-            priced = True
-            if own:
-                own_total += call.cost.total_usd
-                own_priced = True
-        elif call.status == "success" or call.usage_source != "none":
-            op.unpriced_calls += 1
-        model = call.model or call.response_model
-        if model:
-            models.add(model)
-    if priced:
-        op.cost_usd = total
-    op.models = sorted(models)
-    if own_calls < op.call_count:
-        op.feature_call_count = own_calls
-        op.feature_cost_usd = own_total if own_priced else None
 
 
 def configure(
@@ -292,11 +223,11 @@ def configure(
             raise TypeError(f"configure() got an unexpected keyword argument {key!r}")
         setattr(settings, key, check_option(key, value))
     if pricing is not None:
-        from .pricing import use_pricing
+        from ..pricing import use_pricing
 
         use_pricing(pricing)
     if budgets is not None:
-        from .budgets import configure_budgets
+        from ..budgets import configure_budgets
 
         configure_budgets(
             budgets, ledger_url=ledger_url, on_alert=on_budget_alert, webhooks=budget_webhooks or ()
@@ -322,16 +253,29 @@ def flush(timeout: float | None = None) -> bool:
 def shutdown(timeout: float | None = None) -> bool:
     """Flush and stop the exporter; a later record starts a fresh one."""
     global _exporter
-    with internal_errors("shutdown.release"):
-        _release_waiting_operations(close_streams=False)
+    _release_held(at_exit=False)
     with _lock:
         exporter, _exporter = _exporter, None
     return True if exporter is None else exporter.shutdown(timeout)
 
 
+def configured_sinks() -> list[Any] | None:
+    """The sinks records go to: those given to ``configure``, or the default ones once built
+    (``None`` until then)."""
+    return _sinks
+
+
+def restore_sinks(sinks: list[Any] | None) -> None:
+    """Put back sinks read with ``configured_sinks`` after a ``shutdown()`` (``None``: the
+    default sinks, built when next needed)."""
+    global _sinks
+    with _lock:
+        _sinks = sinks
+
+
 def stats() -> dict[str, int]:
     """Exporter counters (submitted, exported, dropped, …) and internal errors."""
-    from .budgets import stats as budget_stats
+    from ..budgets import stats as budget_stats
 
     exporter = _exporter
     counters = exporter.stats() if exporter is not None else {}

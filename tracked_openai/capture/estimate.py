@@ -5,7 +5,7 @@ The cost is bounded whatever the stream's length: tiktoken counts at most ``_EXA
 text, in slices cut at whitespace (its pre-split never joins across one, so the slices count as
 the whole would; a slice also bounds tiktoken's worst case, which is far from linear on long
 runs without spaces), and the rest of the text is extrapolated by characters; the stream's parser
-keeps only its first events' data (``_instrument._MAX_KEPT_EVENTS_BYTES``), and the output is
+keeps only its first events' data (``sse._MAX_KEPT_EVENTS_BYTES``), and the output is
 extrapolated from them to all its events by bytes. An estimate that extrapolated says so
 (``Estimate.extrapolated``; the record is tagged ``tracked_openai.usage_extrapolated``).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .records import Usage
+from ..records import Usage
 
 __all__ = ["ENDPOINTS", "PARAM_KEYS", "apply_body", "embeddings_request", "params_of", "usage_from_body"]
 

@@ -1,13 +1,16 @@
 """Feature registry: feature key → MLflow experiment name.
 
-The seed system's four features are registered by default. ``register_feature(key, name)`` (or
-``tracked_openai.configure(features={...})``) adds or renames one; a key nobody registered still
-works and gets an experiment named after the key (plugin style: a new feature needs no setup).
+The four features of the AIFlow tracking decorators/API are registered by default.
+``register_feature(key, name)`` (or ``tracked_openai.configure(features={...})``) adds or renames
+one; a key nobody registered still works and gets an experiment named after the key (plugin
+style: a new feature needs no setup).
 """
 
 from __future__ import annotations
 
 import threading
+
+from .._config import settings
 
 __all__ = ["DEFAULT_FEATURES", "experiment_name", "features", "register_feature"]
 
@@ -32,8 +35,6 @@ def register_feature(key: str, name: str) -> None:
 
 def features() -> dict[str, str]:
     """Every known feature key and its experiment name (registry, then ``configure(features=)``)."""
-    from ._runtime import settings  # late import: _runtime imports the exporter, which is below us
-
     with _lock:
         merged = dict(_registry)
     merged.update(settings.features)
@@ -46,8 +47,6 @@ def experiment_name(feature: str, prefix: str | None = None) -> str:
     ``prefix`` defaults to ``settings.experiment_prefix``; it is joined with ``/`` unless it
     already ends with a separator (``/``, ``-``, ``_``, ``:``, `` ``).
     """
-    from ._runtime import settings
-
     name = settings.features.get(feature)
     if name is None:
         with _lock:

@@ -29,8 +29,9 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from . import _runtime
+from ._config import settings
 from ._errors import internal_errors
+from .export import runtime
 from .records import LATE_TAG, OperationRecord, new_record_id, tag_value
 
 __all__ = [
@@ -151,7 +152,7 @@ class Operation:
                     _next_deadline = min(_next_deadline, deadline)
                     return
                 self._submitted = True
-            _runtime.submit(rec)
+            runtime.submit(rec)
             if _waiting:
                 release_waiting()
 
@@ -166,7 +167,7 @@ def call_opened(op: Operation) -> None:
 
 
 def call_closed(op: Operation, call: Any) -> list[OperationRecord]:
-    """A tracked call (``_instrument.Call``) begun inside ``op`` finished: it joins the roll-up
+    """A tracked call (``capture.call.Call``) begun inside ``op`` finished: it joins the roll-up
     of every enclosing operation still open; returns the operation records that were waiting
     only for it (to submit after the call itself)."""
     ready: list[OperationRecord] = []
@@ -204,7 +205,12 @@ def release_waiting(force: bool = False) -> None:
                 due.append(scope.record)
         _next_deadline = min(_waiting.values(), default=float("inf"))
     for rec in due:
-        _runtime.submit(rec)
+        runtime.submit(rec)
+
+
+# At exit and on shutdown(), operations still waiting for calls are submitted with what they
+# have (after open streams were recorded: those complete operations too).
+runtime.add_release_hook("operations", lambda at_exit: release_waiting(force=True), order=1)
 
 
 _current: ContextVar[Operation | None] = ContextVar("tracked_openai_operation", default=None)
@@ -260,12 +266,12 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
         self._op: Operation | None = None
 
     def _new_operation(self, function: str | None) -> Operation | None:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return None
         parent = _current.get()
         feature = self._feature
         if feature is None:
-            feature = parent.feature if parent is not None else _runtime.settings.default_feature
+            feature = parent.feature if parent is not None else settings.default_feature
         tags = {**parent.tags, **self._tags} if parent is not None else dict(self._tags)
         record = OperationRecord(
             record_id=new_record_id(),
@@ -318,7 +324,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
     @overload
     def __call__(self, func: Any) -> Any: ...
     def __call__(self, func: Any) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             # Disabled at decoration time: hand back the function itself, zero overhead.
             return func
         name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
@@ -343,6 +349,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
                 op._finish(None, result, True)
                 return result
 
+            async_wrapper.__tracked_openai__ = self  # type: ignore[attr-defined]  # for the Django middleware
             return async_wrapper
 
         @functools.wraps(func)
@@ -362,6 +369,7 @@ class track:  # noqa: N801 - used like a function: `with track(...)` / `@track(.
             op._finish(None, result, True)
             return result
 
+        wrapper.__tracked_openai__ = self  # type: ignore[attr-defined]
         return wrapper
 
 
