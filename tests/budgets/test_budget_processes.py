@@ -73,7 +73,10 @@ def _worker(base_url: str, ledger_url: str, start: Any, out: Any) -> None:
 
 
 def _run(server: FakeOpenAIServer, ledger_url: str) -> list[dict[str, Any]]:
-    ctx = multiprocessing.get_context("fork")  # forked: no re-import of openai in each worker
+    # A fork server: workers are forked from a clean process that imported tracked_openai once
+    # (no re-import per worker, and none of pytest's threads or their locks inherited).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tracked_openai", "tracked_openai.budgets._manager", "sqlalchemy"])
     start = ctx.Event()
     out = ctx.Queue()
     procs = [

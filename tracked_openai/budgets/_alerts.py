@@ -55,9 +55,10 @@ class _Hook:
 
 
 class AlertDispatcher:
-    def __init__(self) -> None:
-        self.callbacks: list[Callable[[Alert], Any]] = []
-        self.webhooks: list[_Hook] = []
+    def __init__(self, parent: AlertDispatcher | None = None) -> None:
+        # ``parent``: the dispatcher of a forked parent, whose destinations the child keeps.
+        self.callbacks: list[Callable[[Alert], Any]] = list(parent.callbacks) if parent else []
+        self.webhooks: list[_Hook] = list(parent.webhooks) if parent else []
         self.sent = 0
         self.failed = 0
         self.dropped = 0

@@ -78,6 +78,7 @@ class Ledger:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tracked-openai-ledger")
         self._late_grants: list[tuple[str, str, int, int]] = []
         self._late_lock = threading.Lock()
+        self._parent_engines: list[Any] = []
 
     # -- running operations with a deadline ----------------------------------------------------
 
@@ -117,8 +118,13 @@ class Ledger:
         self._pid = os.getpid()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tracked-openai-ledger")
         if self._engine is not None:
-            self._engine.dispose(close=False)
+            # Never closed nor disposed here: the parent's connections share its sockets and
+            # files (closing them would end the parent's), and disposing takes the pool's lock,
+            # which a parent thread may have held at the fork. Kept referenced, never used.
+            self._parent_engines.append(self._engine)
+            self._engine = None
         self._late_grants = []
+        self._late_lock = threading.Lock()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

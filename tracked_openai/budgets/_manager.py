@@ -152,7 +152,10 @@ class BudgetManager:
             self._thread.start()
 
     def _after_fork(self) -> None:
-        # The parent's leases are the parent's: the child starts with none.
+        # The parent's leases are the parent's: the child starts with none. Only new objects
+        # here: a lock a parent thread held at the fork stays held in the child forever.
+        if self.closed:
+            return
         self._lock = threading.Lock()
         self._states = {}
         self._by_key = {}
@@ -160,8 +163,9 @@ class BudgetManager:
         self._pid = os.getpid()
         if self.ledger._pid != self._pid:  # before any thread of the child can use it
             self.ledger._after_fork()
-        if not self.closed:
-            self.start()
+        self.alerts = AlertDispatcher(self.alerts)
+        self._stop = threading.Event()
+        self.start()
 
     def close(self, timeout: float = 2.0) -> None:
         """Report what is settled, hand leases back, stop the thread."""
