@@ -156,7 +156,7 @@ def _from_iso(value: Any) -> float:
     return datetime.fromisoformat(str(value)).timestamp()
 
 
-Status = Literal["success", "error"]
+Status = Literal["success", "error", "blocked"]
 
 
 @dataclass(slots=True, eq=False)
