@@ -1,0 +1,1 @@
+"""MLflow mapping: names, runs, traces and the store."""
