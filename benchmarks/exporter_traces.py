@@ -53,6 +53,7 @@ def one_call_operations(n: int, feature: str) -> list[Record]:
             usage=Usage(input_tokens=1200, cached_input_tokens=0, output_tokens=300),
             usage_source="response", attempts=1,
         )
+        op.calls = [call]  # as prepare() does for a tracked operation: its calls ride with it
         out += [call, op]
     return out
 
@@ -85,7 +86,7 @@ def count_traces(uri: str, experiment_id: str) -> int:
     client = MlflowClient(uri)
     count, token = 0, None
     while True:
-        page = client.search_traces(locations=[experiment_id], max_results=5000, page_token=token,
+        page = client.search_traces(locations=[experiment_id], max_results=500, page_token=token,
                                     include_spans=False)
         count += len(page)
         token = page.token

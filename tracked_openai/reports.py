@@ -673,6 +673,38 @@ def _hand_logged_cost(tags: Mapping[str, str], metrics: Mapping[str, float]) -> 
     return metrics.get("cost_usd")
 
 
+def _runs_then_traces(
+    feature: str | None,
+    tracking_uri: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    operation: str | None,
+    page_size: int,
+) -> Iterator[Any]:
+    """The runs of the window, then the spans of our traces standing for records that are not
+    runs (``traces`` and ``runs+traces`` modes, ``tracked_openai/mlflow/trace_reports.py``):
+    each record once."""
+    seen: set[str] = set()
+    window = _time_filter(start, end, operation)
+    for run in iter_runs(feature, tracking_uri=tracking_uri, filter_string=window, page_size=page_size):
+        record_id = run.data.tags.get("record_id")
+        if record_id:
+            seen.add(record_id)
+        yield run
+    from .mlflow.trace_reports import iter_trace_runs
+
+    client = _client(resolve_tracking_uri(tracking_uri))
+    ids = _experiment_ids(client, feature)
+    try:
+        for span_run in iter_trace_runs(client, ids, start, end, operation, page_size):
+            if span_run.data.tags.get("record_id") not in seen:
+                yield span_run
+    except Exception as exc:
+        if "not supported" in str(exc).lower() or isinstance(exc, NotImplementedError):
+            return  # a store without traces (a ./mlruns folder): runs are all there is
+        raise StoreUnavailableError(f"cannot search traces: {_short(exc)}") from exc
+
+
 def feature_metrics(
     feature: str | None = None,
     since: str | date | datetime | None = None,
@@ -714,12 +746,7 @@ def feature_metrics(
             g = table[key] = _Group()
         return g
 
-    for run in iter_runs(
-        feature,
-        tracking_uri=tracking_uri,
-        filter_string=_time_filter(start, end, operation),
-        page_size=page_size,
-    ):
+    for run in _runs_then_traces(feature, tracking_uri, start, end, operation, page_size):
         tags = run.data.tags
         metrics = run.data.metrics
         ok = _is_ok(run)
