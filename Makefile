@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[api,django,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[api,django,celery,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -31,9 +31,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest $(PROGRESS) -m "not server and not postgres and not slow" $(PYTEST_ARGS)
 
+# ruff, mypy (strict), and the architecture's import contracts (pyproject.toml [tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check tracked_openai tests benchmarks examples deploy
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py

@@ -7,7 +7,7 @@ Servers are started here, on free loopback ports, with ``mlflow server``'s defau
 workers), and stopped at the end.
 
 * naive: ``mlflow.start_run`` + ``log_params`` + ``log_metrics`` + ``set_tags`` per record, as a
-  user would write it (this is what the seed system did on every call).
+  user would write it (this is what the AIFlow tracking decorators/API did on every call).
 * ours: records submitted to the exporter (``submit`` rate = what the caller sees), then the time
   until the last one is a finished run (``export`` rate = what the store absorbs).
 * burst: N calls submitted at once; the server is SIGKILLed once a third of them are in MLflow,
@@ -38,14 +38,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from tests.mlflow_server import (
+from tests.helpers.mlflow_server import (
     MlflowServer,
     create_pg_database,
     drop_pg_database,
     postgres_available,
 )
-from tracked_openai import _runtime
-from tracked_openai._exporter import Exporter
+from tracked_openai.export import runtime as _runtime
+from tracked_openai.export.queue import Exporter
 from tracked_openai.records import CallRecord, OperationRecord, Record, Usage
 from tracked_openai.sinks.mlflow import MlflowSink
 

@@ -30,11 +30,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from exporter import naive, settle  # benchmarks/exporter.py: the same naive path and settling
 
-from tests.mlflow_server import MlflowServer, create_pg_database, drop_pg_database, postgres_available
-from tracked_openai import _runtime
-from tracked_openai._exporter import Exporter
-from tracked_openai.mlflow.trace_sink import TracesSink
+from tests.helpers.mlflow_server import MlflowServer, create_pg_database, drop_pg_database, postgres_available
+from tracked_openai.export import runtime as _runtime
+from tracked_openai.export.queue import Exporter
 from tracked_openai.records import CallRecord, OperationRecord, Record, Usage
+from tracked_openai.sinks.traces import TracesSink
 
 
 def one_call_operations(n: int, feature: str) -> list[Record]:

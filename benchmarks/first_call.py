@@ -184,13 +184,9 @@ def main() -> None:
         print(json.dumps(_child(flavour, mode, url, float(window))))
         return
 
-    from tracked_openai import _fake_server
-
-    # The fake server writes a response's headers and body in separate sends; with Nagle's
-    # algorithm on, the body then waits for the client's delayed ACK (~40 ms) on a reused
-    # connection but not on a fresh one, which would swamp the differences measured here.
-    _fake_server._Handler.disable_nagle_algorithm = True
-    serve_fake_openai = _fake_server.serve_fake_openai
+    # The fake server turns Nagle's algorithm off: a reused connection would otherwise wait for
+    # the client's delayed ACK (~40 ms), which would swamp the differences measured here.
+    from tracked_openai._fake_server import serve_fake_openai
 
     with tempfile.TemporaryDirectory() as tmp, serve_fake_openai() as server:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"

@@ -30,7 +30,7 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tracked_openai
-from tracked_openai import _runtime
+from tracked_openai.export import runtime as _runtime
 from tracked_openai.records import Record
 
 CHAT_BODY = json.dumps(

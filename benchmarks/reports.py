@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from tracked_openai import reports
+from tracked_openai.reports.query import PAGE_SIZE
 
 MODELS = [("gpt-4o", 0.0025, 0.01), ("gpt-4o-mini", 0.00015, 0.0006), ("gpt-4.1", 0.002, 0.008),
           ("o4-mini", 0.0011, 0.0044)]
@@ -115,7 +116,7 @@ def seed_in_child(db: Path, size: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--page-size", type=int, default=reports._PAGE_SIZE)
+    ap.add_argument("--page-size", type=int, default=PAGE_SIZE)
     ap.add_argument("--seed-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_only:

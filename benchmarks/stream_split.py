@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from overhead import MESSAGES, CountingSink, handler, interleave, print_medians
 
 import tracked_openai
-from tracked_openai import _runtime
+from tracked_openai.export import runtime as _runtime
 
 
 def stream(client: Any) -> None:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 import tracked_openai
 from tracked_openai import OpenAI, track
-from tracked_openai.api import create_router
+from tracked_openai.contrib.fastapi import create_router
 
 app = FastAPI()
 app.include_router(create_router())  # GET /api/v1/mlflow/tracking/{experiments,runs,metrics,health}/

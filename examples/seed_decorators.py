@@ -1,4 +1,4 @@
-"""The seed system's five decorators; each decorated call is one tracked operation and the
+"""The five AIFlow tracking decorators; each decorated call is one tracked operation and the
 return value feeds its metrics (confidence, retrieved docs and similarity, any numbers)."""
 
 from _offline import offline_openai

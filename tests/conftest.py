@@ -8,11 +8,8 @@ import pytest
 os.environ.pop("OPENAI_API_KEY", None)
 
 import tracked_openai
+from tests.helpers.fakeopenai import API_KEY, FakeOpenAI
 from tracked_openai.testing import TrackedRecords
-
-from .fakeopenai import FakeOpenAI
-
-API_KEY = "sk-test-hardcoded"  # hardcoded so a key in the environment is never used
 
 # No test writes to a default store by accident: tests that need MLflow configure their own sink.
 tracked_openai.configure(sinks=[])

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .mlflow_server import PG_HOST, PG_PORT, PG_USER, postgres_available
+from tests.helpers.mlflow_server import PG_HOST, PG_PORT, PG_USER, postgres_available
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

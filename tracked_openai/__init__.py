@@ -10,10 +10,10 @@ uses the SDK's module client (``openai.chat.completions.create(...)``) swaps
 from __future__ import annotations
 
 from ._client import AsyncAzureOpenAI, AsyncOpenAI, AsyncTrackedOpenAI, AzureOpenAI, OpenAI, TrackedOpenAI
-from ._context import Operation, current_scope, track
 from ._module_client import instrument_module_client, uninstrument_module_client
-from ._runtime import configure, flush, shutdown, start, stats
+from .export.runtime import configure, flush, shutdown, start, stats
 from .records import CallRecord, Cost, OperationRecord, Usage
+from .scope import Operation, current_scope, track
 
 __version__ = "0.1.0"
 

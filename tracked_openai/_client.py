@@ -16,8 +16,8 @@ from typing import Any
 
 import openai
 
-from . import _runtime
 from ._compat import SUPPORTED, sdk_problem, sdk_version
+from ._config import settings
 from ._errors import internal_errors, logger, report_internal_error
 
 __all__ = ["SDK_PROBLEM", "TRACKING", "AsyncAzureOpenAI", "AsyncOpenAI", "AzureOpenAI", "OpenAI"]
@@ -26,7 +26,9 @@ __all__ = ["SDK_PROBLEM", "TRACKING", "AsyncAzureOpenAI", "AsyncOpenAI", "AzureO
 SDK_PROBLEM: str | None = sdk_problem()
 if SDK_PROBLEM is None:
     try:
-        from ._instrument import Call, _active, begin, observe_async, observe_sync
+        from .capture.call import Call, active
+        from .capture.observe import observe
+        from .capture.request import begin
     except Exception as exc:  # an internal the checks did not foresee
         SDK_PROBLEM = f"{type(exc).__name__}: {exc}"
 TRACKING: bool = SDK_PROBLEM is None
@@ -40,7 +42,7 @@ TRACKING: bool = SDK_PROBLEM is None
 
 def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
     """One HTTP attempt; noted (with its headers) when a tracked call is active."""
-    call = _active.get()
+    call = active.get()
     if call is None:
         return send(request, stream=stream, **kwargs)
     try:
@@ -53,7 +55,7 @@ def _send_sync(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) ->
 
 
 async def _send_async(send: Any, request: Any, stream: bool, kwargs: dict[str, Any]) -> Any:
-    call = _active.get()
+    call = active.get()
     if call is None:
         return await send(request, stream=stream, **kwargs)
     try:
@@ -75,17 +77,17 @@ def _tracked_sync(
         report_internal_error(exc, "begin")
     if call is None:
         return request(cast_to, options, stream=stream, stream_cls=stream_cls)
-    token: Token[Call | None] = _active.set(call)
+    token: Token[Call | None] = active.set(call)
     try:
         result = request(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException as exc:
-        _active.reset(token)
+        active.reset(token)
         with internal_errors("record error"):
             call.fail(exc)
         raise
-    _active.reset(token)
+    active.reset(token)
     try:
-        observe_sync(call, result)
+        observe(call, result, False)
     except Exception as exc:
         report_internal_error(exc, "observe")
     return result
@@ -101,17 +103,17 @@ async def _tracked_async(
         report_internal_error(exc, "begin")
     if call is None:
         return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
-    token: Token[Call | None] = _active.set(call)
+    token: Token[Call | None] = active.set(call)
     try:
         result = await request(cast_to, options, stream=stream, stream_cls=stream_cls)
     except BaseException as exc:
-        _active.reset(token)
+        active.reset(token)
         with internal_errors("record error"):
             call.fail(exc)
         raise
-    _active.reset(token)
+    active.reset(token)
     try:
-        observe_async(call, result)
+        observe(call, result, True)
     except Exception as exc:
         report_internal_error(exc, "observe")
     return result
@@ -121,7 +123,7 @@ class OpenAI(openai.OpenAI):
     """``openai.OpenAI`` with every paid call recorded. Same arguments, results and errors."""
 
     def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
 
@@ -135,7 +137,7 @@ class AsyncOpenAI(openai.AsyncOpenAI):
     async def request(  # type: ignore[override]
         self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
     ) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
 
@@ -147,7 +149,7 @@ class AzureOpenAI(openai.AzureOpenAI):
     """``openai.AzureOpenAI``, tracked; records keep the deployment name and the served model."""
 
     def request(self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return _tracked_sync(self, super().request, cast_to, options, stream, stream_cls)
 
@@ -161,7 +163,7 @@ class AsyncAzureOpenAI(openai.AsyncAzureOpenAI):
     async def request(  # type: ignore[override]
         self, cast_to: Any, options: Any, *, stream: bool = False, stream_cls: Any = None
     ) -> Any:
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return await super().request(cast_to, options, stream=stream, stream_cls=stream_cls)
         return await _tracked_async(self, super().request, cast_to, options, stream, stream_cls)
 

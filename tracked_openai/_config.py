@@ -14,7 +14,15 @@ from typing import Any
 
 from ._errors import logger
 
-__all__ = ["MLFLOW_MODES", "NUMBERS", "Settings", "check_mlflow_mode", "check_option", "load_settings"]
+__all__ = [
+    "MLFLOW_MODES",
+    "NUMBERS",
+    "Settings",
+    "check_mlflow_mode",
+    "check_option",
+    "load_settings",
+    "settings",
+]
 
 _FALSE = {"0", "false", "no", "off", "disabled"}
 _TRUE = {"1", "true", "yes", "on", "enabled"}
@@ -27,7 +35,7 @@ _DEFAULT_RETRY_ATTEMPTS = 5
 _DEFAULT_RETRY_INITIAL = 0.5
 _DEFAULT_RETRY_MAX = 10.0
 _DEFAULT_MLFLOW_TIMEOUT = 15.0
-# What the default sinks write (tracked_openai/mlflow/modes.py): runs, traces, or both.
+# What the default sinks write (tracked_openai/sinks/modes.py): runs, traces, or both.
 MLFLOW_MODES = ("runs", "traces", "runs+traces")
 _DEFAULT_MLFLOW_MODE = "runs+traces"
 
@@ -182,7 +190,7 @@ def _env_number(name: str, setting: str) -> Any:
 
 
 def load_settings() -> Settings:
-    """Build settings from ``TRACKED_OPENAI_*`` and the seed's ``MLFLOW_ENABLED``."""
+    """Build settings from ``TRACKED_OPENAI_*`` and the AIFlow tracking API's ``MLFLOW_ENABLED``."""
     enabled = True
     bad_switches: list[tuple[str, str]] = []
     # Either switch turns tracking off; TRACKED_OPENAI_ENABLED wins when both are set.
@@ -236,3 +244,8 @@ def _env_mode() -> str:
     if raw is None or not raw.strip():
         return _DEFAULT_MLFLOW_MODE
     return check_mlflow_mode(raw, f"TRACKED_OPENAI_MLFLOW_MODE={raw!r}")
+
+
+# The process's settings: read by every layer, so this module imports nothing of ours but the
+# logger (``configure()`` in ``export.runtime`` changes them in place).
+settings: Settings = load_settings()

@@ -1,18 +1,19 @@
-"""A small OpenAI-compatible HTTP server for the offline demo and the examples.
+"""The one fake OpenAI, over HTTP: made-up answers, and a loopback server for any route table.
 
-Stdlib only (``http.server`` in a daemon thread, loopback, free port). It answers the paid
-endpoints the demo uses with OpenAI-shaped bodies, including usage, so real ``openai`` clients
-(and therefore tracked clients) work against it unchanged:
+``FakeOpenAI`` (``_fake_transport``) answers requests from its routes; the tests hand it to the
+SDK as a transport with recorded responses. ``synthetic_openai()`` here fills one with
+OpenAI-shaped answers made up from the request (usage included), and ``FakeOpenAIServer`` serves
+any ``FakeOpenAI`` on a loopback port for the offline demo, the examples and the benchmarks:
 
 - ``POST /v1/chat/completions``: text and vision (image parts add image tokens), SSE streams
   with the ``include_usage`` chunk when asked; model ``*-unavailable`` or an unknown
   ``does-not-exist`` model answers OpenAI's 404 ``model_not_found`` error.
 - ``POST /v1/responses`` (non-streaming), ``POST /v1/embeddings``, ``POST /v1/images/generations``.
-- Azure paths (``/openai/deployments/<name>/...``) map onto the same handlers.
+- Azure paths (``/openai/deployments/<name>/...``) map onto the same routes.
 
-Token counts are word counts (deterministic, not tiktoken-exact): this server exists to exercise
-the tracking pipeline, not to imitate a model. A per-model delay makes latency comparisons
-between models visible in reports.
+Synthetic token counts are word counts (deterministic, not tiktoken-exact): they exist to
+exercise the tracking pipeline, not to imitate a model. A per-model delay makes latency
+comparisons between models visible in reports.
 
 Run it on its own with ``python -m tracked_openai._fake_server`` (prints its base URL).
 """
@@ -21,15 +22,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["FakeOpenAIServer", "serve_fake_openai"]
+from ._fake_transport import FakeOpenAI, FakeResponse, httpx2
+
+__all__ = ["FakeOpenAIServer", "serve_fake_openai", "synthetic_openai"]
+
 
 # Seconds of simulated model time per call: bigger models answer a little slower.
 MODEL_DELAY = {
@@ -73,78 +78,57 @@ def _reply(prompt_tokens: int, model: str, seed: str) -> str:
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    deployment: str | None = None
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # Quiet: the demo prints its own output.
-        return None
+# -- synthetic answers -------------------------------------------------------------------------
 
-    # -- plumbing ----------------------------------------------------------------------------
-    def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.send_header("x-request-id", f"req_fake_{self.server.next_id()}")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
 
-    def _error(self, status: int, message: str, code: str, kind: str = "invalid_request_error") -> None:
-        self._send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": code}})
 
-    def _route(self) -> str:
-        path = self.path.split("?", 1)[0]
-        if path.startswith("/openai/deployments/"):
-            self.deployment = path.split("/")[3]
-            return "/" + path.split("/", 4)[4]
-        self.deployment = None
-        return path[3:] if path.startswith("/v1/") else path
+def _error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> FakeResponse:
+    return FakeResponse(
+        status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, chunk_size=1 << 16
+    )
 
-    def do_GET(self) -> None:
-        route = self._route()
-        if route == "/models":
-            models = [{"id": m, "object": "model", "owned_by": "fake"} for m in MODEL_DELAY]
-            self._send_json(200, {"object": "list", "data": models})
-        else:
-            self._error(404, f"unknown route GET {route}", "not_found")
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else {}
-        except ValueError:
-            self._error(400, "We could not parse the JSON body of your request.", "invalid_json")
-            return
-        self.server.count()
-        route = self._route()
-        model = str(body.get("model") or self.deployment or "gpt-4o")
-        if "unavailable" in model or model == "does-not-exist":
-            self._error(
-                404,
-                f"The model `{model}` does not exist or you do not have access to it.",
-                "model_not_found",
-            )
-            return
-        time.sleep(MODEL_DELAY.get(model, _DEFAULT_DELAY) * self.server.latency_scale)
-        handler = {
-            "/chat/completions": self._chat,
-            "/responses": self._responses,
-            "/embeddings": self._embeddings,
-            "/images/generations": self._images,
-        }.get(route)
-        if handler is None:
-            self._error(404, f"unknown route POST {route}", "not_found")
-            return
-        handler(body, model)
+def _json(body: Any) -> FakeResponse:
+    return FakeResponse(200, body, chunk_size=1 << 16)
 
-    # -- endpoints ---------------------------------------------------------------------------
-    def _chat(self, body: dict[str, Any], model: str) -> None:
+
+class _Synthetic:
+    """The made-up answers of ``synthetic_openai()``: every POST route reads the model, waits its
+    simulated delay and answers from the request."""
+
+    def __init__(self, latency_scale: float) -> None:
+        self.latency_scale = latency_scale
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def models(self, request: Any) -> FakeResponse:
+        models = [{"id": m, "object": "model", "owned_by": "fake"} for m in MODEL_DELAY]
+        return _json({"object": "list", "data": models})
+
+    def route(self, answer: Callable[[dict[str, Any], str], FakeResponse]) -> Callable[[Any], FakeResponse]:
+        def respond(request: Any) -> FakeResponse:
+            try:
+                body = json.loads(request.content) if request.content else {}
+            except ValueError:
+                return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+            path = request.url.path
+            deployment = path.split("/")[3] if path.startswith("/openai/deployments/") else None
+            model = str(body.get("model") or deployment or "gpt-4o")
+            if "unavailable" in model or model == "does-not-exist":
+                return _error(
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    "model_not_found",
+                )
+            time.sleep(MODEL_DELAY.get(model, _DEFAULT_DELAY) * self.latency_scale)
+            return answer(body, model)
+
+        return respond
+
+    def chat(self, body: dict[str, Any], model: str) -> FakeResponse:
         messages = body.get("messages") or []
         prompt_tokens = _words(messages)
         text = _reply(prompt_tokens, model, json.dumps(messages, sort_keys=True))
@@ -157,14 +141,12 @@ class _Handler(BaseHTTPRequestHandler):
             "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         }
-        ident = f"chatcmpl-fake{self.server.next_id()}"
+        ident = f"chatcmpl-fake{self.next_id()}"
         created = int(time.time())
         served = model if "-20" in model else {"gpt-4o": "gpt-4o-2024-08-06"}.get(model, model)
         if body.get("stream"):
-            self._chat_stream(ident, created, served, text, usage, body)
-            return
-        self._send_json(
-            200,
+            return self._chat_stream(ident, created, served, text, usage, body)
+        return _json(
             {
                 "id": ident,
                 "object": "chat.completion",
@@ -181,19 +163,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": usage,
                 "service_tier": "default",
                 "system_fingerprint": "fp_fake",
-            },
+            }
         )
 
     def _chat_stream(
         self, ident: str, created: int, model: str, text: str, usage: dict[str, Any], body: dict[str, Any]
-    ) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream; charset=utf-8")
-        self.send_header("x-request-id", f"req_fake_{self.server.next_id()}")
-        # No content-length: the stream ends when the connection closes, as OpenAI's does.
-        self.send_header("connection", "close")
-        self.end_headers()
-        self.close_connection = True
+    ) -> FakeResponse:
+        events: list[str] = []
 
         def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
             chunk = {
@@ -205,8 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": choices,
                 **(extra or {}),
             }
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            self.wfile.flush()
+            events.append(f"data: {json.dumps(chunk)}\n\n")
 
         event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         for word in text.split(" "):
@@ -214,16 +189,15 @@ class _Handler(BaseHTTPRequestHandler):
         event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
         if (body.get("stream_options") or {}).get("include_usage"):
             event([], {"usage": usage})
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+        events.append("data: [DONE]\n\n")
+        return FakeResponse(200, sse="".join(events), chunk_size=1 << 16)
 
-    def _responses(self, body: dict[str, Any], model: str) -> None:
+    def responses(self, body: dict[str, Any], model: str) -> FakeResponse:
         prompt_tokens = _words(body.get("input")) + _words(body.get("instructions"))
         text = _reply(prompt_tokens, model, json.dumps(body.get("input"), sort_keys=True)[-200:])
         out = len(text.split())
-        n = self.server.next_id()
-        self._send_json(
-            200,
+        n = self.next_id()
+        return _json(
             {
                 "id": f"resp_fake{n}",
                 "object": "response",
@@ -249,10 +223,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "output_tokens_details": {"reasoning_tokens": 0},
                     "total_tokens": prompt_tokens + out,
                 },
-            },
+            }
         )
 
-    def _embeddings(self, body: dict[str, Any], model: str) -> None:
+    def embeddings(self, body: dict[str, Any], model: str) -> FakeResponse:
         inputs = body.get("input")
         token_ids = isinstance(inputs, list) and all(isinstance(i, int) for i in inputs)
         items = inputs if isinstance(inputs, list) and not token_ids else [inputs]
@@ -263,17 +237,16 @@ class _Handler(BaseHTTPRequestHandler):
             vector = [(digest[j % len(digest)] - 128) / 128 for j in range(dims)]
             data.append({"object": "embedding", "index": i, "embedding": vector})
         tokens = _words(items)
-        self._send_json(
-            200,
+        return _json(
             {
                 "object": "list",
                 "data": data,
                 "model": model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            },
+            }
         )
 
-    def _images(self, body: dict[str, Any], model: str) -> None:
+    def images(self, body: dict[str, Any], model: str) -> FakeResponse:
         n = int(body.get("n") or 1)
         result: dict[str, Any] = {
             "created": int(time.time()),
@@ -296,27 +269,100 @@ class _Handler(BaseHTTPRequestHandler):
                     "total_tokens": prompt + image_tokens,
                 },
             )
-        self._send_json(200, result)
+        return _json(result)
+
+
+def synthetic_openai(latency_scale: float = 1.0) -> FakeOpenAI:
+    """A ``FakeOpenAI`` answering the paid routes the demo uses with made-up, OpenAI-shaped
+    bodies (``latency_scale`` multiplies the simulated per-model delay; ``0`` answers at once)."""
+    answers = _Synthetic(latency_scale)
+    fake = FakeOpenAI(keep=False)
+    fake.add("GET", "/models", answers.models)
+    for path, answer in (
+        ("/chat/completions", answers.chat),
+        ("/responses", answers.responses),
+        ("/embeddings", answers.embeddings),
+        ("/images/generations", answers.images),
+    ):
+        fake.add("POST", path, answers.route(answer))
+    return fake
+
+
+# -- over HTTP -------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Hands each HTTP request to the server's ``FakeOpenAI`` and writes its answer back."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # Answers are written in a few small writes: with Nagle's algorithm on, a reused connection
+    # waits for the client's delayed ACK (~40 ms) before the last one goes out.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Quiet: the demo prints its own output.
+        return None
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        request = httpx2.Request(
+            self.command,
+            f"http://{self.headers.get('host') or 'localhost'}{self.path}",
+            headers=list(self.headers.items()),
+            content=raw,
+        )
+        try:
+            response = self.server.fake.handler(request)
+        except Exception:
+            self.close_connection = True  # a transport error: drop the connection unanswered
+            return
+        streaming = "event-stream" in response.headers.get("content-type", "")
+        self.send_response(response.status_code)
+        for key, value in response.headers.items():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(key, value)
+        if "x-request-id" not in response.headers:
+            self.send_header("x-request-id", f"req_fake_{self.server.next_id()}")
+        if streaming:
+            # No content-length: the stream ends when the connection closes, as OpenAI's does.
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for chunk in response.stream:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            except Exception:
+                return
+            return
+        try:
+            data = b"".join(response.stream)
+        except Exception:
+            self.close_connection = True
+            return
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], latency_scale: float) -> None:
+    def __init__(self, address: tuple[str, int], fake: FakeOpenAI) -> None:
         super().__init__(address, _Handler)
-        self.latency_scale = latency_scale
-        self.requests = 0
-        self._ids = 0
-        self._lock = threading.Lock()
+        self.fake = fake
+        self._ids = itertools.count(1)
 
     def next_id(self) -> int:
-        with self._lock:
-            self._ids += 1
-            return self._ids
-
-    def count(self) -> None:
-        with self._lock:
-            self.requests += 1
+        return next(self._ids)
 
 
 class FakeOpenAIServer:
@@ -326,10 +372,18 @@ class FakeOpenAIServer:
         host: Loopback interface to bind.
         port: ``0`` picks a free port.
         latency_scale: Multiplies the simulated per-model delay (``0`` answers at once).
+        fake: The routes to serve (default: ``synthetic_openai(latency_scale)``).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency_scale: float = 1.0) -> None:
-        self._server = _Server((host, port), latency_scale)
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_scale: float = 1.0,
+        fake: FakeOpenAI | None = None,
+    ) -> None:
+        self.fake = fake if fake is not None else synthetic_openai(latency_scale)
+        self._server = _Server((host, port), self.fake)
         self._thread: threading.Thread | None = None
 
     @property
@@ -348,7 +402,7 @@ class FakeOpenAIServer:
     @property
     def requests(self) -> int:
         """POST requests answered so far."""
-        return self._server.requests
+        return self.fake.posts
 
     def start(self) -> FakeOpenAIServer:
         self._thread = threading.Thread(
@@ -390,3 +444,4 @@ if __name__ == "__main__":  # pragma: no cover - manual use
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+

@@ -112,7 +112,7 @@ def tracked_class(base: type[Any]) -> type[Any]:
             mixin = AzureOpenAI if issubclass(base, _sdk.AzureOpenAI) else OpenAI
             name = "Tracked" + base.__name__.lstrip("_")
             cls = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name})
-            from ._instrument import LIVE_BASE_URL
+            from .capture.request import LIVE_BASE_URL
 
             LIVE_BASE_URL.add(cls)
             _tracked_of[base] = cls

@@ -1,4 +1,4 @@
-"""The seed system's decorators, as thin shims over :class:`tracked_openai.track`.
+"""The AIFlow tracking decorators, as thin shims over :class:`tracked_openai.track`.
 
 Each decorated call is one operation record (function name, feature, operation, duration, status,
 error message and traceback), rolled up with the calls made inside it. They also work on functions
@@ -12,7 +12,8 @@ import statistics
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ._context import track
+from .mlflow.names import CONFIDENCE, finite_number, numeric_metrics
+from .scope import track
 
 __all__ = [
     "track_custom_operation",
@@ -25,35 +26,18 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        f = float(value)
-        return f if f == f and abs(f) != float("inf") else None
-    return None
-
-
 def _confidence(result: Any) -> dict[str, float]:
     """``confidence`` / ``confidence_score`` of a returned mapping or object, if numeric."""
-    for key in ("confidence_score", "confidence"):
+    for key in (CONFIDENCE, "confidence"):
         value = result.get(key) if isinstance(result, Mapping) else getattr(result, key, None)
-        number = _number(value)
+        number = finite_number(value)
         if number is not None:
-            return {"confidence_score": number}
+            return {CONFIDENCE: number}
     return {}
 
 
 def _numeric_metrics(result: Any) -> dict[str, float]:
-    if not isinstance(result, Mapping):
-        return {}
-    metrics: dict[str, float] = {}
-    for key, value in result.items():
-        number = _number(value)
-        if number is not None:
-            name = "confidence_score" if key in ("confidence", "confidence_score") else str(key)
-            metrics[name] = number
-    return metrics
+    return numeric_metrics(result) if isinstance(result, Mapping) else {}
 
 
 def _rag_metrics(result: Any) -> dict[str, float]:
@@ -70,18 +54,19 @@ def _rag_metrics(result: Any) -> dict[str, float]:
             (result[k] for k in ("similarity_scores", "scores", "similarities") if k in result),
             None,
         )
-        count = _number(result.get("retrieved_docs_count"))
+        count = finite_number(result.get("retrieved_docs_count"))
         if count is not None:
             metrics["retrieved_docs_count"] = count
     if isinstance(docs, (list, tuple)) and "retrieved_docs_count" not in metrics:
         metrics["retrieved_docs_count"] = float(len(docs))
     if scores is None and isinstance(docs, (list, tuple)):
         found = [
-            _number(d.get("score") if isinstance(d, Mapping) else getattr(d, "score", None)) for d in docs
+            finite_number(d.get("score") if isinstance(d, Mapping) else getattr(d, "score", None))
+            for d in docs
         ]
         scores = [s for s in found if s is not None] or None
     if isinstance(scores, (list, tuple)):
-        values = [v for v in (_number(s) for s in scores) if v is not None]
+        values = [v for v in (finite_number(s) for s in scores) if v is not None]
         if values:
             metrics["similarity_min"] = min(values)
             metrics["similarity_mean"] = statistics.fmean(values)

@@ -3,7 +3,7 @@
 
 Records are plain slotted dataclasses. A tracked client's call records are built, and every
 record's derived fields (cost, estimated usage, an operation's roll-up) filled, by
-:func:`tracked_openai._runtime.prepare` on the exporter's thread, before any sink sees them.
+:func:`tracked_openai.export.prepare.prepare` on the exporter's thread, before any sink sees them.
 ``to_dict()`` gives JSON-safe data; ``record_from_dict()`` reads it back (the spool uses both).
 """
 
@@ -264,11 +264,11 @@ class OperationRecord:
     # report per feature counts for this run. Each call belongs to its innermost feature.
     feature_call_count: int | None = None
     feature_cost_usd: Decimal | None = None
-    # The tracked calls (``_instrument.Call``) to roll up; emptied when the record is prepared.
+    # The tracked calls (``capture.call.Call``) to roll up; emptied when the record is prepared.
     children: list[Any] = field(default_factory=list)
     # The records of the calls made directly inside this operation (not in nested operations),
     # filled when it is prepared: the traces sink writes an operation's trace, its calls'
-    # spans included, in one request (``tracked_openai.mlflow.trace_sink``).
+    # spans included, in one request (``tracked_openai.sinks.traces``).
     calls: list[CallRecord] = field(default_factory=list)
 
     kind: Literal["operation"] = "operation"

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from . import _runtime
+from ._config import settings
 from ._errors import set_internal_error_hook
+from .export import runtime
 from .records import CallRecord, OperationRecord, Record
 from .sinks import InMemorySink
 
@@ -31,7 +32,7 @@ class TrackedRecords:
         self.internal_errors: list[BaseException] = []
 
     def flush(self) -> None:
-        _runtime.flush(timeout=30)
+        runtime.flush(timeout=30)
 
     @property
     def records(self) -> list[Record]:
@@ -54,18 +55,18 @@ def tracked_records() -> Iterator[TrackedRecords]:
     """Send records to memory for this test; fail it on any swallowed internal error."""
     sink = InMemorySink()
     state = TrackedRecords(sink)
-    previous_enabled = _runtime.settings.enabled
-    previous_sinks = _runtime._sinks
-    _runtime.configure(sinks=[sink], enabled=True)
+    previous_enabled = settings.enabled
+    previous_sinks = runtime.configured_sinks()
+    runtime.configure(sinks=[sink], enabled=True)
     set_internal_error_hook(state.internal_errors.append)
     try:
         yield state
-        _runtime.flush(timeout=30)
+        runtime.flush(timeout=30)
     finally:
         set_internal_error_hook(None)
-        _runtime.shutdown(timeout=30)
-        _runtime._sinks = previous_sinks
-        _runtime.settings.enabled = previous_enabled
+        runtime.shutdown(timeout=30)
+        runtime.restore_sinks(previous_sinks)
+        settings.enabled = previous_enabled
     if state.internal_errors:
         first = state.internal_errors[0]
         raise AssertionError(

@@ -1,4 +1,4 @@
-"""The seed system's ``mlflow_tracker`` object, kept for code that uses it directly.
+"""The AIFlow tracking API's ``mlflow_tracker`` object, kept for code that uses it directly.
 
 ``mlflow_tracker.log_experiment_result(...)`` builds an :class:`OperationRecord` and submits it
 through the exporter like every other record: it returns at once, never raises, and the run
@@ -12,35 +12,28 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import _runtime
+from ._config import settings
 from ._errors import internal_errors
+from .export import runtime
+from .mlflow.names import experiment_name, features, numeric_metrics
 from .records import OperationRecord, tag_value
 
 __all__ = ["MlflowTracker", "mlflow_tracker"]
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        f = float(value)
-        return f if f == f and abs(f) != float("inf") else None
-    return None
-
-
 class MlflowTracker:
-    """Seed-compatible facade over the exporter and the MLflow sink settings."""
+    """AIFlow-compatible facade over the exporter and the MLflow sink settings."""
 
     @property
     def enabled(self) -> bool:
         """``False`` when ``MLFLOW_ENABLED``/``TRACKED_OPENAI_ENABLED`` (or ``configure``) says so."""
-        return _runtime.settings.enabled
+        return settings.enabled
 
     @property
     def tracking_uri(self) -> str | None:
         """The tracking URI of the configured MLflow sink, else MLflow's resolved default."""
         with internal_errors("tracker.tracking_uri"):
-            sinks = _runtime._sinks
+            sinks = runtime.configured_sinks()
             if sinks is not None:
                 for sink in sinks:
                     uri = getattr(sink, "tracking_uri", None)
@@ -54,8 +47,6 @@ class MlflowTracker:
     @property
     def experiments(self) -> dict[str, str]:
         """Feature key → experiment name (defaults, registered and configured features)."""
-        from ._features import experiment_name, features
-
         return {key: experiment_name(key) for key in features()}
 
     def log_experiment_result(
@@ -68,20 +59,15 @@ class MlflowTracker:
     ) -> None:
         """Record one manual result as an operation run in ``feature``'s experiment.
 
-        ``confidence`` is stored as ``confidence_score`` (the seed's metric name); non-numeric
+        ``confidence`` is stored as ``confidence_score`` (the AIFlow metric name); non-numeric
         metrics are ignored, as MLflow would reject them.
         """
-        if not _runtime.settings.enabled:
+        if not settings.enabled:
             return
         with internal_errors("tracker.log_experiment_result"):
             frame = sys._getframe(1)
             function = frame.f_code.co_qualname
-            numeric: dict[str, float] = {}
-            for key, value in (metrics or {}).items():
-                number = _number(value)
-                if number is not None:
-                    name = "confidence_score" if key in ("confidence", "confidence_score") else str(key)
-                    numeric[name] = number
+            numeric = numeric_metrics(metrics or {})
             record = OperationRecord(
                 started_at=time.time(),
                 duration_s=None,  # a manual result has no measured duration of its own
@@ -93,7 +79,7 @@ class MlflowTracker:
                 metrics=numeric,
             )
             record.tags.setdefault("tracking_type", "manual")
-            _runtime.submit(record)
+            runtime.submit(record)
 
 
 mlflow_tracker = MlflowTracker()

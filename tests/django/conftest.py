@@ -18,6 +18,7 @@ if not settings.configured:
         INSTALLED_APPS=[
             "django.contrib.contenttypes",
             "django.contrib.auth",
+            "django.contrib.sessions",
             "tracked_openai.contrib.django",
             "tests.django.testapp",
         ],
@@ -26,6 +27,12 @@ if not settings.configured:
         ROOT_URLCONF="tests.django.urls",
         USE_TZ=True,
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
-        MIDDLEWARE=[],
+        MIDDLEWARE=[
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+            "tracked_openai.contrib.django.middleware.TrackedOpenAIMiddleware",
+        ],
+        # Tests route records themselves (the `records` fixture); nothing starts a default store.
+        TRACKED_OPENAI={"start": False, "views": {"report_*": "pid_verification"}},
     )
     django.setup()

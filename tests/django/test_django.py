@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.reports import Seeded, seed_contract_store
 from tracked_openai.contrib.django import track_model_saves
 from tracked_openai.testing import TrackedRecords
 
-from ..test_reports_helpers import Seeded, seed_contract_store
 from .testapp.models import PidReport
 
 PREFIX = "/api/v1/mlflow/tracking"
@@ -24,11 +24,14 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
 
 
 @pytest.fixture
-def web() -> Any:
-    """Django's test client (the suite's ``client`` fixture is the tracked OpenAI client)."""
+def web(admin_user: Any) -> Any:
+    """Django's test client signed in as staff (the suite's ``client`` fixture is the tracked
+    OpenAI client); the views require staff by default."""
     from django.test import Client
 
-    return Client()
+    c = Client()
+    c.force_login(admin_user)
+    return c
 
 
 @pytest.fixture
@@ -55,7 +58,10 @@ class TestEndpoints:
         assert rows[0]["metrics.execution_time"] == 3.0
 
     def test_metrics(self, web: Any, store: Seeded) -> None:
-        m = web.get(f"{PREFIX}/metrics/", {"feature": "pid_verification"}).json()
+        body = web.get(f"{PREFIX}/metrics/", {"feature": "pid_verification"}).json()
+        assert body["feature"] == "pid_verification"
+        m = body["metrics"]
+        assert {"total_runs", "avg_execution_time", "success_rate", "avg_confidence", "total_cost"} <= set(m)
         assert (m["total_runs"], m["total_calls"]) == (4, 6)
         assert m["success_rate"] == pytest.approx(75.0)
         assert m["total_cost"] == pytest.approx(0.037)
@@ -176,3 +182,76 @@ class TestTrackModelSaves:
         assert PidReport.objects.filter(name="x").exists()
         assert len(records.internal_errors) == 1
         records.internal_errors.clear()  # expected here; the fixture fails tests on any other
+
+
+@pytest.mark.django_db
+class TestWhoMayRead:
+    """The numbers are business data: staff only by default (issue 21)."""
+
+    @pytest.fixture
+    def anonymous(self) -> Any:
+        from django.test import Client
+
+        return Client()
+
+    @pytest.fixture
+    def member(self, django_user_model: Any) -> Any:
+        from django.test import Client
+
+        c = Client()
+        c.force_login(django_user_model.objects.create_user("member", password="x"))
+        return c
+
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    def test_anonymous_is_401(self, anonymous: Any, store: Seeded, name: str) -> None:
+        r = anonymous.get(f"{PREFIX}/{name}/")
+        assert r.status_code == 401
+        assert r.json()["error"] == "unauthorized"
+        assert "WWW-Authenticate" in r
+        assert "pid_verification" not in r.content.decode()
+
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    def test_signed_in_non_staff_is_403(self, member: Any, store: Seeded, name: str) -> None:
+        r = member.get(f"{PREFIX}/{name}/")
+        assert r.status_code == 403
+        assert r.json()["error"] == "forbidden"
+
+    def test_staff_is_200(self, web: Any, store: Seeded) -> None:
+        assert web.get(f"{PREFIX}/metrics/", {"feature": "pid_verification"}).status_code == 200
+
+    def test_inactive_staff_is_403(self, django_user_model: Any, store: Seeded) -> None:
+        from django.test import Client
+
+        user = django_user_model.objects.create_user("gone", password="x", is_staff=True)
+        c = Client()
+        c.force_login(user)
+        user.is_active = False
+        user.save()
+        # Django's session backend drops inactive users: they are anonymous again.
+        assert c.get(f"{PREFIX}/runs/").status_code in (401, 403)
+
+    @pytest.mark.parametrize(
+        ("permission", "anonymous_status", "member_status"),
+        [("authenticated", 401, 200), ("any", 200, 200), ("superuser", 401, 403)],
+    )
+    def test_configurable(
+        self,
+        settings: Any,
+        anonymous: Any,
+        member: Any,
+        store: Seeded,
+        permission: str,
+        anonymous_status: int,
+        member_status: int,
+    ) -> None:
+        settings.TRACKED_OPENAI = {"start": False, "api_permission": permission}
+        assert anonymous.get(f"{PREFIX}/health/").status_code == anonymous_status
+        assert member.get(f"{PREFIX}/health/").status_code == member_status
+
+    def test_callable_permission(self, settings: Any, anonymous: Any, store: Seeded) -> None:
+        settings.TRACKED_OPENAI = {
+            "start": False,
+            "api_permission": lambda request: request.headers.get("X-Internal") == "yes",
+        }
+        assert anonymous.get(f"{PREFIX}/health/").status_code == 401
+        assert anonymous.get(f"{PREFIX}/health/", headers={"X-Internal": "yes"}).status_code == 200

@@ -133,7 +133,7 @@ def test_a_422_answer_matches_the_schema_the_app_documents(tmp_path: Any) -> Non
     jsonschema_rs = pytest.importorskip("jsonschema_rs", reason="installed with schemathesis (dev extra)")
     from starlette.testclient import TestClient
 
-    from tracked_openai.api import PREFIX, create_app
+    from tracked_openai.contrib.fastapi import PREFIX, create_app
 
     app = create_app(tracking_uri=f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}")
     documented = app.openapi()["paths"][f"{PREFIX}/runs/"]["get"]["responses"]["422"]

@@ -23,7 +23,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="the API fuzz tests ne
 from schemathesis import checks as st_checks  # noqa: E402
 
 import tracked_openai  # noqa: E402
-from tracked_openai.api import PREFIX, create_app  # noqa: E402
+from tracked_openai.contrib.fastapi import PREFIX, create_app  # noqa: E402
 
 from ._tally import counted, fuzz_settings, outcome  # noqa: E402
 from ._wire import Delivery, Server, load_cases, make_client  # noqa: E402
@@ -129,7 +129,7 @@ def test_the_seeded_store_holds_what_was_made(seeded_uri: str) -> None:
     from starlette.testclient import TestClient
 
     with TestClient(create_app(tracking_uri=seeded_uri)) as api:
-        body = api.get(f"{PREFIX}/metrics/").json()
+        body = api.get(f"{PREFIX}/metrics/").json()["metrics"]
         keys = {e["key"] for e in api.get(f"{PREFIX}/experiments/").json()["experiments"]}
     assert {"pid_verification", "crs_analysis", "pfd_conversion"} <= keys
     assert body["total_runs"] >= 3 and body["total_calls"] >= 3

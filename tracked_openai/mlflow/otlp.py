@@ -23,13 +23,13 @@ timeouts, 5xx, 408, 429) is transient and raised as ``ConnectionError``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
 from .traces import AttributeValue, SpanData, TraceData
 
 if TYPE_CHECKING:
@@ -142,12 +142,22 @@ def encode(traces: Sequence[TraceData]) -> ExportTraceServiceRequest:
     _attributes({"service.name": SERVICE_NAME}, resource_spans.resource.attributes)
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name = SCOPE_NAME
-    scope_spans.scope.version = __version__
+    scope_spans.scope.version = _version()
     spans = scope_spans.spans
     for trace in traces:
         for span in trace.spans:
             _encode_span(span, spans.add())
     return request
+
+
+@functools.lru_cache(maxsize=1)
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tracked-openai")
+    except Exception:
+        return ""
 
 
 def _body(traces: Sequence[TraceData]) -> bytes:

@@ -5,7 +5,6 @@
 signal failure (the exporter retries and, past that, spools); it must be idempotent by
 ``record_id`` because a retried or replayed batch may contain records it has already seen.
 
-Third-party sinks can register under the entry-point group ``tracked_openai.sinks``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from django.db import models
 
 
 class PidReport(models.Model):
-    """Stands in for the seed system's P&ID verification report."""
+    """Stands in for the AIFlow tracking API's P&ID verification report."""
 
     name = models.CharField(max_length=100)
     issue_count = models.IntegerField(default=0)

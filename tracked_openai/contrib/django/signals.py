@@ -1,6 +1,6 @@
 """``track_model_saves``: one operation record per saved model instance, via ``post_save``.
 
-The seed system recorded its P&ID reports, PFD conversions and CRS documents this way (issue
+The AIFlow tracking API recorded its P&ID reports, PFD conversions and CRS documents this way (issue
 count, confidence, processing time); here the numbers come from a ``metrics`` callable and the
 record goes through the exporter like every other record (MLflow run in the feature's
 experiment, never blocking the save).
@@ -8,15 +8,16 @@ experiment, never blocking the save).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.db.models.signals import post_save
 
-from ... import _runtime
+from ..._config import settings
 from ..._errors import internal_errors
+from ...export import runtime
+from ...mlflow.names import numeric_metrics
 from ...records import OperationRecord, new_record_id, tag_value
 
 __all__ = ["track_model_saves"]
@@ -24,20 +25,6 @@ __all__ = ["track_model_saves"]
 MetricsFn = Callable[[Any], Mapping[str, Any]]
 # Metric names that carry the processing time of the saved object (seconds).
 _DURATION_KEYS = ("execution_time", "processing_time")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    try:
-        # Decimal fields and numeric strings.
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def track_model_saves(
@@ -69,16 +56,10 @@ def track_model_saves(
     extra_tags = {str(k): tag_value(v) for k, v in (tags or {}).items()}
 
     def receiver(sender: type[Any], instance: Any, created: bool, **kwargs: Any) -> None:
-        if not _runtime.settings.enabled or (created_only and not created):
+        if not settings.enabled or (created_only and not created):
             return
         with internal_errors("django.track_model_saves"):
-            values: dict[str, float] = {}
-            if metrics is not None:
-                for key, value in dict(metrics(instance)).items():
-                    number = _number(value)
-                    if number is not None:
-                        name = "confidence_score" if key in ("confidence", "confidence_score") else str(key)
-                        values[name] = number
+            values = numeric_metrics(dict(metrics(instance)), parse=True) if metrics is not None else {}
             duration = next((values[k] for k in _DURATION_KEYS if k in values), 0.0)
             record = OperationRecord(
                 record_id=new_record_id(),
@@ -96,7 +77,7 @@ def track_model_saves(
                 },
                 metrics=values,
             )
-            _runtime.submit(record)
+            runtime.submit(record)
 
     uid = f"tracked_openai:{label}:{feature}:{op_name}"
     post_save.connect(receiver, sender=model, weak=False, dispatch_uid=uid)

@@ -1,0 +1,344 @@
+"""``tracked-openai report|experiments|runs``: the reading side of the command line.
+
+Every handler returns an exit code (``cli.output``): 0 ok, 2 bad arguments (an unknown
+``--feature`` too), 3 store missing or unreachable (reading never creates a store).
+Tables go to stdout through rich; errors go to stderr as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import reports
+from .output import EXIT_OK, EXIT_USAGE, new_console, store_option, tracking_uri
+
+__all__ = ["add_commands"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _when(text: str) -> str:
+    # Validate at parse time so a bad date is a usage error (exit 2) like any other bad argument.
+    try:
+        reports.parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_commands(sub: Any) -> None:
+    common = [store_option()]
+    p = sub.add_parser(
+        "report",
+        parents=common,
+        help="cost, latency and reliability per feature",
+        description="Totals (runs, success rate, latency, cost, tokens) and one breakdown table. "
+        "A run is an operation or a call made outside any operation; calls inside operations "
+        "are counted as calls, never twice. The header names the store read.",
+    )
+    p.add_argument("--feature", help="feature key (default: every tracked feature); "
+                   "an unknown key is an error that lists the known ones")
+    p.add_argument("--operation", help="only this operation (its runs and the calls made inside them)")
+    p.add_argument("--since", type=_when, help="from this date: YYYY-MM-DD, ISO datetime, today, 7d")
+    p.add_argument("--until", type=_when, help="up to this date (a bare date includes the whole day)")
+    p.add_argument("--by", choices=reports.BREAKDOWNS, default=None, help="breakdown table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", dest="fmt")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
+        "experiments",
+        parents=common,
+        help="features and their MLflow experiments",
+        description="One row per feature: its key, the MLflow experiment its runs go to, and the "
+        "experiment's id in the store (none yet when nothing was recorded). Lists the default "
+        "AIFlow features (pid_verification, pfd_conversion, crs_analysis, visual_generation) even "
+        "before they have runs, and every feature found in the store.",
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table", dest="fmt")
+    p.set_defaults(handler=cmd_experiments)
+
+    p = sub.add_parser(
+        "runs",
+        parents=common,
+        help="the most recent runs of a feature",
+        description="The newest runs, newest first: operations (track blocks, decorated "
+        "functions) and calls made outside any operation, with status, time, confidence and "
+        "cost. --calls adds the calls made inside operations.",
+    )
+    p.add_argument("--feature", help="feature key (default: every tracked feature); "
+                   "an unknown key is an error that lists the known ones")
+    p.add_argument("--limit", type=_positive_int, default=10, help="how many runs (default 10)")
+    p.add_argument("--calls", action="store_true", help="also list calls nested in operations")
+    p.add_argument("--format", choices=("table", "json"), default="table", dest="fmt")
+    p.set_defaults(handler=cmd_runs)
+
+
+# -- output helpers ------------------------------------------------------------------------------
+# Shown for a value that does not exist (no runs, no confidence logged, a cost nobody can price).
+NO_VALUE = "\u2013"  # an en dash
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return NO_VALUE
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _usd(value: Any) -> str:
+    """Dollars: four decimals from one cent up; below, three significant digits and never an
+    exponent (a single embedding call costs ``$0.0000002``, not ``$2e-07`` nor ``$0.000000``)."""
+    if value is None:
+        return NO_VALUE
+    amount = float(value)
+    if amount == 0:
+        return "$0"
+    if abs(amount) >= 0.01:
+        return f"${amount:,.4f}"
+    digits = 2 - math.floor(math.log10(abs(amount)))
+    return "$" + f"{amount:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _cost(row: dict[str, Any], key: str) -> str:
+    """A cost cell: :data:`NO_VALUE` when there is no price to add up (every call unpriced),
+    not ``$0``."""
+    value = row.get(key)
+    if not value and row.get("unpriced_calls"):
+        return NO_VALUE
+    return _usd(value)
+
+
+def _day(iso: str | None) -> str:
+    if not iso:
+        return "…"
+    return iso[:10] if iso.endswith("T00:00:00+00:00") else iso
+
+
+def _pct(value: Any) -> str:
+    return NO_VALUE if value is None else f"{value:.1f}%"
+
+
+def _secs(value: Any) -> str:
+    return NO_VALUE if value is None else f"{value:.3f}s"
+
+
+Cell = Callable[[dict[str, Any]], str]
+
+
+def _col(key: str, fmt: Callable[[Any], str]) -> Cell:
+    return lambda row: fmt(row.get(key))
+
+
+def _cost_col(key: str) -> Cell:
+    return lambda row: _cost(row, key)
+
+
+_BREAKDOWN_COLUMNS: dict[str, list[tuple[str, Cell]]] = {
+    "model": [
+        ("calls", _col("total_calls", _num)),
+        ("success", _col("success_rate", _pct)),
+        ("avg latency", _col("avg_execution_time", _secs)),
+        ("p95", _col("p95_execution_time", _secs)),
+        ("tokens in", _col("prompt_tokens", _num)),
+        ("tokens out", _col("completion_tokens", _num)),
+        ("cost", _cost_col("total_cost")),
+        ("cost/call", _cost_col("avg_cost_per_call")),
+        ("unpriced", _col("unpriced_calls", _num)),
+    ],
+    "slice": [
+        ("runs", _col("total_runs", _num)),
+        ("calls", _col("total_calls", _num)),
+        ("success", _col("success_rate", _pct)),
+        ("avg time", _col("avg_execution_time", _secs)),
+        ("p95", _col("p95_execution_time", _secs)),
+        ("confidence", _col("avg_confidence", _num)),
+        ("tokens in", _col("prompt_tokens", _num)),
+        ("tokens out", _col("completion_tokens", _num)),
+        ("cost", _cost_col("total_cost")),
+        ("unpriced", _col("unpriced_calls", _num)),
+    ],
+}
+
+
+def render_report(
+    metrics: dict[str, Any], by: str | None, console: Any, tracking_uri: str | None = None
+) -> None:
+    """Print the totals table and the breakdown(s) as rich tables; the header names the store."""
+    from rich.table import Table
+
+    scope = metrics["feature"] or "all features"
+    if metrics.get("operation"):
+        scope += f", operation {metrics['operation']}"
+    when = ""
+    if metrics["since"] or metrics["until"]:
+        when = f", {_day(metrics['since'])} → {_day(metrics['until'])}"
+    # Header lines of their own: a table title would wrap a long store path at the table's width.
+    console.print(f"tracked-openai report: {scope}{when}", markup=False, highlight=False, soft_wrap=True)
+    if tracking_uri:
+        console.print(f"store: {reports.display_uri(tracking_uri)}", markup=False, highlight=False,
+                      soft_wrap=True)
+    totals = Table(show_header=False)
+    totals.add_column("metric", style="bold")
+    totals.add_column("value", justify="right")
+    rows = [
+        ("runs (operations + top-level calls)", _num(metrics["total_runs"])),
+        ("success rate", _pct(metrics["success_rate"])),
+        ("avg execution time", _secs(metrics["avg_execution_time"])),
+        ("p50 / p95 execution time",
+         f"{_secs(metrics['p50_execution_time'])} / {_secs(metrics['p95_execution_time'])}"),
+        ("avg confidence", _num(metrics["avg_confidence"])),
+        ("total cost", _cost(metrics, "total_cost")),
+        ("API calls (failed)", f"{_num(metrics['total_calls'])} ({_num(metrics['failed_calls'])})"),
+        ("unpriced calls", _num(metrics["unpriced_calls"])),
+        ("tokens in / out", f"{_num(metrics['prompt_tokens'])} / {_num(metrics['completion_tokens'])}"),
+        ("cached / reasoning tokens",
+         f"{_num(metrics['cached_tokens'])} / {_num(metrics['reasoning_tokens'])}"),
+    ]
+    for name, value in rows:
+        totals.add_row(name, value)
+    console.print(totals)
+    dims = [by] if by else (["feature", "model"] if metrics["feature"] is None else ["operation", "model"])
+    for dim in dims:
+        table_rows = metrics[f"by_{dim}"]
+        if not table_rows:
+            continue
+        columns = _BREAKDOWN_COLUMNS["model" if dim == "model" else "slice"]
+        table = Table(title=f"by {dim}", title_justify="left")
+        table.add_column(dim, style="bold")
+        for header, _ in columns:
+            table.add_column(header, justify="right")
+        for row in table_rows:
+            table.add_row(str(row["key"]), *(cell(row) for _, cell in columns))
+        console.print(table)
+
+
+def _csv(rows: Sequence[dict[str, Any]], first: str) -> str:
+    out = io.StringIO()
+    if not rows:
+        return ""
+    names = [first, *(k for k in rows[0] if k != "key")]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([row["key"], *(row.get(k) for k in names[1:])])
+    return out.getvalue()
+
+
+# -- handlers ------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    since, until = reports.parse_when(args.since), reports.parse_when(args.until, end=True)
+    if since is not None and until is not None and since >= until:
+        # A usage error, reported before the store is touched.
+        print("tracked-openai report: error: since must be before until", file=sys.stderr)
+        return EXIT_USAGE
+    uri = reports.check_store(tracking_uri(args))
+    try:
+        metrics = reports.feature_metrics(
+            args.feature, args.since, args.until, operation=args.operation, tracking_uri=uri
+        )
+    except ValueError as exc:
+        # Also an unknown --feature (reports.UnknownFeatureError lists the known ones).
+        print(f"tracked-openai report: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.fmt == "json":
+        print(json.dumps({"tracking_uri": reports.display_uri(uri), **metrics}, indent=2))
+    elif args.fmt == "csv":
+        dim = args.by or "model"
+        sys.stdout.write(_csv(metrics[f"by_{dim}"], dim))
+    else:
+        render_report(metrics, args.by, new_console(), tracking_uri=uri)
+    return EXIT_OK
+
+
+def _feature_origin(key: str, registered: dict[str, str]) -> str:
+    from ..mlflow.names import DEFAULT_FEATURES
+
+    if key in DEFAULT_FEATURES and registered.get(key) == DEFAULT_FEATURES[key]:
+        return "default AIFlow feature"
+    if key in registered:
+        return "registered feature"
+    return "in the store only (not registered)"
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    uri = reports.check_store(tracking_uri(args))
+    rows = reports.experiments(tracking_uri=uri)
+    shown = reports.display_uri(uri)
+    if args.fmt == "json":
+        print(json.dumps({"tracking_uri": shown, "experiments": rows}, indent=2))
+        return EXIT_OK
+    from rich.table import Table
+
+    from ..mlflow.names import features
+
+    registered = features()
+    table = Table(title=f"experiments in {shown}", title_justify="left")
+    for name in ("feature", "experiment", "experiment id", "note"):
+        table.add_column(name)
+    for row in rows:
+        table.add_row(
+            row["key"],
+            row["name"],
+            row["experiment_id"] or f"{NO_VALUE} (no runs yet)",
+            _feature_origin(row["key"], registered),
+        )
+    console = new_console()
+    console.print(table)
+    if not any(row["experiment_id"] for row in rows):
+        console.print(
+            "Nothing recorded in this store yet. The features listed are the default AIFlow "
+            "features (and any registered with register_feature or configure(features=...)): "
+            "their runs will go to these experiments.",
+            soft_wrap=True,
+        )
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    uri = reports.check_store(tracking_uri(args))
+    rows = reports.recent_runs(args.feature, args.limit, tracking_uri=uri, include_calls=args.calls)
+    if args.fmt == "json":
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    from rich.table import Table
+
+    console = new_console()
+    console.print(f"recent runs: {args.feature or 'all features'}", markup=False, highlight=False)
+    console.print(f"store: {reports.display_uri(uri)}", markup=False, highlight=False, soft_wrap=True)
+    table = Table()
+    columns: list[tuple[str, Cell]] = [
+        ("started (UTC)", lambda r: (r["start_time"] or "")[:19].replace("T", " ")),
+        ("run id", lambda r: r["run_id"][:12]),
+        ("feature", lambda r: r.get("tags.feature") or NO_VALUE),
+        ("kind", lambda r: r.get("tags.kind") or NO_VALUE),
+        ("operation", lambda r: r.get("tags.operation") or NO_VALUE),
+        ("model", lambda r: r.get("tags.model") or NO_VALUE),
+        ("status", lambda r: r.get("tags.status") or r["status"]),
+        ("time", lambda r: _secs(r.get("metrics.execution_time"))),
+        ("confidence", lambda r: _num(r.get("metrics.confidence_score"))),
+        ("cost", lambda r: _usd(r.get("metrics.cost_usd"))),
+    ]
+    for header, _ in columns:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*(get(row) for _, get in columns))
+    console.print(table)
+    return EXIT_OK
