@@ -1,6 +1,11 @@
 """How long reports take on big experiments: 10k and 100k MLflow runs in a temporary SQLite store.
 
     .venv/bin/python benchmarks/reports.py [--sizes 10000 100000] [--page-size 5000]
+    .venv/bin/python benchmarks/reports.py --reprice [--sizes 10000 100000]
+
+``--reprice`` times ``tracked-openai reprice`` instead: call runs written by the MLflow sink's
+mapping (``tests/helpers/store_seed.py``), repriced with a price file that changes one model (a dry run,
+``--write``, and ``--write`` again, which finds everything written and writes nothing).
 
 The store is created by MLflow (its own schema and migrations), then filled fast with plain
 SQL inserts into MLflow's tables, shaped exactly like MlflowSink's runs: one operation run and
@@ -22,6 +27,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tracked_openai import reports
 from tracked_openai.reports.query import PAGE_SIZE
@@ -113,14 +120,81 @@ def seed_in_child(db: Path, size: int) -> float:
     return time.perf_counter() - t0
 
 
+PRICE_FIX = """
+version: bench-fix
+models:
+  gpt-4o-mini:
+    source: "benchmark: output rate corrected"
+    input: 0.15
+    cached_input: 0.075
+    output: 0.66
+"""
+
+
+def seed_calls_store(db: Path, size: int) -> None:
+    """``size`` call runs over 30 days, four models, four features, priced by the shipped table."""
+    from tests.helpers.store_seed import seed_calls
+    from tracked_openai.pricing import load_price_book, price_record
+    from tracked_openai.records import CallRecord, Usage
+
+    book = load_price_book()
+    rng = random.Random(7)
+    now = time.time()
+    records = []
+    for i in range(size):
+        model = MODELS[i % len(MODELS)][0]
+        tin, tout = rng.randrange(200, 4000), rng.randrange(50, 800)
+        rec = CallRecord(started_at=now - rng.randrange(30 * 86_400), duration_s=1.0, feature=FEATURES[i % 4],
+                         endpoint="chat.completions", model=model, response_model=model, usage_source="response",
+                         usage=Usage(input_tokens=tin, output_tokens=tout, cached_input_tokens=0, reasoning_tokens=0))
+        price_record(rec, book)
+        records.append(rec)
+    seed_calls(db, records)
+
+
+def bench_reprice(sizes: list[int]) -> None:
+    from tracked_openai import reprice
+
+    print(f"python {sys.version.split()[0]}; records/s = call runs read (and written) per second")
+    print(f"{'records':>8} {'seed':>7} {'dry run':>9} {'rec/s':>7} {'--write':>9} {'rec/s':>7}"
+          f" {'again':>9} {'rec/s':>7} {'difference':>12}")
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "mlflow.db"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--seed-calls-only", str(db), str(size)], check=True,
+                           stderr=subprocess.DEVNULL)
+            seed_s = time.perf_counter() - t0
+            prices = Path(tmp) / "fix.yaml"
+            prices.write_text(PRICE_FIX)
+            uri = f"sqlite:///{db}"
+            reprice.reprice(prices, tracking_uri=uri, since="2099-01-01")  # warm: imports, engine
+            dry, t_dry = timed(reprice.reprice, prices, tracking_uri=uri)
+            wrote, t_write = timed(reprice.reprice, prices, tracking_uri=uri, write=True)
+            again, t_again = timed(reprice.reprice, prices, tracking_uri=uri, write=True)
+            assert dry.total.records == wrote.written == again.already_written == size, (dry, wrote, again)
+            assert again.written == 0
+            print(f"{size:>8,} {seed_s:>6.1f}s {t_dry:>8.1f}s {size / t_dry:>7,.0f} {t_write:>8.1f}s"
+                  f" {size / t_write:>7,.0f} {t_again:>8.1f}s {size / t_again:>7,.0f}"
+                  f" {float(dry.total.difference_usd):>+11.4f}$")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--page-size", type=int, default=PAGE_SIZE)
+    ap.add_argument("--reprice", action="store_true", help="time reprice instead of the reports")
     ap.add_argument("--seed-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)
+    ap.add_argument("--seed-calls-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_only:
         seed(Path(args.seed_only[0]), int(args.seed_only[1]))
+        return 0
+    if args.seed_calls_only:
+        seed_calls_store(Path(args.seed_calls_only[0]), int(args.seed_calls_only[1]))
+        return 0
+    if args.reprice:
+        bench_reprice(args.sizes)
         return 0
     import mlflow  # noqa: F401 - so the baseline memory includes MLflow itself
 

@@ -43,7 +43,8 @@ if __name__ == "__main__":
             request = urllib.request.Request(f"{base}/summaries?text=Summarise+CRS-4.2", method="POST")
             print(json.loads(urllib.request.urlopen(request).read())["summary"])
             tracked_openai.flush()
-            metrics = json.loads(urllib.request.urlopen(f"{base}/api/v1/mlflow/tracking/metrics/?feature=crs_analysis").read())
+            body = json.loads(urllib.request.urlopen(f"{base}/api/v1/mlflow/tracking/metrics/?feature=crs_analysis").read())
+            metrics = body["metrics"]
             print("crs_analysis runs:", metrics["total_runs"], "total cost:", metrics["total_cost"])
         finally:
             server.should_exit = True

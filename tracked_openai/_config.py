@@ -87,6 +87,9 @@ class Settings:
     retry_initial: float = _DEFAULT_RETRY_INITIAL
     retry_max: float = _DEFAULT_RETRY_MAX
     overflow: str = "spool"  # "spool" (never drop) | "drop" (drop and count when the queue is full)
+    # Journal records on disk as the exporter takes them (see export/journal.py): a SIGKILL
+    # then loses only what it had not taken yet.
+    journal: bool = False
     pricing: str | None = None
     experiment_prefix: str = ""
     # Per-request timeout of the MLflow sink's own requests (ours only; see sinks/mlflow.py).
@@ -157,6 +160,14 @@ def check_option(name: str, value: Any) -> Any:
             return None if value is None else os.fspath(value)
         logger.warning("tracked_openai: configure(spool_dir=%r) is not a path; using the default", value)
         return None
+    if name == "journal":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        logger.warning("tracked_openai: configure(journal=%r) is not a boolean; using off", value)
+        return False
     if name == "experiment_prefix" and not isinstance(value, str):
         logger.warning("tracked_openai: configure(experiment_prefix=%r) is not a string; ignoring it", value)
         return ""
@@ -206,6 +217,7 @@ def load_settings() -> Settings:
     for name, setting, default in (
         ("TRACKED_OPENAI_INJECT_STREAM_USAGE", "inject_stream_usage", True),
         ("TRACKED_OPENAI_CAPTURE_CONTENT", "capture_content", False),
+        ("TRACKED_OPENAI_JOURNAL", "journal", False),
     ):
         value, raw = _env_bool(name)
         if raw is not None:
@@ -232,6 +244,7 @@ def load_settings() -> Settings:
         retry_initial=_env_number("TRACKED_OPENAI_RETRY_INITIAL", "retry_initial"),
         retry_max=_env_number("TRACKED_OPENAI_RETRY_MAX", "retry_max"),
         overflow=overflow,
+        journal=flags["journal"],
         pricing=os.environ.get("TRACKED_OPENAI_PRICING") or None,
         experiment_prefix=os.environ.get("TRACKED_OPENAI_EXPERIMENT_PREFIX") or "",
         mlflow_timeout=_env_number("TRACKED_OPENAI_MLFLOW_TIMEOUT", "mlflow_timeout"),

@@ -345,7 +345,7 @@ def _check_serve(proc: subprocess.Popen[str], port: int) -> None:
             except OSError:
                 time.sleep(0.2)
         assert body is not None, "server did not answer"
-        assert body["total_runs"] == 4
+        assert body["feature"] == "pid_verification" and body["metrics"]["total_runs"] == 4
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/docs/", timeout=2) as resp:
             assert resp.status == 200
     finally:

@@ -28,7 +28,14 @@ def test_all_equals_public_names() -> None:
 
 @pytest.mark.parametrize(
     "module_name",
-    ["tracked_openai", "tracked_openai.decorators", "tracked_openai.sinks", "tracked_openai.records"],
+    [
+        "tracked_openai",
+        "tracked_openai.decorators",
+        "tracked_openai.sinks",
+        "tracked_openai.records",
+        "tracked_openai.reprice",
+        "tracked_openai.reconcile",
+    ],
 )
 def test_every_listed_name_resolves(module_name: str) -> None:
     module = importlib.import_module(module_name)

@@ -11,10 +11,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from tests.helpers.reports import Seeded, seed_contract_store
 from tracked_openai.cli import main as cli_main
 from tracked_openai.contrib.django.management.commands.tracked_openai import cli_main as resolved_main
-
-from ..test_reports_helpers import Seeded, seed_contract_store
 
 
 @pytest.fixture(scope="module")

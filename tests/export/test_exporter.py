@@ -210,11 +210,14 @@ class TestOverflow:
         sink = FlakySink()
         sink.down = True
         exporter = make([sink], queue_size=100)
+        # Not a speed test (benchmarks/overhead.py measures that): a submit that waited for room
+        # in the full queue would wait for the sink to come back, i.e. forever here, so a bound
+        # 100x the normal time only catches blocking, never a slow machine.
         t0 = time.perf_counter()
         for i in range(5000):
             exporter.submit(call(i))
-        per_call = (time.perf_counter() - t0) / 5000
-        assert per_call < 200e-6  # record construction included; submit itself is O(1)
+        assert time.perf_counter() - t0 < 10.0
+        assert exporter.stats()["submitted"] == 5000
         exporter.flush(30)
 
 

@@ -64,6 +64,14 @@ def _responses_stream(model: str) -> Callable[[Any], Any]:
     return run
 
 
+def _image_edit_stream(model: str) -> Callable[[Any], Any]:
+    def run(c: Any) -> None:
+        for _ in c.images.edit(model=model, image=PNG, prompt="add a hat", stream=True):
+            pass
+
+    return run
+
+
 CASES = [
     # gpt-5-nano-2025-08-07 -> gpt-5-nano (0.05 / 0.40), tier "default" = standard.
     # in 11 * 0.05 = 0.55/1M; out 228 (192 reasoning included, billed once) * 0.40 = 91.2/1M
@@ -325,6 +333,27 @@ CASES = [
         D("0.003315"),
         D("0.04224"),
         "exact",
+    ),
+    # gpt-image-1 edit whose usage has no output breakdown (issue 19 item 5): the Images API's
+    # output tokens are image tokens. in 46 text * 5 + 194 image * 10 = 230 + 1940 = 2170/1M;
+    # out 4,160 * 40 (image output) = 166,400/1M = 0.1664 (the $0.167 of a high 1024x1024 image)
+    PricedCase(
+        "pricing_images_edit_gpt_image_1_no_output_details",
+        "/images/edits",
+        lambda c: c.images.edit(model="gpt-image-1", image=PNG, prompt="add a hat", quality="high"),
+        D("0.00217"),
+        D("0.1664"),
+        "exact; output tokens priced as image output (no output breakdown)",
+    ),
+    # the same in a stream: image_edit.completed carries usage without an output breakdown.
+    # in 17 * 5 + 323 * 10 = 3315/1M; out 1056 * 40 = 42240/1M
+    PricedCase(
+        "images_edit_stream_gpt_image_1",
+        "/images/edits",
+        _image_edit_stream("gpt-image-1"),
+        D("0.003315"),
+        D("0.04224"),
+        "exact; output tokens priced as image output (no output breakdown)",
     ),
     # dall-e-2 has no usage: n x size: 3 images (counted in the response) * $0.016 (256x256) = 0.048
     PricedCase(

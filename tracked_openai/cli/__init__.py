@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ..reports import StoreUnavailableError, UnknownFeatureError
+from . import bill as cli_bill
 from . import demo as cli_demo
 from . import pricing as cli_pricing
 from . import reports as cli_reports
@@ -20,7 +21,7 @@ from .output import EXIT_INTERRUPTED, EXIT_OK, EXIT_STORE, EXIT_USAGE, error
 
 __all__ = ["main"]
 
-_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_demo, cli_serve)
+_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_bill, cli_demo, cli_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import socket
 import sys
 from typing import Any
 
 from .. import reports
-from .output import EXIT_OK, EXIT_PROBLEM, store_option, tracking_uri
+from .output import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, store_option, tracking_uri
+
+TOKEN_ENV = "TRACKED_OPENAI_API_TOKEN"
 
 __all__ = ["add_commands"]
 
@@ -20,10 +24,22 @@ def add_commands(sub: Any) -> None:
         parents=common,
         help="serve the REST API (needs tracked-openai[api])",
         description="Serves the REST API (experiments, runs, metrics, health) and its docs at "
-        "/api/docs/ (work offline). Prints the address once the port accepts connections.",
+        "/api/docs/ (work offline). Prints the address once the port accepts connections. "
+        "Binds 127.0.0.1; another interface needs a bearer token (--token or "
+        f"${TOKEN_ENV}) or --insecure.",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help=f"require 'Authorization: Bearer TOKEN' on every endpoint (default ${TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback --host without a token (anyone who can reach it reads the numbers)",
+    )
     p.set_defaults(handler=cmd_serve)
 
 
@@ -37,7 +53,24 @@ def _port(text: str) -> int:
     return value
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not _loopback(args.host) and token is None and not args.insecure:
+        print(
+            f"tracked-openai serve: error: refusing to serve cost data on {args.host} without a "
+            f"token: pass --token (or set {TOKEN_ENV}), or --insecure if the network is trusted",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         import uvicorn
 
@@ -56,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The store may appear later (the application has not written yet): serve anyway.
         print(f"tracked-openai serve: warning: {exc}; the endpoints answer 503 until it is there",
               file=sys.stderr)
-    app = create_app(tracking_uri=uri)
+    app = create_app(tracking_uri=uri, token=token)
     host = args.host
 
     class Server(uvicorn.Server):

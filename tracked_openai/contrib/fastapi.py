@@ -9,6 +9,10 @@ app = FastAPI()
 app.include_router(create_router())          # GET /api/v1/mlflow/tracking/{experiments,runs,metrics,health}/
 ```
 
+Cost per feature is business data: pass ``dependencies`` to guard the router with your app's own
+auth (``create_router(dependencies=[Depends(current_staff_user)])``), or use
+:func:`bearer_token` (``create_app(token=...)`` does: what ``tracked-openai serve --token`` runs).
+
 Shapes keep the field names of the AIFlow tracking API. A bad query value answers 400 (FastAPI's own type
 checks answer 422), an unknown ``feature`` 404 with the known ones, a missing or unreachable
 tracking store 503 (reading never creates a store); all are JSON with ``error`` and ``detail``,
@@ -21,14 +25,17 @@ plain page lists the endpoints.
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
+from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
 
 from ..reports import http as _endpoints
 
-__all__ = ["PREFIX", "create_app", "create_router", "router"]
+__all__ = ["PREFIX", "bearer_token", "create_app", "create_router", "router"]
 
 PREFIX = "/api/v1/mlflow/tracking"
 
@@ -48,10 +55,34 @@ _FEATURE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_router(tracking_uri: str | None = None, prefix: str = PREFIX) -> APIRouter:
+def bearer_token(token: str) -> Callable[..., None]:
+    """A dependency admitting only ``Authorization: Bearer <token>`` (compared in constant time);
+    anything else answers 401 with ``WWW-Authenticate: Bearer``."""
+    if not token:
+        raise ValueError("bearer_token() needs a non-empty token")
+    expected = token.encode()
+
+    def check(authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise HTTPException(
+                status_code=401,
+                detail="a bearer token is required to read the numbers",
+                headers={"WWW-Authenticate": 'Bearer realm="tracked-openai"'},
+            )
+
+    return check
+
+
+def create_router(
+    tracking_uri: str | None = None,
+    prefix: str = PREFIX,
+    dependencies: Sequence[DependsParam] | None = None,
+) -> APIRouter:
     """The four endpoints under ``prefix``, reading ``tracking_uri`` (default: the environment's
-    ``MLFLOW_TRACKING_URI``, read per request, else MLflow's default store)."""
-    api = APIRouter(prefix=prefix, tags=["tracked-openai"])
+    ``MLFLOW_TRACKING_URI``, read per request, else MLflow's default store). ``dependencies``
+    run before every endpoint: the place for auth."""
+    api = APIRouter(prefix=prefix, tags=["tracked-openai"], dependencies=list(dependencies or ()))
 
     @api.get("/experiments/", responses=_ERRORS, summary="Features and their MLflow experiments")
     def experiments() -> JSONResponse:
@@ -135,8 +166,10 @@ def _offline_docs(app: FastAPI) -> None:
         return HTMLResponse(body)
 
 
-def create_app(tracking_uri: str | None = None) -> FastAPI:
-    """A FastAPI app serving the endpoints, with OpenAPI docs at ``/api/docs/`` (offline)."""
+def create_app(tracking_uri: str | None = None, token: str | None = None) -> FastAPI:
+    """A FastAPI app serving the endpoints, with OpenAPI docs at ``/api/docs/`` (offline). With
+    ``token``, every endpoint needs ``Authorization: Bearer <token>`` (the docs page does not)."""
+    from fastapi.exceptions import HTTPException as FastAPIHTTPException
     from fastapi.exceptions import RequestValidationError
     from starlette.requests import Request
 
@@ -156,7 +189,14 @@ def create_app(tracking_uri: str | None = None) -> FastAPI:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         return JSONResponse({"error": "validation_error", "detail": detail, "errors": errors}, 422)
 
-    app.include_router(create_router(tracking_uri))
+    @app.exception_handler(FastAPIHTTPException)
+    async def refused(request: Request, exc: FastAPIHTTPException) -> JSONResponse:
+        # The same JSON envelope as every other answer of the API.
+        error = "unauthorized" if exc.status_code == 401 else "http_error"
+        return JSONResponse({"error": error, "detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    guard = [Depends(bearer_token(token))] if token else None
+    app.include_router(create_router(tracking_uri, dependencies=guard))
     _document_validation_errors(app)
     return app
 

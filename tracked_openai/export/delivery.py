@@ -24,6 +24,7 @@ from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential_
 
 from .._errors import logger, report_internal_error
 from ..records import Record
+from .journal import Journal
 from .spool import Spool
 
 __all__ = ["Delivery", "sink_key"]
@@ -106,6 +107,20 @@ class Delivery(ABC):
     def _take(self, source: deque[Record]) -> list[Record]:
         """Up to a batch from ``source``, counted in flight."""
 
+    # -- the journal (journal=True; see journal_thread.py) ---------------------------------------
+    _journal: Journal | None
+    _staged: deque[Record]
+
+    @abstractmethod
+    def _adopt_journals(self) -> None:
+        """Move journals of dead processes into the spool."""
+
+    def _journal_done(self, batch: list[Record]) -> None:
+        """``batch`` reached its sinks or the spool: the journal can forget it."""
+        journal = self._journal
+        if journal is not None:
+            journal.done(batch)
+
     # -- the overflow, spooled by the spooler thread ---------------------------------------------
     def _run_spooler(self) -> None:
         while True:
@@ -155,6 +170,7 @@ class Delivery(ABC):
         self._ready.set()
         if self._replay and not self._started_replay:
             self._started_replay = True
+            self._adopt_journals()
             self._replay_spool(limit=None)
 
     def _resolve_sinks(self) -> None:
@@ -200,6 +216,7 @@ class Delivery(ABC):
         """Export ``batch`` to the sinks at ``targets``; spool (or hold) what still fails."""
         if not self.sinks:
             self._count("exported", len(batch))
+            self._journal_done(batch)
             return True
         if not self._sink_probe_due() or self._abort.is_set():
             self._store(batch, targets)
@@ -211,6 +228,7 @@ class Delivery(ABC):
             self._store(batch, pending)
             return False
         self._count("exported", len(batch))
+        self._journal_done(batch)
         return True
 
     def _export_with_retry(self, batch: list[Record], targets: list[int], attempts: int) -> list[int]:
@@ -306,6 +324,7 @@ class Delivery(ABC):
                 self._internal_error(exc, f"spool {self._spool.directory}")
             else:
                 self._count("spooled", len(batch))
+                self._journal_done(batch)
                 return
         self._held.append((batch, list(targets)))
 

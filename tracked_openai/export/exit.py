@@ -38,12 +38,15 @@ class ExitPath(Delivery):
             self._setup_lock.release()
         return None if self._factory is None else []
 
+    def _close_journal(self) -> None:
+        """Delete this process's journal if every record in it is done, else close it."""
+
     def _spool_leftovers(self) -> None:
         """Spool whatever is still in memory (queue, overflow, the batch in flight, held)."""
         self._abort.set()
         keys = self._exit_keys()
         leftovers: list[Record] = []
-        for source in (self._queue, self._overflow):
+        for source in (self._staged, self._queue, self._overflow):
             while source:
                 try:
                     leftovers.append(source.popleft())
@@ -109,6 +112,7 @@ class ExitPath(Delivery):
             self._closed = True
             self._abort.set()
             self._wake.set()
+            self._close_journal()
             # A sink in the middle of something that must not be cut off (the MLflow sink
             # creating a local store) is waited for; no sink starts such work from now on.
             for sink in list(self.sinks):

@@ -38,7 +38,8 @@ from typing import Any, Literal
 
 from ..records import Record
 from .delivery import sink_key
-from .exit import ExitPath
+from .journal import Journal
+from .journal_thread import JournalThread
 from .spool import Spool
 
 __all__ = ["Exporter", "sink_key"]
@@ -62,7 +63,7 @@ class _Counter:
         return int(repr(self._it)[6:-1])
 
 
-class Exporter(ExitPath):
+class Exporter(JournalThread):
     """Bounded queue + a worker thread feeding sinks, with retry, spool and replay.
 
     Args:
@@ -89,6 +90,9 @@ class Exporter(ExitPath):
             price table), so the first batch doesn't pay for it.
         exit_hook: Register ``exit_flush`` with ``atexit``. An owner that runs its own exit
             path (``export.runtime``) passes ``False``: one flush at exit, not two.
+        journal: Have a journal thread take records off the queue as they arrive, prepare them
+            and append them to this process's journal (``export.journal``) before delivery, so
+            that a SIGKILL loses only what it had not taken yet. Needs the spool folder.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class Exporter(ExitPath):
         before_exit: Callable[[], None] | None = None,
         warm_up: Callable[[], None] | None = None,
         exit_hook: bool = True,
+        journal: bool = False,
     ) -> None:
         self._factory: Callable[[], Sequence[Any]] | None = None
         self.sinks: list[Any] = []
@@ -123,6 +128,9 @@ class Exporter(ExitPath):
         self._interval = flush_interval
         self._exit_timeout = exit_timeout
         self._spool: Spool | None = None if spool_dir is False else Spool(spool_dir)
+        self._journal_on = journal and self._spool is not None
+        self._journal: Journal | None = None
+        self._journal_warned = False
         self._retry_attempts = max(1, int(retry_attempts))
         self._retry_initial = retry_initial
         self._retry_max = retry_max
@@ -146,6 +154,8 @@ class Exporter(ExitPath):
             "internal_errors": 0,
             "spool_errors": 0,
             "sink_failures": 0,
+            "journal_errors": 0,
+            "adopted": 0,
         }
         self._init_state()
         self._closed = False
@@ -183,6 +193,11 @@ class Exporter(ExitPath):
         self._preparing: list[Record] | None = None
         self._thread: threading.Thread | None = None
         self._spooler: threading.Thread | None = None
+        # Journal on: records the journal thread took, prepared and journaled, for the worker.
+        self._staged: deque[Record] = deque()
+        self._journal_wake = threading.Event()
+        self._journaler: threading.Thread | None = None
+        self._next_adopt = 0.0
         self._pid = os.getpid()
         self._down_until = 0.0
         self._down_logged = False
@@ -199,7 +214,10 @@ class Exporter(ExitPath):
 
     def _after_fork_in_child(self) -> None:
         # The parent's threads don't exist here and its queued records are the parent's to
-        # export: start clean, lazily.
+        # export: start clean, lazily. Its journal files stay the parent's (and locked by it).
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.forget()
         self._init_state()
 
     # -- caller side -------------------------------------------------------------------------
@@ -224,7 +242,12 @@ class Exporter(ExitPath):
                 return
             self._submitted.inc()
             queue.append(record)
-            if len(queue) == self._batch_size:
+            if self._journal_on:
+                # The journal thread clears the flag before it takes the queue: a record
+                # appended before it saw the flag set is taken by that same pass.
+                if not self._journal_wake.is_set():
+                    self._journal_wake.set()
+            elif len(queue) == self._batch_size:
                 self._wake.set()
         except Exception as exc:  # pragma: no cover - defensive
             self._internal_error(exc, "exporter.submit")
@@ -268,15 +291,16 @@ class Exporter(ExitPath):
         deadline = None if timeout is None else time.monotonic() + timeout
         worker = self._thread
         if worker is None or not worker.is_alive() or self._pid != os.getpid():
-            if self._queue or self._overflow or self._held:
+            if self._queue or self._overflow or self._held or self._staged:
                 self._ensure_worker()
             worker = self._thread
             if worker is None or not worker.is_alive():
                 # No thread can run (interpreter shutting down): do the work here.
                 self._drain(inline=True)
-                return not (self._held or self._queue or self._overflow)
+                return not (self._held or self._queue or self._overflow or self._staged)
         self._wake.set()
         self._spool_wake.set()
+        self._journal_wake.set()
         with self._idle:
             while self._busy():
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -284,6 +308,7 @@ class Exporter(ExitPath):
                     return False
                 self._wake.set()
                 self._spool_wake.set()
+                self._journal_wake.set()
                 self._idle.wait(0.05 if remaining is None else min(0.05, remaining))
         for sink in self.sinks:
             force = getattr(sink, "force_flush", None)
@@ -295,7 +320,7 @@ class Exporter(ExitPath):
         return not self._held
 
     def _busy(self) -> bool:
-        if self._queue or self._overflow or self._in_flight or self._replaying:
+        if self._queue or self._overflow or self._staged or self._in_flight or self._replaying:
             return True
         if self._down_until > time.monotonic():
             return False  # sink down: what could not be exported is spooled (or held)
@@ -315,7 +340,8 @@ class Exporter(ExitPath):
         self._abort.set()
         self._wake.set()
         self._spool_wake.set()
-        for thread in (self._thread, self._spooler):
+        self._journal_wake.set()
+        for thread in (self._thread, self._spooler, self._journaler):
             if thread is not None and thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout if timeout is not None else 30.0)
         for sink in self.sinks:
@@ -325,6 +351,7 @@ class Exporter(ExitPath):
                     close()
                 except Exception as exc:
                     self._internal_error(exc, "sink.shutdown")
+        self._close_journal()
         try:
             atexit.unregister(self._at_exit)
         except Exception:  # pragma: no cover
@@ -341,7 +368,7 @@ class Exporter(ExitPath):
             "submitted": self._submitted.value,
             **counters,
             "dropped": self._dropped.value,
-            "queued": len(self._queue) + len(self._overflow),
+            "queued": len(self._queue) + len(self._overflow) + len(self._staged),
             "held": held,
         }
 
@@ -350,6 +377,16 @@ class Exporter(ExitPath):
         with self._lock:
             if self._pid != os.getpid():
                 self._init_state_locked_fork()
+            if self._journal_on and (self._journaler is None or not self._journaler.is_alive()):
+                journaler = threading.Thread(
+                    target=self._run_journal, name="tracked-openai-journal", daemon=True
+                )
+                try:
+                    journaler.start()
+                except RuntimeError:
+                    pass  # interpreter shutting down: flush() journals inline
+                else:
+                    self._journaler = journaler
             if self._thread is not None and self._thread.is_alive():
                 return
             thread = threading.Thread(target=self._run, name="tracked-openai-exporter", daemon=True)
@@ -390,7 +427,7 @@ class Exporter(ExitPath):
                 self._drain()
             except Exception as exc:  # the worker must survive anything
                 self._internal_error(exc, "exporter.worker")
-            if self._closed and (not self._queue or self._abort.is_set()):
+            if self._closed and (not (self._queue or self._staged) or self._abort.is_set()):
                 return
 
     def _take(self, source: deque[Record]) -> list[Record]:
@@ -407,9 +444,12 @@ class Exporter(ExitPath):
             if self._exited and not self._set_up:
                 return  # no sinks yet and no thread to build them: exit_flush spools the queue
             self._drain_overflow()
+            if self._journal_on:
+                self._journal_drain()
+        source = self._staged if self._journal_on else self._queue
         while True:
             # Once the exit path spools what is left, the queue is its own.
-            batch = self._take(self._queue) if not self._abort.is_set() else []
+            batch = self._take(source) if not self._abort.is_set() else []
             if batch:
                 try:
                     with self._idle:
@@ -439,6 +479,8 @@ class Exporter(ExitPath):
                 continue
             if not self._set_up or self._abort.is_set() or not self._sink_probe_due():
                 break  # (not set up: nothing was ever queued, nothing to retry or replay)
+            if self._adopt_due():
+                self._adopt_journals()  # a process that died while this one runs
             if self._held:
                 with self._idle:  # pop and count together: flush() must never see neither
                     held, targets = self._held.popleft()

@@ -104,6 +104,7 @@ def _make_exporter(sinks: list[Any] | Callable[[], list[Any]]) -> Exporter:
         retry_initial=settings.retry_initial,
         retry_max=settings.retry_max,
         overflow="drop" if settings.overflow == "drop" else "spool",
+        journal=settings.journal,
         warm_up=_warm_up,
         exit_hook=False,  # _at_exit below is the one exit path
     )
@@ -191,10 +192,15 @@ def configure(
         pricing: A pricing file or folder (or a loaded price book) overriding the shipped tables.
         **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
             ``spool_dir``, ``retry_attempts``, ``retry_initial``, ``retry_max``, ``overflow``,
-            ``experiment_prefix``, ``mlflow_timeout``, ``mlflow_mode`` (``runs``, ``traces`` or
-            ``runs+traces``: what the default sinks write, see ``tracked_openai/sinks/modes.py``).
-            A bad value (not a number, not finite,
-            out of range) is logged and the default used, as for the environment variables.
+            ``journal``, ``experiment_prefix``, ``mlflow_timeout``, ``mlflow_mode`` (``runs``,
+            ``traces`` or ``runs+traces``: what the default sinks write, see
+            ``tracked_openai/sinks/modes.py``). A bad value (not a number,
+            not finite, out of range, not a boolean) is logged and the default used, as for the
+            environment variables. ``journal=True`` (``TRACKED_OPENAI_JOURNAL``, off by
+            default) appends each record to a per-process file in the spool folder as soon as
+            the exporter takes it, before delivery, and the next process replays what was not
+            delivered: a SIGKILLed process then loses only the records submitted in the last
+            moments before the kill (see docs/exporter.md, "What a killed process loses").
     """
     global _exporter, _sinks
     if enabled is not None:

@@ -21,7 +21,20 @@ from typing import Any
 from .._config import settings
 
 __all__ = [
+    "CALL_COUNT",
     "CONFIDENCE",
+    "COST_STATUS_TAG",
+    "COST_USD",
+    "EXECUTION_TIME",
+    "KIND_TAG",
+    "MODEL_TAG",
+    "OPERATION_TAG",
+    "RECORD_ID_TAG",
+    "RESPONSE_MODEL_TAG",
+    "RUN_FEATURE_TAG",
+    "STATUS_TAG",
+    "TOKEN_METRICS",
+    "USAGE_SOURCE_TAG",
     "DEFAULT_FEATURES",
     "FEATURE_TAG",
     "PARENT_FEATURE_TAG",
@@ -46,6 +59,21 @@ PARENT_RECORD_TAG = "parent_record_id"
 PARENT_FEATURE_TAG = "parent_feature"
 # The confidence metric AIFlow's decorators log and its reports average.
 CONFIDENCE = "confidence_score"
+
+# Run tags and metrics the sink writes (``runs.run_fields``) and reports read back.
+RECORD_ID_TAG = "record_id"
+KIND_TAG = "kind"  # "call" or "operation"
+RUN_FEATURE_TAG = "feature"
+OPERATION_TAG = "operation"
+STATUS_TAG = "status"
+MODEL_TAG = "model"
+RESPONSE_MODEL_TAG = "response_model"
+USAGE_SOURCE_TAG = "usage_source"
+COST_STATUS_TAG = "cost_status"
+EXECUTION_TIME = "execution_time"
+COST_USD = "cost_usd"
+CALL_COUNT = "call_count"
+TOKEN_METRICS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens")
 
 DEFAULT_FEATURES: dict[str, str] = {
     "pid_verification": "P&ID Design Verification",

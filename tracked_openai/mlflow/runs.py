@@ -12,6 +12,25 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..records import CallRecord, OperationRecord, Record, tag_value
+from .names import (
+    CALL_COUNT,
+    COST_STATUS_TAG,
+    COST_USD,
+    EXECUTION_TIME,
+    KIND_TAG,
+    MODEL_TAG,
+    OPERATION_TAG,
+    PARENT_FEATURE_TAG,
+    PARENT_RECORD_TAG,
+    RECORD_ID_TAG,
+    RESPONSE_MODEL_TAG,
+    RUN_FEATURE_TAG,
+    STATUS_TAG,
+    TOKEN_METRICS,
+    USAGE_SOURCE_TAG,
+    finite_number,
+    metric_name,
+)
 
 if TYPE_CHECKING:
     pass
@@ -94,34 +113,30 @@ def run_fields(
             tags[name] = tag_value(value)[:_MAX_TAG_VALUE]
 
     def metric(name: str, value: Any) -> None:
-        if value is None:
-            return
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return
-        if number == number and number not in (float("inf"), float("-inf")):
+        number = finite_number(value, parse=True)
+        if number is not None:
             metrics[_key(name)] = number
 
     # User tags first so that our own keys (record_id, status, …) can't be overwritten by them.
     for key, value in record.tags.items():
         tag(_key(key), value)
-    tag("record_id", record.record_id)
-    tag("kind", record.kind)
-    tag("feature", record.feature)
-    tag("operation", record.operation)
+    tag(RECORD_ID_TAG, record.record_id)
+    tag(KIND_TAG, record.kind)
+    tag(RUN_FEATURE_TAG, record.feature)
+    tag(OPERATION_TAG, record.operation)
     tag("function", record.function)
-    tag("status", record.status)
+    tag(STATUS_TAG, record.status)
     tag("error_message", record.error_message)
     tag("error_type", record.error_type)
-    tag("parent_record_id", record.parent_id)
-    metric("execution_time", record.duration_s)
+    tag(PARENT_RECORD_TAG, record.parent_id)
+    metric(EXECUTION_TIME, record.duration_s)
     usage = record.usage
-    metric("prompt_tokens", usage.input_tokens)
-    metric("completion_tokens", usage.output_tokens)
-    metric("total_tokens", usage.total_tokens)
-    metric("cached_tokens", usage.cached_input_tokens)
-    metric("reasoning_tokens", usage.reasoning_tokens)
+    prompt, completion, cached, reasoning, total = TOKEN_METRICS
+    metric(prompt, usage.input_tokens)
+    metric(completion, usage.output_tokens)
+    metric(total, usage.total_tokens)
+    metric(cached, usage.cached_input_tokens)
+    metric(reasoning, usage.reasoning_tokens)
     for name in _ZERO_MEANS_ABSENT:
         if getattr(usage, name):
             metric(name, getattr(usage, name))
@@ -135,11 +150,11 @@ def run_fields(
         model = record.model or record.response_model
         name = _SEP.join(part for part in (record.endpoint or "call", model) if part)
         tag("endpoint", record.endpoint)
-        tag("model", record.model)
-        tag("response_model", record.response_model)
+        tag(MODEL_TAG, record.model)
+        tag(RESPONSE_MODEL_TAG, record.response_model)
         tag("pricing_version", record.pricing_version)
-        tag("usage_source", record.usage_source)
-        tag("cost_status", record.cost_status)
+        tag(USAGE_SOURCE_TAG, record.usage_source)
+        tag(COST_STATUS_TAG, record.cost_status)
         tag("service_tier", record.service_tier)
         tag("provider", record.provider)
         tag("http_status", record.http_status)
@@ -149,7 +164,7 @@ def run_fields(
         if record.request_ids:
             tag("request_ids", ",".join(record.request_ids))
         if record.cost is not None:
-            metric("cost_usd", record.cost.total_usd)
+            metric(COST_USD, record.cost.total_usd)
             metric("input_cost_usd", record.cost.input_usd)
             metric("output_cost_usd", record.cost.output_usd)
         metric("attempts", record.attempts)
@@ -158,14 +173,15 @@ def run_fields(
     else:
         assert isinstance(record, OperationRecord)
         tag("error_traceback", record.traceback)
-        tag("parent_feature", record.parent_feature)
-        # Operation metrics by name (confidence_score among them); ours below win on clashes.
-        for metric_name, metric_value in record.metrics.items():
-            metric(metric_name, metric_value)
-        metric("call_count", record.call_count)
+        tag(PARENT_FEATURE_TAG, record.parent_feature)
+        # Operation metrics by their stored names (``confidence`` as ``confidence_score``, also
+        # for records spooled before it was renamed where they are logged); ours below win.
+        for logged_name, logged_value in record.metrics.items():
+            metric(metric_name(logged_name), logged_value)
+        metric(CALL_COUNT, record.call_count)
         metric("unpriced_calls", record.unpriced_calls)
         if record.cost_usd is not None:
-            metric("cost_usd", record.cost_usd)
+            metric(COST_USD, record.cost_usd)
         if record.feature_call_count is not None:
             metric("feature_call_count", record.feature_call_count)
             metric("feature_cost_usd", record.feature_cost_usd)
@@ -175,14 +191,12 @@ def run_fields(
         model = tag_value(logged) if logged is not None else ",".join(record.models) or None
         if model is not None:
             params["model"] = model[:_MAX_PARAM_VALUE]
-            tag("model", model)
+            tag(MODEL_TAG, model)
         label = record.operation or record.function or "operation"
         shown = model
         if shown is not None and len(shown) > _MAX_NAME_MODELS:
             shown = shown[: _MAX_NAME_MODELS - 1] + "…"
         name = _SEP.join(part for part in (label, shown, _short_id(record.record_id)) if part)
-    if "confidence" in metrics and "confidence_score" not in metrics:
-        metrics["confidence_score"] = metrics["confidence"]
     for key, value in _source_tags():
         tags.setdefault(key, value)
     return name, tags, metrics, params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -41,10 +42,11 @@ def _unpriced(record: CallRecord, book: PriceBook, model: str, reason: str, rule
     _warn_once(model, reason)
 
 
-def price_record(record: CallRecord) -> None:
-    """Set ``cost``, ``cost_status``, ``pricing_version`` and ``pricing_rule`` on ``record``."""
+def price_record(record: CallRecord, book: PriceBook | None = None) -> None:
+    """Set ``cost``, ``cost_status``, ``pricing_version`` and ``pricing_rule`` on ``record``,
+    priced with ``book`` (default: the book in use, :func:`get_price_book`)."""
     try:
-        _price(record)
+        _price(record, book)
     except Exception as exc:  # never raise into the exporter: an unexpected shape is unpriced
         record.cost = None
         record.cost_status = "unpriced"
@@ -52,8 +54,8 @@ def price_record(record: CallRecord) -> None:
         _warn_once(str(record.response_model or record.model), f"pricing failed: {exc!r}")
 
 
-def _price(record: CallRecord) -> None:
-    book = get_price_book()
+def _price(record: CallRecord, book: PriceBook | None) -> None:
+    book = book if book is not None else get_price_book()
     usage = record.usage
     # Azure requests carry a deployment name: only the served model says what was billed.
     name = record.response_model or record.model if record.provider == "openai" else record.response_model
@@ -94,6 +96,11 @@ def _price(record: CallRecord) -> None:
             if rates.long is not None and (usage.input_tokens or 0) > (rates.long_threshold or 0):
                 rates = rates.long
                 rule = f"{rule}; long-context"
+            if record.endpoint in _IMAGE_ENDPOINTS and _output_unsplit(usage):
+                # The Images API documents output_tokens as "the number of image tokens in the
+                # output image"; gpt-image edits report no output breakdown, so all are image tokens.
+                usage = replace(usage, image_output_tokens=usage.output_tokens)
+                rule = f"{rule}; output tokens priced as image output (no output breakdown)"
             cost, reason = _token_cost(usage, rates)
     elif record.endpoint in _IMAGE_ENDPOINTS or usage.images is not None:
         cost, reason = _image_cost(record, period)
@@ -118,6 +125,10 @@ def _price(record: CallRecord) -> None:
     record.cost_status = "estimated" if record.usage_source == "estimated" else "priced"
     record.pricing_version = book.version
     record.pricing_rule = rule
+
+
+def _output_unsplit(usage: Any) -> bool:
+    return bool(usage.output_tokens) and usage.image_output_tokens is None and not usage.audio_output_tokens
 
 
 def _token_cost(usage: Any, r: _Rates) -> tuple[Cost | None, str]:

@@ -10,13 +10,24 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from .._config import settings
-from ..mlflow.names import CONFIDENCE
+from ..mlflow.names import (
+    CALL_COUNT,
+    CONFIDENCE,
+    COST_STATUS_TAG,
+    COST_USD,
+    EXECUTION_TIME,
+    KIND_TAG,
+    MODEL_TAG,
+    OPERATION_TAG,
+    RESPONSE_MODEL_TAG,
+    RUN_FEATURE_TAG,
+    STATUS_TAG,
+    TOKEN_METRICS,
+    USAGE_SOURCE_TAG,
+)
 from .query import BREAKDOWNS, PAGE_SIZE, is_run, iter_records, parse_when
 
 __all__ = ["feature_metrics", "tracking_enabled"]
-
-_TOKEN_METRICS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens")
-
 
 # -- aggregation ---------------------------------------------------------------------------------
 def _percentile(sorted_values: array[float] | list[float], q: float) -> float | None:
@@ -51,12 +62,12 @@ class _Group:
     call_exec_n: int = 0
     call_latencies: array[float] = field(default_factory=lambda: array("d"))
     unpriced_calls: int = 0
-    tokens: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_TOKEN_METRICS, 0.0))
+    tokens: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOKEN_METRICS, 0.0))
 
     def add_run(self, ok: bool, metrics: Mapping[str, float]) -> None:
         self.runs += 1
         self.successes += ok
-        t = metrics.get("execution_time")
+        t = metrics.get(EXECUTION_TIME)
         if t is not None:
             self.exec_sum += t
             self.exec_n += 1
@@ -73,17 +84,17 @@ class _Group:
         self.calls += 1
         self.call_errors += not ok
         self.unpriced_calls += unpriced
-        t = metrics.get("execution_time")
+        t = metrics.get(EXECUTION_TIME)
         if t is not None:
             self.call_exec_sum += t
             self.call_exec_n += 1
             self.call_latencies.append(t)
-        cost = metrics.get("cost_usd")
+        cost = metrics.get(COST_USD)
         if cost is not None:
             self.call_cost += cost
             self.call_cost_n += 1
             self.cost += cost
-        for name in _TOKEN_METRICS:
+        for name in TOKEN_METRICS:
             value = metrics.get(name)
             if value is not None:
                 self.tokens[name] += value
@@ -140,7 +151,7 @@ class _Group:
 
 
 def _is_ok(run: Any) -> bool:
-    status = run.data.tags.get("status")
+    status = run.data.tags.get(STATUS_TAG)
     if status is not None:
         return bool(status == "success")
     return bool(run.info.status == "FINISHED")
@@ -150,19 +161,19 @@ def _is_unpriced(tags: Mapping[str, str], metrics: Mapping[str, float]) -> bool:
     """A call that should have a price and has none (same rule as an operation's roll-up):
     no ``cost_usd`` and either it succeeded or it reported usage. A failed call that never
     reached the model costs nothing and is not "unpriced"."""
-    if "cost_usd" in metrics:
+    if COST_USD in metrics:
         return False
-    if tags.get("cost_status") == "unpriced":
+    if tags.get(COST_STATUS_TAG) == "unpriced":
         return True
-    return tags.get("status") == "success" or tags.get("usage_source", "none") != "none"
+    return tags.get(STATUS_TAG) == "success" or tags.get(USAGE_SOURCE_TAG, "none") != "none"
 
 
 def _hand_logged_cost(tags: Mapping[str, str], metrics: Mapping[str, float]) -> float | None:
     """The ``cost_usd`` of a run that is not a call and has no calls rolled up into it (a cost
     logged by hand). An operation with calls carries their roll-up, counted with the calls."""
-    if tags.get("kind") == "call" or metrics.get("call_count"):
+    if tags.get(KIND_TAG) == "call" or metrics.get(CALL_COUNT):
         return None
-    return metrics.get("cost_usd")
+    return metrics.get(COST_USD)
 
 
 def feature_metrics(
@@ -214,9 +225,9 @@ def feature_metrics(
         ok = _is_ok(run)
         day = datetime.fromtimestamp((run.info.start_time or 0) / 1000, tz=UTC).date().isoformat()
         keys = {
-            "operation": tags.get("operation") or "(none)",
+            "operation": tags.get(OPERATION_TAG) or "(none)",
             "day": day,
-            "feature": tags.get("feature") or "(none)",
+            "feature": tags.get(RUN_FEATURE_TAG) or "(none)",
         }
         if is_run(tags):
             total.add_run(ok, metrics)
@@ -227,12 +238,12 @@ def feature_metrics(
             total.add_cost(hand_cost)
             for dim, key in keys.items():
                 group(dim, key).add_cost(hand_cost)
-        if tags.get("kind") == "call":
+        if tags.get(KIND_TAG) == "call":
             unpriced = _is_unpriced(tags, metrics)
             total.add_call(ok, metrics, unpriced)
             for dim, key in keys.items():
                 group(dim, key).add_call(ok, metrics, unpriced)
-            model = tags.get("response_model") or tags.get("model") or run.data.params.get("model")
+            model = tags.get(RESPONSE_MODEL_TAG) or tags.get(MODEL_TAG) or run.data.params.get("model")
             group("model", model or "(unknown)").add_call(ok, metrics, unpriced)
 
     result = total.summary()

@@ -8,10 +8,16 @@ from typing import Any
 
 from .._config import settings
 from ..mlflow.names import (
+    CONFIDENCE,
+    EXECUTION_TIME,
     FEATURE_TAG,
+    KIND_TAG,
+    OPERATION_TAG,
     PARENT_FEATURE_TAG,
     PARENT_RECORD_TAG,
     PARENT_TAG,
+    RUN_FEATURE_TAG,
+    STATUS_TAG,
     experiment_name,
     features,
 )
@@ -162,7 +168,7 @@ def parse_when(value: str | date | datetime | None, *, end: bool = False) -> dat
 
 
 def time_filter(since: datetime | None, until: datetime | None, operation: str | None = None) -> str:
-    parts = [f"tags.operation = '{_quote(operation)}'"] if operation else []
+    parts = [f"tags.{OPERATION_TAG} = '{_quote(operation)}'"] if operation else []
     if since is not None:
         parts.append(f"attributes.start_time >= {int(since.timestamp() * 1000)}")
     if until is not None:
@@ -267,7 +273,7 @@ def run_row(run: Any) -> dict[str, Any]:
             if not k.startswith("mlflow.") and k not in _HIDDEN_TAGS
         }
     )
-    for key in ("metrics.execution_time", "metrics.confidence_score", "tags.status"):
+    for key in (f"metrics.{EXECUTION_TIME}", f"metrics.{CONFIDENCE}", f"tags.{STATUS_TAG}"):
         row.setdefault(key, None)
     return row
 
@@ -281,11 +287,11 @@ def is_run(tags: Mapping[str, str]) -> bool:
     """A top-level run of its feature (see the module docstring)."""
     if PARENT_TAG not in tags and PARENT_RECORD_TAG not in tags:
         return True
-    if tags.get("kind") != "operation":
+    if tags.get(KIND_TAG) != "operation":
         return False  # a call inside an operation (always of the same feature)
     parent_feature = tags.get(PARENT_FEATURE_TAG)
     if parent_feature is not None:
-        return parent_feature != tags.get("feature")
+        return parent_feature != tags.get(RUN_FEATURE_TAG)
     # Written before the tag existed: only an operation in another experiment has no MLflow parent.
     return PARENT_TAG not in tags
 

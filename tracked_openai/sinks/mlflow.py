@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._config import settings
-from ..mlflow.names import FEATURE_TAG, experiment_name
+from ..mlflow.names import FEATURE_TAG, RECORD_ID_TAG, experiment_name
 from ..mlflow.pool import WriterPool
 from ..mlflow.runs import MAX_ENTITIES, MAX_METRICS, MAX_PARAMS, MAX_TAGS, ms, run_fields
 from ..mlflow.store import (
@@ -339,7 +339,7 @@ class MlflowSink:
                     page_token=token,
                 )
                 for run in page:
-                    rid = run.data.tags.get("record_id")
+                    rid = run.data.tags.get(RECORD_ID_TAG)
                     if rid in wanted:
                         found[rid] = _Existing(run.info.run_id, run.info.status != "RUNNING")
                 token = page.token

@@ -50,6 +50,6 @@ class Command(BaseCommand):
         staff, _ = get_user_model().objects.get_or_create(username="demo-staff", defaults={"is_staff": True})
         web.force_login(staff)
         for feature in ("pid_verification", "pfd_conversion"):
-            m = web.get("/api/v1/mlflow/tracking/metrics/", {"feature": feature}).json()
+            m = web.get("/api/v1/mlflow/tracking/metrics/", {"feature": feature}).json()["metrics"]
             self.stdout.write(f"{feature}: runs {m['total_runs']} calls {m['total_calls']}")
         self.stdout.write(f"REST API: anonymous {anonymous}, staff 200")
