@@ -43,6 +43,8 @@ def prepare(item: Record | Any) -> Record:
         children, record.children = record.children, []
         if children:
             _roll_up(record, [(child.record, _in_own_feature(child, record)) for child in children])
+            # Its own calls ride with it for the traces sink (one request per trace).
+            record.calls = [c.record for c in children if c.record.parent_id == record.record_id]
     return record
 
 

@@ -43,14 +43,15 @@ _lock = threading.Lock()
 
 
 def _default_sinks() -> list[Any]:
-    """One ``MlflowSink``. Runs on the exporter's thread (importing MLflow takes seconds of CPU);
-    the sinks built are kept for later exporters (after ``configure``/``shutdown``)."""
+    """The MLflow sinks of ``settings.mlflow_mode`` (runs, traces or both). Runs on the exporter's
+    thread (importing MLflow takes seconds of CPU); the sinks built are kept for later exporters
+    (after ``configure``/``shutdown``)."""
     global _sinks, _built_defaults
     sinks: list[Any]
     try:
-        from ..sinks.mlflow import MlflowSink
+        from ..sinks.modes import mode_sinks
 
-        sinks = [MlflowSink()]
+        sinks = mode_sinks(settings.mlflow_mode)
     except Exception as exc:  # mlflow missing or broken: keep the host running, say why once.
         logger.warning("tracked_openai: MLflow sink unavailable (%s); records are not persisted", exc)
         sinks = []
@@ -68,9 +69,9 @@ class _DefaultSinks:
 
     def spool_keys(self) -> list[str]:
         # At exit, before the sink exists: where its records go (cheap, no MLflow import).
-        from ..mlflow.store import predicted_spool_key
+        from ..sinks.modes import mode_spool_keys
 
-        return [predicted_spool_key()]
+        return mode_spool_keys(settings.mlflow_mode)
 
 
 def _warm_up() -> None:
@@ -205,7 +206,9 @@ def configure(
         budget_webhooks: URLs (or ``{"url": ..., "slack": True}``) budget alerts are POSTed to.
         **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
             ``spool_dir``, ``retry_attempts``, ``retry_initial``, ``retry_max``, ``overflow``,
-            ``journal``, ``experiment_prefix``, ``mlflow_timeout``. A bad value (not a number,
+            ``journal``, ``experiment_prefix``, ``mlflow_timeout``, ``mlflow_mode`` (``runs``,
+            ``traces`` or ``runs+traces``: what the default sinks write, see
+            ``tracked_openai/sinks/modes.py``). A bad value (not a number,
             not finite, out of range, not a boolean) is logged and the default used, as for the
             environment variables. ``journal=True`` (``TRACKED_OPENAI_JOURNAL``, off by
             default) appends each record to a per-process file in the spool folder as soon as
@@ -245,8 +248,8 @@ def configure(
             _exporter = None
             if sinks is not None:
                 _sinks = list(sinks)
-            elif "mlflow_timeout" in exporter_options and _sinks is _built_defaults:
-                _sinks = None  # the default sink is built again, with the new timeout
+            elif _sinks is _built_defaults and {"mlflow_timeout", "mlflow_mode"} & exporter_options.keys():
+                _sinks = None  # the default sinks are built again, with the new timeout or mode
         if old is not None:
             old.shutdown(settings.exit_timeout)
 
