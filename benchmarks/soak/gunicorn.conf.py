@@ -23,6 +23,7 @@ def on_starting(server: object) -> None:
     import mlflow  # noqa: F401
 
     import tracked_openai.sinks.mlflow  # noqa: F401
+    import tracked_openai.sinks.traces  # noqa: F401
 
 
 def post_fork(server: object, worker: object) -> None:

@@ -228,22 +228,43 @@ async def _drive(apps: dict[str, App], seconds: float, rate: float, users: int, 
 
 # -- reading MLflow back --------------------------------------------------------------------------
 def _recorded_request_ids(uri: str) -> Counter[str]:
-    """Every OpenAI request id our call records carry, counted (runs, and traces' call spans)."""
+    """Every OpenAI request id our call records carry, counted once per record written: call runs
+    (``runs`` mode, and calls outside operations in ``runs+traces``) and call spans of our traces
+    (``traces``, ``runs+traces``). A record that is both a run and a span counts once; two runs of
+    one record (a write retried after an ambiguous failure) count twice."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     seen: Counter[str] = Counter()
+    in_runs: set[str] = set()
     experiments = [e.experiment_id for e in client.search_experiments()]
     token = None
     while experiments:
         page = client.search_runs(experiments, max_results=1000, page_token=token)
         for run in page:
-            for key, value in run.data.tags.items():
-                if key.endswith("request_ids") and value:
-                    seen.update(v for v in value.split(",") if v)
+            ids = run.data.tags.get("request_ids")
+            if ids:
+                seen.update(v for v in ids.split(",") if v)
+                in_runs.add(run.data.tags.get("record_id", ""))
         token = page.token
         if not token:
             break
+    for experiment in experiments:
+        token = None
+        while True:
+            try:
+                traces = client.search_traces(locations=[experiment], max_results=500, page_token=token)
+            except Exception:  # a store without traces: runs are all there is
+                break
+            for trace in traces:
+                for span in trace.data.spans:
+                    attrs = span.attributes or {}
+                    ids = attrs.get("tracked_openai.request_ids")
+                    if ids and attrs.get("tracked_openai.record_id") not in in_runs:
+                        seen.update(ids if isinstance(ids, list) else str(ids).split(","))
+            token = traces.token
+            if not token:
+                break
     return seen
 
 

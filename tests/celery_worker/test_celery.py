@@ -103,6 +103,9 @@ def worker(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAIServ
         OPENAI_API_KEY="sk-test-celery",
         TRACKED_OPENAI_FLUSH_INTERVAL="0.2",
         TRACKED_OPENAI_SPOOL_DIR=str(root / "spool"),
+        # Calls as nested runs, read back with search_runs: what is under test here is where a
+        # task's records land, not the traces mapping (tests/mlflow/traces checks that one).
+        TRACKED_OPENAI_MLFLOW_MODE="runs",
     )
     log = root / "worker.log"
     cmd = [
