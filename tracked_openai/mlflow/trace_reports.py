@@ -107,10 +107,20 @@ def span_run(span: Any, experiment_id: str) -> TraceRun | None:
         "service_tier",
         "endpoint",
         "parent_feature",
+        "pricing_rule",
+        "stream",
+        "stream_end",
+        "http_status",
+        "attempts",
     ):
         value = attrs.get(_OURS + name)
         if value is not None and value != "":
             tags[name] = _text(value)
+    request_ids = attrs.get(_OURS + "request_ids")
+    if request_ids:
+        tags["request_ids"] = (
+            ",".join(map(str, request_ids)) if isinstance(request_ids, list) else str(request_ids)
+        )
     parent = attrs.get(_OURS + "parent_record_id")
     if parent:
         tags["parent_record_id"] = _text(parent)

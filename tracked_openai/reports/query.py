@@ -306,10 +306,19 @@ def recent_runs(
     """The newest ``limit`` runs of ``feature`` (all features when ``None``), newest first.
 
     By default only the runs reports count (operations with no enclosing operation of the same
-    feature, calls outside any operation); with ``include_calls`` every run, nested ones too.
+    feature, calls outside any operation); with ``include_calls`` every record, nested ones too,
+    calls written only as spans of a trace (``traces``, ``runs+traces`` modes) included.
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
+    if include_calls:
+        # Spans are not ordered with the runs by the store: read every record once, then sort.
+        every = sorted(
+            iter_records(feature, tracking_uri=tracking_uri),
+            key=lambda r: r.info.start_time or 0,
+            reverse=True,
+        )
+        return [run_row(run) for run in every[:limit]]
     runs = iter_runs(
         feature,
         tracking_uri=tracking_uri,
