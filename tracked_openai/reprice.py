@@ -249,7 +249,8 @@ def call_from_run(run: Any) -> CallRecord:
     n = params.get("n")
     if isinstance(n, str) and n.isdigit():
         params["n"] = int(n)
-    usage = Usage(**{f: _int(metrics.get(m)) for m, f in _USAGE_METRICS.items()})
+    counts: dict[str, Any] = {f: _int(metrics.get(m)) for m, f in _USAGE_METRICS.items()}
+    usage = Usage(**counts)
     usage.seconds = metrics.get("seconds")
     source = tags.get("usage_source", "response")
     return CallRecord(

@@ -34,6 +34,8 @@ __all__ = [
     "RUN_FEATURE_TAG",
     "STATUS_TAG",
     "TOKEN_METRICS",
+    "TOOL_CALLS_PREFIX",
+    "TOOL_COST_USD",
     "USAGE_SOURCE_TAG",
     "DEFAULT_FEATURES",
     "FEATURE_TAG",
@@ -73,6 +75,10 @@ COST_STATUS_TAG = "cost_status"
 EXECUTION_TIME = "execution_time"
 COST_USD = "cost_usd"
 CALL_COUNT = "call_count"
+# Hosted tools a call used: one metric per kind (``tool_calls_web_search``, ``tool_calls_file_search``…)
+# and their priced fees (included in ``cost_usd``).
+TOOL_CALLS_PREFIX = "tool_calls_"
+TOOL_COST_USD = "tool_cost_usd"
 TOKEN_METRICS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens")
 
 DEFAULT_FEATURES: dict[str, str] = {

@@ -27,6 +27,8 @@ from .names import (
     RUN_FEATURE_TAG,
     STATUS_TAG,
     TOKEN_METRICS,
+    TOOL_CALLS_PREFIX,
+    TOOL_COST_USD,
     USAGE_SOURCE_TAG,
     finite_number,
     metric_name,
@@ -142,6 +144,8 @@ def run_fields(
             metric(name, getattr(usage, name))
     for name in ("images", "seconds", "characters"):
         metric(name, getattr(usage, name))
+    for kind, count in (usage.tool_calls or {}).items():
+        metric(f"{TOOL_CALLS_PREFIX}{kind}", count)
     for param_name, param_value in record.params.items():
         if param_value is not None:
             params[_key(param_name)] = tag_value(param_value)[:_MAX_PARAM_VALUE]
@@ -167,6 +171,7 @@ def run_fields(
             metric(COST_USD, record.cost.total_usd)
             metric("input_cost_usd", record.cost.input_usd)
             metric("output_cost_usd", record.cost.output_usd)
+            metric(TOOL_COST_USD, record.cost.tool_usd)
         metric("attempts", record.attempts)
         if record.model:
             params["model"] = record.model[:_MAX_PARAM_VALUE]
