@@ -109,3 +109,21 @@ def test_stream_helper_records_tool_use(fake, records) -> None:
     with tracked.responses.stream(**request) as stream:
         stream.get_final_response()
     _check(records, "responses_stream_gpt4o_file_search")
+
+
+def test_operation_rolls_up_tool_counts_and_fees(fake, records) -> None:
+    from tracked_openai import track
+    from tracked_openai.mlflow.runs import run_fields
+
+    case, tracked = _call(fake, "responses_gpt4o_file_search")
+    with track("crs_analysis", "lookup"):
+        tracked.responses.create(**case["request"])
+        tracked.responses.create(**case["request"])
+    (op,) = records.operations
+    assert op.call_count == 2 and op.usage.tool_calls == {"file_search": 2}
+    # Two calls of (tokens + $0.0025): the roll-up's cost includes the fees.
+    assert op.cost_usd == 2 * (D("0.002475") + D("0.0025"))
+    _, _, metrics, _ = run_fields(op)
+    assert metrics["tool_calls_file_search"] == 2
+    call_metrics = run_fields(records.calls[0])[2]
+    assert call_metrics["tool_calls_file_search"] == 1 and call_metrics["tool_cost_usd"] == 0.0025
