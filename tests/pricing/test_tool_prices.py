@@ -158,3 +158,37 @@ tools:
         parse_price_text(text.replace("per_1k_calls: 1, per_container: {1g: 1}", "per_container: {1g: -1}"))
     ok = parse_price_text(text.replace(", per_container: {1g: 1}", ""))
     assert ok.tools["x"].per_1k_calls == 1
+
+
+def _stored_run(rec: CallRecord, *, keep_tag: bool = True):
+    from types import SimpleNamespace
+
+    from tracked_openai.mlflow.runs import run_fields
+
+    _, tags, metrics, params = run_fields(rec)
+    if not keep_tag:
+        tags.pop("tool_usage")
+    return SimpleNamespace(
+        data=SimpleNamespace(tags=tags, metrics=metrics, params=params),
+        info=SimpleNamespace(run_id="r1", start_time=int(rec.started_at * 1000)),
+    )
+
+
+def test_a_stored_call_run_is_priced_again_with_its_tools(book: PriceBook) -> None:
+    from tracked_openai.reprice import call_from_run
+
+    detail = {"model": "gpt-image-1", "images": {"high/1536x1024": 1}}
+    rec = _record("gpt-5", {"image_generation": 1, "file_search": 2}, {"image_generation": detail})
+    price_record(rec, book)
+    assert rec.cost is not None and rec.cost.tool_usd == D("0.25") + D("0.005")
+    again = call_from_run(_stored_run(rec))
+    assert (
+        again.usage.tool_calls == rec.usage.tool_calls and again.usage.tool_details == rec.usage.tool_details
+    )
+    price_record(again, book)
+    assert again.cost == rec.cost and again.cost_status == "priced"
+    # A run without the tag (counts as metrics only): what depends on more is unpriced, not guessed.
+    counts_only = call_from_run(_stored_run(rec, keep_tag=False))
+    price_record(counts_only, book)
+    assert counts_only.cost_status == "partial"
+    assert counts_only.cost is not None and counts_only.cost.tool_usd == D("0.005")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from .names import (
     TOKEN_METRICS,
     TOOL_CALLS_PREFIX,
     TOOL_COST_USD,
+    TOOL_USAGE_TAG,
     USAGE_SOURCE_TAG,
     finite_number,
     metric_name,
@@ -161,6 +163,9 @@ def run_fields(
         tag(COST_STATUS_TAG, record.cost_status)
         tag("service_tier", record.service_tier)
         tag("provider", record.provider)
+        if usage.tool_calls:
+            tool_usage = {"tool_calls": usage.tool_calls, "tool_details": usage.tool_details or {}}
+            tag(TOOL_USAGE_TAG, json.dumps(tool_usage, sort_keys=True, separators=(",", ":")))
         tag("http_status", record.http_status)
         if record.stream:
             tag("stream", True)
