@@ -38,7 +38,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from tests.mlflow_server import (
+from tests.helpers.mlflow_server import (
     MlflowServer,
     create_pg_database,
     drop_pg_database,

@@ -1,4 +1,5 @@
-"""Added latency per call: plain SDK vs tracked vs tracked-disabled, same process.
+"""Added latency per call: plain SDK vs tracked vs tracked-disabled vs tracked with three budgets
+(app block, feature alert, model block; SQLite ledger in a temporary folder), same process.
 
 All three clients talk to the same in-process fake transport (no sockets), so the figures isolate
 the SDK's own work from ours. Calls are interleaved one by one, in a rotating order (plain,
@@ -9,6 +10,9 @@ background work is not charged to whichever client happens to run next; that wor
 on its own as the exporter thread's CPU time per record.
 
     python benchmarks/overhead.py [--calls 3000]
+
+With budgets, each call's worst case is reserved against this process's lease before it is sent
+and settled on the exporter thread; the ledger round trips per 1,000 budgeted calls are printed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import gc
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
@@ -30,6 +35,8 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tracked_openai
+from tracked_openai import Budget
+from tracked_openai import budgets as budgets_module
 from tracked_openai.export import runtime as _runtime
 from tracked_openai.records import Record
 
@@ -125,9 +132,10 @@ def chat_stream(client: Any) -> None:
         pass
 
 
-def _enable(on: bool) -> Callable[[], None]:
+def _enable(on: bool, budgets: bool = False) -> Callable[[], None]:
     def setup() -> None:
         _runtime.settings.enabled = on
+        budgets_module.ACTIVE = budgets
 
     return setup
 
@@ -172,28 +180,47 @@ def main() -> None:
     args = parser.parse_args()
 
     sink = CountingSink()
-    tracked_openai.configure(sinks=[sink])
+    ledger = tempfile.mkdtemp(prefix="tracked-openai-bench-")
+    tracked_openai.configure(
+        sinks=[sink],
+        budgets=[
+            Budget(usd=1000, per="day"),
+            Budget(feature="default", usd=5000, per="month", action="alert"),
+            Budget(model="gpt-4o-mini", usd=500, per="24h"),
+        ],
+        ledger_url=f"sqlite:///{ledger}/ledger.sqlite",
+    )
     transport = httpx2.MockTransport(handler)
     clients = {
         "plain": openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
         "tracked": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
         "disabled": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
+        "3 budgets": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
     }
     print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.calls} calls per client, interleaved")
     for name, fn in (("chat", chat), ("chat stream", chat_stream)):
-        workloads = {key: (_enable(key != "disabled"), partial(fn, client)) for key, client in clients.items()}
-        for client in clients.values():  # warm-up: imports, caches, the exporter thread
+        workloads = {
+            key: (_enable(key != "disabled", key == "3 budgets"), partial(fn, client)) for key, client in clients.items()
+        }
+        for key, client in clients.items():  # warm-up: imports, caches, the exporter thread, the ledger
+            workloads[key][0]()
             with tracked_openai.track("bench", "warmup"):
                 for _ in range(50):
                     fn(client)
         tracked_openai.flush()
         cpu0, count0 = sink.cpu, sink.count
+        trips0 = tracked_openai.stats().get("budget_ledger_round_trips", 0)
         samples = interleave(workloads, args.calls, args.flush_every)
         _runtime.settings.enabled = True
+        budgets_module.ACTIVE = True
+        tracked_openai.flush()
+        budgets_module._current.sync()  # what the background sync would report next
+        trips = tracked_openai.stats().get("budget_ledger_round_trips", 0) - trips0
         background = (sink.cpu - cpu0) / max(1, sink.count - count0)
         print(f"\n{name}: median per call")
         print_medians(samples, "plain")
         print(f"  exporter thread: {background * 1e6:.1f} µs CPU per record (off the caller's path)")
+        print(f"  ledger round trips: {trips * 1000 / args.calls:.1f} per 1,000 budgeted calls ({trips} in all)")
     tracked_openai.flush()
     print(f"\nrecords exported by the tracked client: {sink.count}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._client import AsyncAzureOpenAI, AsyncOpenAI, AsyncTrackedOpenAI, AzureOpenAI, OpenAI, TrackedOpenAI
 from ._module_client import instrument_module_client, uninstrument_module_client
+from .budgets import Budget, BudgetExceeded
 from .export.runtime import configure, flush, shutdown, start, stats
 from .records import CallRecord, Cost, OperationRecord, Usage
 from .scope import Operation, current_scope, track
@@ -22,6 +23,8 @@ __all__ = [
     "AsyncOpenAI",
     "AsyncTrackedOpenAI",
     "AzureOpenAI",
+    "Budget",
+    "BudgetExceeded",
     "CallRecord",
     "Cost",
     "OpenAI",

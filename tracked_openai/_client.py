@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 
+from . import budgets as _budgets
 from ._compat import SUPPORTED, sdk_problem, sdk_version
 from ._config import settings
 from ._errors import internal_errors, logger, report_internal_error
@@ -77,6 +78,8 @@ def _tracked_sync(
         report_internal_error(exc, "begin")
     if call is None:
         return request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    if _budgets.ACTIVE:
+        _budgets.guard(call)  # BudgetExceeded here: not sent, recorded as blocked
     token: Token[Call | None] = active.set(call)
     try:
         result = request(cast_to, options, stream=stream, stream_cls=stream_cls)
@@ -103,6 +106,8 @@ async def _tracked_async(
         report_internal_error(exc, "begin")
     if call is None:
         return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    if _budgets.ACTIVE:
+        await _budgets.guard_async(call)  # BudgetExceeded here: not sent, recorded as blocked
     token: Token[Call | None] = active.set(call)
     try:
         result = await request(cast_to, options, stream=stream, stream_cls=stream_cls)

@@ -14,7 +14,15 @@ from typing import Any
 
 from ._errors import logger
 
-__all__ = ["NUMBERS", "Settings", "check_option", "load_settings", "settings"]
+__all__ = [
+    "MLFLOW_MODES",
+    "NUMBERS",
+    "Settings",
+    "check_mlflow_mode",
+    "check_option",
+    "load_settings",
+    "settings",
+]
 
 _FALSE = {"0", "false", "no", "off", "disabled"}
 _TRUE = {"1", "true", "yes", "on", "enabled"}
@@ -27,6 +35,9 @@ _DEFAULT_RETRY_ATTEMPTS = 5
 _DEFAULT_RETRY_INITIAL = 0.5
 _DEFAULT_RETRY_MAX = 10.0
 _DEFAULT_MLFLOW_TIMEOUT = 15.0
+# What the default sinks write (tracked_openai/sinks/modes.py): runs, traces, or both.
+MLFLOW_MODES = ("runs", "traces", "runs+traces")
+_DEFAULT_MLFLOW_MODE = "runs+traces"
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class Settings:
     experiment_prefix: str = ""
     # Per-request timeout of the MLflow sink's own requests (ours only; see sinks/mlflow.py).
     mlflow_timeout: float = _DEFAULT_MLFLOW_TIMEOUT
+    mlflow_mode: str = _DEFAULT_MLFLOW_MODE
     features: dict[str, str] = field(default_factory=dict)
 
 
@@ -116,6 +128,20 @@ def _number(label: str, raw: Any, spec: _Number) -> float:
     return spec.kind(value)
 
 
+def check_mlflow_mode(value: Any, label: str) -> str:
+    """``value`` as one of :data:`MLFLOW_MODES` (``both`` = ``runs+traces``), else the default,
+    logged."""
+    text = str(value).strip().lower().replace(" ", "") if value is not None else ""
+    if text in ("both", "traces+runs"):
+        text = "runs+traces"
+    if text in MLFLOW_MODES:
+        return text
+    logger.warning(
+        "tracked_openai: %s is not one of %s; using %s", label, ", ".join(MLFLOW_MODES), _DEFAULT_MLFLOW_MODE
+    )
+    return _DEFAULT_MLFLOW_MODE
+
+
 def check_option(name: str, value: Any) -> Any:
     """A ``configure()`` value for setting ``name``, checked like its environment variable."""
     spec = NUMBERS.get(name)
@@ -127,6 +153,8 @@ def check_option(name: str, value: Any) -> Any:
             return text
         logger.warning("tracked_openai: configure(overflow=%r) is not 'spool' or 'drop'; using spool", value)
         return "spool"
+    if name == "mlflow_mode":
+        return check_mlflow_mode(value, f"configure(mlflow_mode={value!r})")
     if name == "spool_dir":
         if value is None or isinstance(value, (str, os.PathLike)):
             return None if value is None else os.fspath(value)
@@ -220,7 +248,15 @@ def load_settings() -> Settings:
         pricing=os.environ.get("TRACKED_OPENAI_PRICING") or None,
         experiment_prefix=os.environ.get("TRACKED_OPENAI_EXPERIMENT_PREFIX") or "",
         mlflow_timeout=_env_number("TRACKED_OPENAI_MLFLOW_TIMEOUT", "mlflow_timeout"),
+        mlflow_mode=_env_mode(),
     )
+
+
+def _env_mode() -> str:
+    raw = os.environ.get("TRACKED_OPENAI_MLFLOW_MODE")
+    if raw is None or not raw.strip():
+        return _DEFAULT_MLFLOW_MODE
+    return check_mlflow_mode(raw, f"TRACKED_OPENAI_MLFLOW_MODE={raw!r}")
 
 
 # The process's settings: read by every layer, so this module imports nothing of ours but the

@@ -355,6 +355,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Bursts of hundreds of concurrent clients (budget tests): socketserver's default backlog of
+    # 5 would leave connections waiting on SYN retries.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], fake: FakeOpenAI) -> None:
         super().__init__(address, _Handler)

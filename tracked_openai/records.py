@@ -177,7 +177,7 @@ def _from_iso(value: Any) -> float:
     return datetime.fromisoformat(str(value)).timestamp()
 
 
-Status = Literal["success", "error"]
+Status = Literal["success", "error", "blocked"]
 
 
 @dataclass(slots=True, eq=False)
@@ -291,6 +291,10 @@ class OperationRecord:
     feature_cost_usd: Decimal | None = None
     # The tracked calls (``capture.call.Call``) to roll up; emptied when the record is prepared.
     children: list[Any] = field(default_factory=list)
+    # The records of the calls made directly inside this operation (not in nested operations),
+    # filled when it is prepared: the traces sink writes an operation's trace, its calls'
+    # spans included, in one request (``tracked_openai.sinks.traces``).
+    calls: list[CallRecord] = field(default_factory=list)
 
     kind: Literal["operation"] = "operation"
 
@@ -319,6 +323,7 @@ class OperationRecord:
             "models": list(self.models),
             "feature_call_count": self.feature_call_count,
             "feature_cost_usd": float(self.feature_cost_usd) if self.feature_cost_usd is not None else None,
+            **({"calls": [c.to_dict() for c in self.calls]} if self.calls else {}),
         }
 
 
@@ -326,6 +331,7 @@ Record = CallRecord | OperationRecord
 
 _CALL_FIELDS = {f.name for f in fields(CallRecord)} - {"kind", "usage", "cost", "started_at", "tool_source"}
 _OP_FIELDS = {f.name for f in fields(OperationRecord)} - {
+    "calls",
     "children",
     "kind",
     "usage",
@@ -345,6 +351,7 @@ def record_from_dict(data: dict[str, Any]) -> Record:
         op.cost_usd = Decimal(str(cost)) if cost is not None else None
         feature_cost = data.get("feature_cost_usd")
         op.feature_cost_usd = Decimal(str(feature_cost)) if feature_cost is not None else None
+        op.calls = [c for c in map(record_from_dict, data.get("calls") or ()) if isinstance(c, CallRecord)]
         return op
     call = CallRecord(**{k: data[k] for k in _CALL_FIELDS if k in data})
     call.started_at = _from_iso(data.get("started_at", 0.0))

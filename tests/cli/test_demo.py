@@ -109,14 +109,21 @@ def test_demo_store_holds_what_the_report_says(demo: tuple[subprocess.CompletedP
     rows = {r["key"]: r for r in reports.experiments(tracking_uri=uri)}
     assert rows["pid_verification"]["name"] == "P&ID Design Verification"
     assert all(rows[k]["experiment_id"] for k in ("pfd_conversion", "crs_analysis", "visual_generation"))
-    # Calls are child runs of their operation.
+    # The default mode (runs+traces): operations are runs, their calls spans of the operation's
+    # trace, which is linked to the run.
     client = MlflowClient(tracking_uri=uri)
     rag = reports.recent_runs("crs_analysis", limit=50, include_calls=True, tracking_uri=uri)
-    ops = {r["run_id"] for r in rag if r["tags.kind"] == "operation"}
-    calls = [client.get_run(r["run_id"]) for r in rag if r["tags.kind"] == "call"]
-    assert len(calls) == 5
-    assert all(c.data.tags.get("mlflow.parentRunId") in ops for c in calls)
-    stream = reports.recent_runs("pfd_conversion", limit=50, include_calls=True, tracking_uri=uri)
-    streamed = [r for r in stream if r.get("tags.stream") == "true"]
+    assert {r["tags.kind"] for r in rag} == {"operation"}
+    call_spans = []
+    for row in rag:
+        [trace] = client.search_traces(locations=[row["experiment_id"]], run_id=row["run_id"])
+        assert trace.info.tags["record_id"] == row["tags.record_id"]
+        call_spans += [s for s in trace.data.spans if s.parent_id is not None]
+    assert len(call_spans) == 5
+    exp = rows["pfd_conversion"]["experiment_id"]
+    streamed = [
+        s for t in client.search_traces(locations=[exp]) for s in t.data.spans
+        if s.attributes.get("tracked_openai.stream") is True
+    ]
     assert len(streamed) == 1
-    assert streamed[0]["tags.usage_source"] == "response"
+    assert streamed[0].attributes["tracked_openai.usage_source"] == "response"

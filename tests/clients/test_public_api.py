@@ -35,6 +35,7 @@ def test_all_equals_public_names() -> None:
         "tracked_openai.records",
         "tracked_openai.reprice",
         "tracked_openai.reconcile",
+        "tracked_openai.budgets",
     ],
 )
 def test_every_listed_name_resolves(module_name: str) -> None:
@@ -87,3 +88,11 @@ def test_documented_surface() -> None:
     assert isinstance(InMemorySink(), Sink)
     assert JsonlSink is not None
     assert isinstance(tracked_openai.__version__, str)
+
+
+def test_budgets_surface() -> None:
+    from tracked_openai import Budget, BudgetExceeded, budgets
+
+    assert Budget is budgets.Budget and BudgetExceeded is budgets.BudgetExceeded
+    assert issubclass(BudgetExceeded, Exception)
+    assert Budget(feature="f", usd=1).key == "feature=f|day"

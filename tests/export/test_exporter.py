@@ -902,7 +902,7 @@ def test_first_tracked_calls_leave_mlflow_to_the_exporter_thread(tmp_path: Path)
     assert result["mlflow_after_calls"] is False and result["sinks_after_calls"] == 0
     assert result["flushed"] is True
     assert result["mlflow_importers"] == ["tracked-openai-exporter"]
-    assert result["sinks"] == ["MlflowSink"]
+    assert result["sinks"] == ["OperationRunsSink", "TracesSink"]  # the default mode, runs+traces
     stats = result["stats"]
     assert stats["submitted"] == stats["exported"] == 6 and stats["internal_errors"] == 0
 
@@ -955,7 +955,7 @@ def test_start_warms_up_in_the_background(tmp_path: Path, enabled: bool) -> None
     assert result["enabled"] is enabled and result["start_wait"] is True
     if enabled:
         assert result["mlflow_importers"] == ["tracked-openai-exporter"]
-        assert result["prices_loaded"] is True and result["sinks"] == ["MlflowSink"]
+        assert result["prices_loaded"] is True and result["sinks"] == ["OperationRunsSink", "TracesSink"]
         assert "tracked-openai-exporter" in result["threads"]
         assert (tmp_path / "mlflow.db").exists()  # the store was opened by the warm-up
     else:

@@ -42,6 +42,7 @@ class Call:
         "_record",
         "attempt_headers",
         "body",
+        "budget",
         "duration",
         "endpoint",
         "feature",
@@ -98,6 +99,8 @@ class Call:
         # Audio endpoints: the uploaded file (bytes or a path), measured only if the response
         # reports no duration (see ``audio``).
         self.upload: bytes | str | None = None
+        # The budget reservation (budgets.guard), settled when the record is priced.
+        self.budget: Any = None
 
     @property
     def record(self) -> CallRecord:

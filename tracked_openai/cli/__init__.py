@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..budgets import cli as cli_budgets
 from ..reports import StoreUnavailableError, UnknownFeatureError
 from . import bill as cli_bill
 from . import demo as cli_demo
@@ -21,7 +22,7 @@ from .output import EXIT_INTERRUPTED, EXIT_OK, EXIT_STORE, EXIT_USAGE, error
 
 __all__ = ["main"]
 
-_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_bill, cli_demo, cli_serve)
+_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_bill, cli_budgets, cli_demo, cli_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,19 +8,20 @@ is exported or spooled.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
 from .._errors import internal_errors, report_internal_error
 from ..records import CallRecord, OperationRecord, Record, new_record_id
 
-__all__ = ["prepare"]
+__all__ = ["budget_hook", "prepare", "register_budget_hooks"]
 
 
 def prepare(item: Record | Any) -> Record:
     """On the exporter thread: the record of a finished tracked call (``Call.to_record``), or the
     record given, with its derived fields filled: id, estimated usage, cost, operation roll-ups."""
+    reservation = getattr(item, "budget", None)  # a tracked call's budget reservation
     record: Record = item if isinstance(item, (CallRecord, OperationRecord)) else _record_of(item)
     if isinstance(record, CallRecord):
         if not record.record_id:  # a tracked call's record is named here, off the caller's path
@@ -34,10 +35,16 @@ def prepare(item: Record | Any) -> Record:
                 price_record(record)
             if record.cost_status == "pending":
                 record.cost_status = "error"
+        if reservation is not None:
+            settle = budget_hook("settle")
+            if settle is not None:
+                settle(reservation, record)  # the call's budget reservation becomes its exact cost
     elif isinstance(record, OperationRecord):
         children, record.children = record.children, []
         if children:
             _roll_up(record, [(child.record, _in_own_feature(child, record)) for child in children])
+            # Its own calls ride with it for the traces sink (one request per trace).
+            record.calls = [c.record for c in children if c.record.parent_id == record.record_id]
     return record
 
 
@@ -106,3 +113,15 @@ def _roll_up(op: OperationRecord, children: Iterable[tuple[CallRecord, bool]]) -
         op.feature_cost_usd = own_total if own_priced else None
 
 
+# Budgets sit above the exporter (they guard the client and count a request's tokens with
+# capture's counter), so the exporter does not import them: the budgets package registers what
+# the exporter calls (warm_up at start, configure, stats, settle once a call is priced).
+_budget_hooks: dict[str, Callable[..., Any]] = {}
+
+
+def register_budget_hooks(**hooks: Callable[..., Any]) -> None:
+    _budget_hooks.update(hooks)
+
+
+def budget_hook(name: str) -> Callable[..., Any] | None:
+    return _budget_hooks.get(name)

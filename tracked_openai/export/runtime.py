@@ -20,7 +20,7 @@ from typing import Any
 from .._config import check_option, settings
 from .._errors import internal_error_count, internal_errors, logger
 from ..records import Record
-from .prepare import prepare
+from .prepare import budget_hook, prepare, register_budget_hooks
 from .queue import Exporter
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "configure",
     "configured_sinks",
     "flush",
+    "register_budget_hooks",
     "restore_sinks",
     "shutdown",
     "start",
@@ -42,14 +43,15 @@ _lock = threading.Lock()
 
 
 def _default_sinks() -> list[Any]:
-    """One ``MlflowSink``. Runs on the exporter's thread (importing MLflow takes seconds of CPU);
-    the sinks built are kept for later exporters (after ``configure``/``shutdown``)."""
+    """The MLflow sinks of ``settings.mlflow_mode`` (runs, traces or both). Runs on the exporter's
+    thread (importing MLflow takes seconds of CPU); the sinks built are kept for later exporters
+    (after ``configure``/``shutdown``)."""
     global _sinks, _built_defaults
     sinks: list[Any]
     try:
-        from ..sinks.mlflow import MlflowSink
+        from ..sinks.modes import mode_sinks
 
-        sinks = [MlflowSink()]
+        sinks = mode_sinks(settings.mlflow_mode)
     except Exception as exc:  # mlflow missing or broken: keep the host running, say why once.
         logger.warning("tracked_openai: MLflow sink unavailable (%s); records are not persisted", exc)
         sinks = []
@@ -67,9 +69,9 @@ class _DefaultSinks:
 
     def spool_keys(self) -> list[str]:
         # At exit, before the sink exists: where its records go (cheap, no MLflow import).
-        from ..mlflow.store import predicted_spool_key
+        from ..sinks.modes import mode_spool_keys
 
-        return [predicted_spool_key()]
+        return mode_spool_keys(settings.mlflow_mode)
 
 
 def _warm_up() -> None:
@@ -153,6 +155,9 @@ def start(wait: bool = False, timeout: float | None = None) -> bool:
     if not settings.enabled:
         return True
     with internal_errors("start"):
+        warm_up = budget_hook("warm_up")
+        if warm_up is not None:
+            warm_up()  # TRACKED_OPENAI_BUDGETS: load it and connect the ledger now
         return _get_exporter().start(wait, timeout)
     return False
 
@@ -177,6 +182,10 @@ def configure(
     default_feature: str | None = None,
     features: Mapping[str, str] | None = None,
     pricing: Any = None,
+    budgets: Iterable[Any] | str | None = None,
+    ledger_url: str | None = None,
+    on_budget_alert: Callable[[Any], Any] | None = None,
+    budget_webhooks: Iterable[str | dict[str, Any]] | None = None,
     **exporter_options: Any,
 ) -> None:
     """Change settings at run time. ``sinks`` replaces the sinks (the old exporter is flushed).
@@ -189,9 +198,17 @@ def configure(
         default_feature: Feature key for calls made outside any ``track`` block.
         features: Extra ``{feature key: experiment name}`` entries for the MLflow sink.
         pricing: A pricing file or folder (or a loaded price book) overriding the shipped tables.
+        budgets: :class:`~tracked_openai.Budget` objects, or a budgets file, replacing the budgets
+            in force (``[]`` removes them). See ``tracked_openai.budgets.configure_budgets``.
+        ledger_url: SQLAlchemy URL of the budget ledger (default ``TRACKED_OPENAI_LEDGER_URL``,
+            else a SQLite file ``.tracked_openai/budget_ledger.sqlite``).
+        on_budget_alert: Called with each budget alert.
+        budget_webhooks: URLs (or ``{"url": ..., "slack": True}``) budget alerts are POSTed to.
         **exporter_options: ``queue_size``, ``batch_size``, ``flush_interval``, ``exit_timeout``,
             ``spool_dir``, ``retry_attempts``, ``retry_initial``, ``retry_max``, ``overflow``,
-            ``journal``, ``experiment_prefix``, ``mlflow_timeout``. A bad value (not a number,
+            ``journal``, ``experiment_prefix``, ``mlflow_timeout``, ``mlflow_mode`` (``runs``,
+            ``traces`` or ``runs+traces``: what the default sinks write, see
+            ``tracked_openai/sinks/modes.py``). A bad value (not a number,
             not finite, out of range, not a boolean) is logged and the default used, as for the
             environment variables. ``journal=True`` (``TRACKED_OPENAI_JOURNAL``, off by
             default) appends each record to a per-process file in the spool folder as soon as
@@ -218,14 +235,21 @@ def configure(
         from ..pricing import use_pricing
 
         use_pricing(pricing)
+    if budgets is not None:
+        # Registered by the budgets package, which the package's __init__ always imports.
+        configure_budgets = budget_hook("configure")
+        assert configure_budgets is not None, "tracked_openai.budgets registers this hook on import"
+        configure_budgets(
+            budgets, ledger_url=ledger_url, on_alert=on_budget_alert, webhooks=budget_webhooks or ()
+        )
     if sinks is not None or exporter_options:
         with _lock:
             old = _exporter
             _exporter = None
             if sinks is not None:
                 _sinks = list(sinks)
-            elif "mlflow_timeout" in exporter_options and _sinks is _built_defaults:
-                _sinks = None  # the default sink is built again, with the new timeout
+            elif _sinks is _built_defaults and {"mlflow_timeout", "mlflow_mode"} & exporter_options.keys():
+                _sinks = None  # the default sinks are built again, with the new timeout or mode
         if old is not None:
             old.shutdown(settings.exit_timeout)
 
@@ -261,6 +285,8 @@ def restore_sinks(sinks: list[Any] | None) -> None:
 
 def stats() -> dict[str, int]:
     """Exporter counters (submitted, exported, dropped, …) and internal errors."""
+    budget_stats = budget_hook("stats")
     exporter = _exporter
     counters = exporter.stats() if exporter is not None else {}
-    return {**counters, "internal_errors": internal_error_count()}
+    extra = budget_stats() if budget_stats is not None else {}
+    return {**counters, **extra, "internal_errors": internal_error_count()}

@@ -299,9 +299,7 @@ def _probe_server(uri: str, timeout: float) -> None:
 
     parts = urlsplit(uri.rstrip("/") + "/health")
     shown = display_uri(uri)
-    request = urllib.request.Request(
-        urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    )
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
     if parts.username is not None:
         # urllib does not take credentials from the URL; MLflow's client sends them as basic auth.
         token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()

@@ -25,7 +25,7 @@ from ..mlflow.names import (
     TOKEN_METRICS,
     USAGE_SOURCE_TAG,
 )
-from .query import BREAKDOWNS, PAGE_SIZE, is_run, iter_runs, parse_when, time_filter
+from .query import BREAKDOWNS, PAGE_SIZE, is_run, iter_records, parse_when
 
 __all__ = ["feature_metrics", "tracking_enabled"]
 
@@ -217,11 +217,8 @@ def feature_metrics(
             g = table[key] = _Group()
         return g
 
-    for run in iter_runs(
-        feature,
-        tracking_uri=tracking_uri,
-        filter_string=time_filter(start, end, operation),
-        page_size=page_size,
+    for run in iter_records(
+        feature, tracking_uri=tracking_uri, since=start, until=end, operation=operation, page_size=page_size
     ):
         tags = run.data.tags
         metrics = run.data.metrics
@@ -259,8 +256,10 @@ def feature_metrics(
         for k, g in sorted(slices["model"].items(), key=lambda kv: (-kv[1].call_cost, kv[0]))
     ]
     for dim in ("operation", "day", "feature"):
-        items = sorted(slices[dim].items()) if dim == "day" else sorted(
-            slices[dim].items(), key=lambda kv: (-kv[1].cost, -kv[1].runs, kv[0])
+        items = (
+            sorted(slices[dim].items())
+            if dim == "day"
+            else sorted(slices[dim].items(), key=lambda kv: (-kv[1].cost, -kv[1].runs, kv[0]))
         )
         result[f"by_{dim}"] = [{"key": k, **g.slice_row()} for k, g in items if g.runs or g.calls or g.cost]
     return result

@@ -30,6 +30,7 @@ __all__ = [
     "experiment_name",
     "experiments",
     "is_run",
+    "iter_records",
     "iter_runs",
     "parse_when",
     "recent_runs",
@@ -55,7 +56,6 @@ class UnknownFeatureError(ValueError):
         self.feature = feature
         self.known = known
         super().__init__(f"unknown feature {feature!r}; known features: {', '.join(known) or '(none)'}")
-
 
 
 # -- features and experiments ------------------------------------------------------------------
@@ -211,6 +211,39 @@ def iter_runs(
             return
 
 
+def iter_records(
+    feature: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    operation: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[Any]:
+    """Every record of the window, each once: the runs, then the spans of our traces standing
+    for records that are not runs (``traces`` and ``runs+traces`` modes), shaped as runs
+    (``tracked_openai/mlflow/trace_reports.py``)."""
+    seen: set[str] = set()
+    window = time_filter(since, until, operation)
+    for run in iter_runs(feature, tracking_uri=tracking_uri, filter_string=window, page_size=page_size):
+        record_id = run.data.tags.get("record_id")
+        if record_id:
+            seen.add(record_id)
+        yield run
+    from ..mlflow.trace_reports import iter_trace_runs
+
+    client = read_client(resolve_tracking_uri(tracking_uri))
+    ids = _experiment_ids(client, feature)
+    try:
+        for span_run in iter_trace_runs(client, ids, since, until, operation, page_size):
+            if span_run.data.tags.get("record_id") not in seen:
+                yield span_run
+    except Exception as exc:
+        if isinstance(exc, NotImplementedError) or "not supported" in str(exc).lower():
+            return  # a store without traces (a ./mlruns folder): runs are all there is
+        raise StoreUnavailableError(f"cannot search traces: {short_error(exc)}") from exc
+
+
 def _iso_ms(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
@@ -292,4 +325,3 @@ def recent_runs(
         if len(rows) >= limit:
             break
     return rows
-

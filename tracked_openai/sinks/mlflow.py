@@ -108,7 +108,6 @@ class MlflowSink:
         timeout: float | None = None,
     ) -> None:
         if timeout is None:
-
             timeout = settings.mlflow_timeout
         self.timeout = float(timeout)
         if tracking_uri is None:
@@ -430,4 +429,3 @@ class MlflowSink:
 
     def __repr__(self) -> str:
         return f"MlflowSink({self.tracking_uri!r})"
-
