@@ -101,6 +101,12 @@ class Usage:
     images: int | None = None
     seconds: float | None = None
     characters: int | None = None
+    # Hosted tools the response reports (Responses API output items, chat search models):
+    # kind -> number of calls, e.g. {"web_search_preview": 1, "file_search": 2}; and per kind what
+    # its fee depends on (search context size, containers and memory limit, image model, size and
+    # quality). Filled on the exporter thread (``capture.tools``); ``None`` when no tool was used.
+    tool_calls: dict[str, int] | None = None
+    tool_details: dict[str, dict[str, Any]] | None = None
 
     @property
     def total_tokens(self) -> int | None:
@@ -109,31 +115,45 @@ class Usage:
         return (self.input_tokens or 0) + (self.output_tokens or 0)
 
     def is_empty(self) -> bool:
-        return all(getattr(self, k) is None for k in USAGE_KEYS)
+        return not self.tool_calls and all(getattr(self, k) is None for k in USAGE_KEYS)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in USAGE_KEYS}
+        out = {k: getattr(self, k) for k in USAGE_KEYS}
+        # Only when a tool was used: most records have none, and their dict stays as it was.
+        if self.tool_calls:
+            out["tool_calls"] = dict(self.tool_calls)
+            out["tool_details"] = {k: dict(v) for k, v in (self.tool_details or {}).items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Usage:
         data = data or {}
-        return cls(**{k: data.get(k) for k in USAGE_KEYS})
+        usage = cls(**{k: data.get(k) for k in USAGE_KEYS})
+        if data.get("tool_calls"):
+            usage.tool_calls = dict(data["tool_calls"])
+            usage.tool_details = dict(data.get("tool_details") or {})
+        return usage
 
 
 @dataclass(slots=True, frozen=True)
 class Cost:
-    """Cost of a call in USD, exact (``Decimal``)."""
+    """Cost of a call in USD, exact (``Decimal``). ``total_usd`` includes ``tool_usd``, the
+    fees of the hosted tools the call used (``None``: it used none)."""
 
     input_usd: Decimal
     output_usd: Decimal
     total_usd: Decimal
+    tool_usd: Decimal | None = None
 
     def to_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "input_usd": float(self.input_usd),
             "output_usd": float(self.output_usd),
             "total_usd": float(self.total_usd),
         }
+        if self.tool_usd is not None:
+            out["tool_usd"] = float(self.tool_usd)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Cost | None:
@@ -143,6 +163,7 @@ class Cost:
             input_usd=Decimal(str(data["input_usd"])),
             output_usd=Decimal(str(data["output_usd"])),
             total_usd=Decimal(str(data["total_usd"])),
+            tool_usd=Decimal(str(data["tool_usd"])) if data.get("tool_usd") is not None else None,
         )
 
 
@@ -192,6 +213,10 @@ class CallRecord:
     request_ids: list[str] = field(default_factory=list)
     stream_end: str | None = None
     content: dict[str, Any] | None = None
+    # The response's ``output`` items and echoed ``tools`` as the body gave them, kept by
+    # ``capture.usage.apply_body`` (possibly on the caller's thread) until the exporter thread
+    # reads the hosted tools used from them (``capture.tools``). Never exported.
+    tool_source: Any = field(default=None, repr=False)
 
     kind: Literal["call"] = "call"
 
@@ -304,7 +329,7 @@ class OperationRecord:
 
 Record = CallRecord | OperationRecord
 
-_CALL_FIELDS = {f.name for f in fields(CallRecord)} - {"kind", "usage", "cost", "started_at"}
+_CALL_FIELDS = {f.name for f in fields(CallRecord)} - {"kind", "usage", "cost", "started_at", "tool_source"}
 _OP_FIELDS = {f.name for f in fields(OperationRecord)} - {
     "calls",
     "children",

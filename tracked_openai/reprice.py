@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reports
+from .mlflow.names import TOOL_CALLS_PREFIX, TOOL_USAGE_TAG
 from .mlflow.store import read_client
 from .pricing import PriceBook, PricingError, load_price_book, price_record
 from .records import CallRecord, Usage
@@ -249,8 +250,10 @@ def call_from_run(run: Any) -> CallRecord:
     n = params.get("n")
     if isinstance(n, str) and n.isdigit():
         params["n"] = int(n)
-    usage = Usage(**{f: _int(metrics.get(m)) for m, f in _USAGE_METRICS.items()})
+    counts: dict[str, Any] = {f: _int(metrics.get(m)) for m, f in _USAGE_METRICS.items()}
+    usage = Usage(**counts)
     usage.seconds = metrics.get("seconds")
+    _tools_from_run(usage, tags, metrics)
     source = tags.get("usage_source", "response")
     return CallRecord(
         record_id=tags.get("record_id", run.info.run_id),
@@ -266,6 +269,27 @@ def call_from_run(run: Any) -> CallRecord:
         service_tier=tags.get("service_tier"),
         status="error" if tags.get("status") == "error" else "success",
     )
+
+
+def _tools_from_run(usage: Usage, tags: Mapping[str, str], metrics: Mapping[str, float]) -> None:
+    """The hosted tools a call run used: its ``tool_usage`` tag, else the ``tool_calls_<kind>``
+    metrics (counts only: a fee that depends on more is then left unpriced, never guessed)."""
+    try:
+        stored = json.loads(tags.get(TOOL_USAGE_TAG) or "null")
+    except ValueError:
+        stored = None
+    if isinstance(stored, dict) and isinstance(stored.get("tool_calls"), dict):
+        usage.tool_calls = {str(k): int(v) for k, v in stored["tool_calls"].items()}
+        details = stored.get("tool_details")
+        usage.tool_details = details if isinstance(details, dict) else {}
+        return
+    counts = {
+        name.removeprefix(TOOL_CALLS_PREFIX): int(value)
+        for name, value in metrics.items()
+        if name.startswith(TOOL_CALLS_PREFIX) and value
+    }
+    if counts:
+        usage.tool_calls = counts
 
 
 def _before(metrics: Mapping[str, float]) -> Decimal | None:

@@ -1,7 +1,8 @@
 """The recorded Responses bodies with hosted tools (issue 19, item 1) are whole and say what they hold.
 
-Data checks only: the pricing of hosted tools is not built yet. Each case names the tool items its body
-must contain; a stream must parse event by event, in order, and end with the same items and usage.
+Data checks only (their pricing: tests/clients/test_responses_hosted_tools.py). Each case names the
+tool items its body must contain; a stream must parse event by event, in order, and end with the
+same items and usage.
 """
 
 from __future__ import annotations

@@ -79,12 +79,11 @@ def test_method_level_raw_and_streaming_spellings(fake, records) -> None:
     assert all(c.endpoint == "responses" and c.usage.output_tokens == 164 for c in calls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design: hosted-tool usage billed separately (Response.tool_usage.image_gen tokens, "
-    "web_search.num_requests) is not recorded; Usage has no fields for it yet",
-)
 def test_hosted_tool_usage_is_recorded(fake, records) -> None:
+    # The image tool's own tokens (Response.tool_usage.image_gen) and the searches it reports
+    # (web_search.num_requests) are recorded as tool usage and priced, apart from the model's tokens.
+    from decimal import Decimal
+
     from tests.helpers.clients import make_clients
     from tests.helpers.fakeopenai import FakeResponse
 
@@ -96,9 +95,28 @@ def test_hosted_tool_usage_is_recorded(fake, records) -> None:
             "output_tokens_details": {"image_tokens": 1056, "text_tokens": 0},
             "total_tokens": 1086,
         },
+        "web_search": {"num_requests": 2},
     }
-    fake.add("POST", "/responses", lambda r: FakeResponse(json_body=_response_body(tool_usage=tool_usage)))
+    output = [
+        {
+            "type": "web_search_call",
+            "id": "ws_1",
+            "status": "completed",
+            "action": {"type": "search", "query": "cat"},
+        },
+        {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "aGk=",
+         "size": "1024x1024", "quality": "high"},
+    ]
+    tools = [{"type": "image_generation", "model": "gpt-image-1"}, {"type": "web_search"}]
+    body = _response_body(tool_usage=tool_usage, output=output, tools=tools)
+    fake.add("POST", "/responses", lambda r: FakeResponse(json_body=body))
     tracked, _, _ = make_clients(fake, is_async=False)
-    tracked.responses.create(model="gpt-5-mini", input="draw a cat", tools=[{"type": "image_generation"}])
+    tracked.responses.create(model="gpt-5-mini", input="draw a cat", tools=tools)
     (call,) = records.calls
-    assert call.usage.image_output_tokens == 1056
+    assert call.usage.tool_calls == {"web_search": 2, "image_generation": 1}
+    image = (call.usage.tool_details or {})["image_generation"]
+    assert image["tokens"] == {"input_tokens": 30, "image_input_tokens": 0, "output_tokens": 1056,
+                               "image_output_tokens": 1056}
+    # Two searches at $10 / 1k, and gpt-image-1's tokens: 30 x $5 + 1056 x $40 per 1M.
+    assert call.cost is not None and call.cost_status == "priced"
+    assert call.cost.tool_usd == Decimal("0.02") + Decimal("0.04239")

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 import tracked_openai
-from tests.helpers.fakeopenai import FakeOpenAI, FakeResponse
+from tests.helpers.fakeopenai import FakeOpenAI, FakeResponse, load_fixture
 from tracked_openai import _errors, track
 from tracked_openai.decorators import track_custom_operation, track_gpt_text, track_gpt_vision
 from tracked_openai.export import runtime as _runtime
@@ -614,3 +614,20 @@ def test_a_cost_logged_by_hand_counts_once(store: Store, fake: FakeOpenAI) -> No
     assert ops["external_ocr"]["total_cost"] == pytest.approx(0.25)
     assert ops["spec"]["total_cost"] == pytest.approx(float(call.cost.total_usd))
     assert (ops["vendor_check"]["total_runs"], ops["vendor_check"]["total_cost"]) == (0, pytest.approx(0.5))
+
+
+def test_hosted_tool_counts_and_fees_are_run_metrics(store: Store, fake: FakeOpenAI) -> None:
+    # The recorded web search body (gpt-4o, one web_search_preview call): the count per kind and
+    # the priced fee are metrics of the call's run; cost_usd includes the fee.
+    case = load_fixture("responses_gpt4o_web_search")
+    fake.add("POST", "/responses", FakeResponse.from_fixture("responses_gpt4o_web_search"))
+    client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+    client.responses.create(**case["request"])
+    client.close()
+    store.flush()
+    (run,) = store.runs(_runtime.settings.default_feature)
+    metrics = run.data.metrics
+    assert metrics["tool_calls_web_search_preview"] == 1
+    assert metrics["tool_cost_usd"] == pytest.approx(0.025)
+    assert metrics["cost_usd"] == pytest.approx(0.0313575)
+    assert run.data.tags["cost_status"] == "priced"

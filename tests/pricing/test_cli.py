@@ -113,6 +113,11 @@ def test_shipped_sources_name_public_sources_in_plain_words() -> None:
         # Whole sentences, none cut short mid-text.
         assert entry.source.endswith((".", ".)")), (name, entry.source[-40:])
         assert entry.source.count("(") == entry.source.count(")"), name
+    for kind, tool in load_price_file(SHIPPED).tools.items():
+        # Hosted tools' fees: OpenAI's pricing page is cited by every entry.
+        assert "https://developers.openai.com/api/docs/pricing" in tool.source, kind
+        assert tool.source.endswith((".", ".)")), (kind, tool.source[-40:])
+        assert tool.source.count("(") == tool.source.count(")"), kind
 
 
 def test_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ from ..records import EXTRAPOLATED_TAG, CallRecord
 from ..scope import call_closed
 from .audio import measure_seconds, subtitle_seconds
 from .sse import ESTIMABLE, MAX_MESSAGE, NO_SAMPLE, Observed
+from .tools import apply_tools
 from .usage import _get, apply_body, params_of
 
 __all__ = ["AUDIO_IN", "Call", "active", "complete_record"]
@@ -221,6 +222,7 @@ def complete_record(
         rec.usage_source = "estimated"
         if estimate.extrapolated:
             rec.tags[EXTRAPOLATED_TAG] = "true"
+    apply_tools(rec, endpoint, request)
 
 
 def _measure_audio(rec: CallRecord, upload: bytes | str | None, text: str | bytes | None) -> None:

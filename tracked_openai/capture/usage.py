@@ -215,3 +215,6 @@ def apply_body(record: Any, endpoint: str, body: Any) -> None:
     tier = _get(body, "service_tier")
     if isinstance(tier, str) and tier:
         record.service_tier = tier
+    if endpoint in _RESPONSES_LIKE:
+        # Hosted tools are read from it on the exporter thread (``capture.tools``).
+        record.tool_source = body

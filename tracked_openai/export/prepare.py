@@ -90,6 +90,10 @@ def _roll_up(op: OperationRecord, children: Iterable[tuple[CallRecord, bool]]) -
             value = getattr(call.usage, key)
             if value is not None:
                 setattr(op.usage, key, (getattr(op.usage, key) or 0) + value)
+        if call.usage.tool_calls:
+            tools = op.usage.tool_calls = op.usage.tool_calls or {}
+            for kind, count in call.usage.tool_calls.items():
+                tools[kind] = tools.get(kind, 0) + count
         if call.cost is not None:
             total += call.cost.total_usd
             priced = True

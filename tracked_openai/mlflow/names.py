@@ -34,6 +34,9 @@ __all__ = [
     "RUN_FEATURE_TAG",
     "STATUS_TAG",
     "TOKEN_METRICS",
+    "TOOL_CALLS_PREFIX",
+    "TOOL_COST_USD",
+    "TOOL_USAGE_TAG",
     "USAGE_SOURCE_TAG",
     "DEFAULT_FEATURES",
     "FEATURE_TAG",
@@ -73,6 +76,13 @@ COST_STATUS_TAG = "cost_status"
 EXECUTION_TIME = "execution_time"
 COST_USD = "cost_usd"
 CALL_COUNT = "call_count"
+# Hosted tools a call used: one metric per kind (``tool_calls_web_search``, ``tool_calls_file_search``…)
+# and their priced fees (included in ``cost_usd``).
+TOOL_CALLS_PREFIX = "tool_calls_"
+TOOL_COST_USD = "tool_cost_usd"
+# Call run tag: the hosted tools' counts and what their fees depend on, as JSON
+# (``{"tool_calls": {...}, "tool_details": {...}}``), so a stored call can be priced again.
+TOOL_USAGE_TAG = "tool_usage"
 TOKEN_METRICS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens")
 
 DEFAULT_FEATURES: dict[str, str] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ from .names import (
     RUN_FEATURE_TAG,
     STATUS_TAG,
     TOKEN_METRICS,
+    TOOL_CALLS_PREFIX,
+    TOOL_COST_USD,
+    TOOL_USAGE_TAG,
     USAGE_SOURCE_TAG,
     finite_number,
     metric_name,
@@ -142,6 +146,8 @@ def run_fields(
             metric(name, getattr(usage, name))
     for name in ("images", "seconds", "characters"):
         metric(name, getattr(usage, name))
+    for kind, count in (usage.tool_calls or {}).items():
+        metric(f"{TOOL_CALLS_PREFIX}{kind}", count)
     for param_name, param_value in record.params.items():
         if param_value is not None:
             params[_key(param_name)] = tag_value(param_value)[:_MAX_PARAM_VALUE]
@@ -157,6 +163,9 @@ def run_fields(
         tag(COST_STATUS_TAG, record.cost_status)
         tag("service_tier", record.service_tier)
         tag("provider", record.provider)
+        if usage.tool_calls:
+            tool_usage = {"tool_calls": usage.tool_calls, "tool_details": usage.tool_details or {}}
+            tag(TOOL_USAGE_TAG, json.dumps(tool_usage, sort_keys=True, separators=(",", ":")))
         tag("http_status", record.http_status)
         if record.stream:
             tag("stream", True)
@@ -167,6 +176,7 @@ def run_fields(
             metric(COST_USD, record.cost.total_usd)
             metric("input_cost_usd", record.cost.input_usd)
             metric("output_cost_usd", record.cost.output_usd)
+            metric(TOOL_COST_USD, record.cost.tool_usd)
         metric("attempts", record.attempts)
         if record.model:
             params["model"] = record.model[:_MAX_PARAM_VALUE]

@@ -309,6 +309,11 @@ def call_span(call: CallRecord, trace_id: bytes, parent_span_id: bytes | None) -
         attrs[OURS + "request_ids"] = list(call.request_ids)
     if call.cost is not None:
         attrs[OURS + "cost_usd"] = _usd(call.cost.total_usd)
+        if call.cost.tool_usd is not None:
+            attrs[OURS + "tool_cost_usd"] = _usd(call.cost.tool_usd)
+    for kind, count in (usage.tool_calls or {}).items():
+        # Hosted tools used, per kind (what each fee depended on: the run's ``tool_usage`` tag).
+        attrs[OURS + "usage.tool_calls." + kind] = count
     for key in (
         "reasoning_tokens",
         "audio_input_tokens",

@@ -15,6 +15,9 @@ load into per-tier rate tuples with every fallback already applied.
 * ``"estimated"``: priced, but from usage the library estimated (``usage_source == "estimated"``).
 * ``"unpriced"``: ``cost`` is ``None``: the model is unknown, or the price table has no rate for
   what was used (a service tier, an image size/quality, a unit). Warned once per model and reason.
+* ``"partial"``: ``cost`` holds the priced parts, but the fee of a hosted tool the call used
+  (``Usage.tool_calls``) could not be priced (no entry in ``tools``, or none for what was used):
+  ``pricing_rule`` names it after ``tools unpriced:``. Never counted as $0.
 * ``"no_usage"``: ``cost`` is ``None``: nothing billable was reported or estimated (e.g. a failed
   call, or a stream without a usage chunk).
 
@@ -24,7 +27,8 @@ tier / long-context / history period used, e.g. ``"exact; tier=priority; until 2
 
 The package: ``schema`` (the file's pydantic models), ``load`` (YAML with line numbers),
 ``book`` (compiled tables, model resolution, the book in use), ``cost`` (one record's cost),
-``genai_prices`` (a draft table from the genai-prices package, for ``pricing import-genai-prices``).
+``tools`` (hosted tools' fees), ``genai_prices`` (a draft table from the genai-prices package, for
+``pricing import-genai-prices``).
 """
 
 from __future__ import annotations

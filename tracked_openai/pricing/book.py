@@ -25,7 +25,9 @@ from .schema import (
     PricingError,
     TierRates,
     TokenRates,
+    ToolPrice,
     _PeriodFields,
+    _ToolFields,
 )
 
 __all__ = ["PriceBook", "get_price_book", "load_price_book", "use_pricing", "warned"]
@@ -128,6 +130,42 @@ class _Compiled:
         return self.periods[-1]
 
 
+@dataclass(slots=True, frozen=True)
+class _ToolPeriod:
+    until_ts: float | None  # None: the current fee
+    label: str
+    fields: _ToolFields
+
+
+@dataclass(slots=True, frozen=True)
+class _CompiledTool:
+    name: str
+    origin: str
+    source: str
+    periods: tuple[_ToolPeriod, ...]  # history in order, then the current fee
+
+    def at(self, ts: float) -> _ToolPeriod:
+        if ts <= 0:
+            return self.periods[-1]
+        for p in self.periods:
+            if p.until_ts is None or ts < p.until_ts:
+                return p
+        return self.periods[-1]
+
+
+def _compile_tool(name: str, origin: str, entry: ToolPrice) -> _CompiledTool:
+    periods = [
+        _ToolPeriod(
+            datetime(h.until.year, h.until.month, h.until.day, tzinfo=UTC).timestamp(),
+            f"until {h.until.isoformat()}",
+            h,
+        )
+        for h in entry.history
+    ]
+    periods.append(_ToolPeriod(None, "", entry))
+    return _CompiledTool(name, origin, entry.source, tuple(periods))
+
+
 # --------------------------------------------------------------------------------------------
 # Price book and model resolution
 # --------------------------------------------------------------------------------------------
@@ -197,6 +235,11 @@ class PriceBook:
                 self.models[name] = entry
                 self.origin[name] = origin
         self.version = "+".join(dict.fromkeys(pf.version for _, pf in (*shipped, *user))) or "empty"
+        # Hosted tools' fees by kind; a user's entry replaces ours of the same kind as a whole.
+        self.tools: dict[str, _CompiledTool] = {}
+        for origin, pf in (*shipped, *user):
+            for kind, tool in pf.tools.items():
+                self.tools[kind] = _compile_tool(kind, origin, tool)
         self._layers: list[dict[str, _Compiled]] = []
         for group in (user, shipped):
             layer: dict[str, _Compiled] = {}

@@ -9,6 +9,7 @@ from typing import Any
 from .._errors import logger
 from ..records import CallRecord, Cost
 from .book import PriceBook, _Period, _Rates, get_price_book, warned
+from .tools import tool_cost
 
 __all__ = ["price_record"]
 
@@ -121,8 +122,18 @@ def _price(record: CallRecord, book: PriceBook | None) -> None:
     if cost is None:
         _unpriced(record, book, name, reason, rule)
         return
+    status = "estimated" if record.usage_source == "estimated" else "priced"
+    if usage.tool_calls:
+        tools = tool_cost(record, book, compiled.name)
+        if tools.usd is not None:
+            cost = Cost(cost.input_usd, cost.output_usd, cost.total_usd + tools.usd, tool_usd=tools.usd)
+            rule = f"{rule}; tools: {'; '.join(tools.rules)}"
+        if tools.unpriced:
+            # The rest is priced; the total lacks these fees, and says so.
+            status = "partial"
+            rule = f"{rule}; tools unpriced: {'; '.join(tools.unpriced)}"
     record.cost = cost
-    record.cost_status = "estimated" if record.usage_source == "estimated" else "priced"
+    record.cost_status = status
     record.pricing_version = book.version
     record.pricing_rule = rule
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,8 @@ __all__ = [
     "PricingError",
     "TierRates",
     "TokenRates",
+    "ToolHistoryEntry",
+    "ToolPrice",
 ]
 
 _TOKEN_FIELDS = (
@@ -148,12 +150,94 @@ class ModelPrice(_PeriodFields):
         return value
 
 
+def _exact(value: Any) -> Any:
+    if isinstance(value, (bool, float)):
+        raise ValueError(f"a price must be a number written in the file (got {value!r})")
+    return value
+
+
+class _ToolFields(_Strict):
+    """What a hosted tool's fee is, in one period. Units (see docs/pricing.md, "Hosted tools"):
+
+    * ``per_1k_calls``: USD per 1,000 calls; ``by_model`` gives it for the models (price-table
+      names) that pay another rate. A model in neither is unpriced for this tool.
+    * ``per_container`` / ``per_minute``: USD per container (session) or per minute it runs, by
+      container memory limit (``1g``, ``4g``…); ``minimum_minutes``: the minutes billed at least.
+    * ``priced_as: tool_model``: the tool's own model (``tools[].model``) priced from its entry in
+      ``models`` (per image by quality and size, or its image tokens).
+    """
+
+    per_1k_calls: Rate | None = Field(default=None, ge=0)
+    by_model: dict[str, Rate] | None = None
+    per_container: dict[str, Rate] | None = None
+    per_minute: dict[str, Rate] | None = None
+    minimum_minutes: int | None = Field(default=None, ge=0)
+    priced_as: Literal["tool_model"] | None = None
+
+    @field_validator("per_1k_calls", mode="before")
+    @classmethod
+    def _no_floats(cls, value: Any) -> Any:
+        return _exact(value)
+
+    @field_validator("by_model", "per_container", "per_minute", mode="before")
+    @classmethod
+    def _no_float_values(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for price in value.values():
+                _exact(price)
+                if isinstance(price, (int, Decimal)) and price < 0:
+                    raise ValueError("a price must be >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> _ToolFields:
+        units = [
+            self.per_1k_calls is not None or bool(self.by_model),
+            bool(self.per_container),
+            bool(self.per_minute),
+            self.priced_as is not None,
+        ]
+        if sum(units) != 1:
+            raise ValueError(
+                "give exactly one unit: per_1k_calls (and/or by_model), per_container, per_minute "
+                "or priced_as"
+            )
+        if self.minimum_minutes is not None and not self.per_minute:
+            raise ValueError("minimum_minutes goes with per_minute")
+        return self
+
+
+class ToolHistoryEntry(_ToolFields):
+    """An earlier fee of a hosted tool, in force until (not including) ``until`` (UTC)."""
+
+    until: date
+    note: str | None = None
+
+
+class ToolPrice(_ToolFields):
+    """The current fee of one hosted tool (besides the model's tokens), its source, its history."""
+
+    source: str = Field(min_length=1)
+    note: str | None = None
+    history: list[ToolHistoryEntry] = Field(default_factory=list)
+
+    @field_validator("history")
+    @classmethod
+    def _ordered(cls, value: list[ToolHistoryEntry]) -> list[ToolHistoryEntry]:
+        dates = [h.until for h in value]
+        if dates != sorted(dates) or len(set(dates)) != len(dates):
+            raise ValueError("history entries must be in increasing `until` order, each date once")
+        return value
+
+
 class PriceFile(_Strict):
     """One price table file."""
 
     version: str = Field(min_length=1)
     currency: str = "USD"
     models: dict[str, ModelPrice]
+    # Hosted tools' fees (Responses API tools, chat search models), by tool kind.
+    tools: dict[str, ToolPrice] = Field(default_factory=dict)
 
     @field_validator("currency")
     @classmethod

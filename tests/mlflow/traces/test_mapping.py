@@ -144,3 +144,20 @@ def test_otlp_headers_and_endpoint() -> None:
     assert otlp.parse_headers("a=1, b%20c=x%3Dy,bad") == {"a": "1", "b c": "x=y"}
     assert otlp._traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
     assert otlp._traces_url("http://collector:4318/v1/traces/") == "http://collector:4318/v1/traces"
+
+
+def test_hosted_tools_on_the_call_span() -> None:
+    call = CallRecord(
+        record_id=new_record_id(),
+        endpoint="responses",
+        model="gpt-4o",
+        usage=Usage(input_tokens=10, output_tokens=2, tool_calls={"web_search_preview": 2, "mcp": 1}),
+        cost=Cost(Decimal("0.000045"), Decimal("0.00002"), Decimal("0.050065"), tool_usd=Decimal("0.05")),
+        cost_status="priced",
+    )
+    ((span,),) = [t.spans for t in traces_of([call])]
+    attrs = span.attributes
+    assert attrs["tracked_openai.usage.tool_calls.web_search_preview"] == 2
+    assert attrs["tracked_openai.usage.tool_calls.mcp"] == 1
+    assert attrs["tracked_openai.tool_cost_usd"] == 0.05
+    assert attrs["mlflow.llm.cost"]["total_cost"] == 0.050065  # type: ignore[index]
