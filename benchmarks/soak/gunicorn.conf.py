@@ -22,7 +22,7 @@ def on_starting(server: object) -> None:
     # importing MLflow on its exporter thread while it serves its first requests.
     import mlflow  # noqa: F401
 
-    import tracked_openai.sinks.mlflow  # noqa: F401
+    import tracked_openai.sinks.mlflow
     import tracked_openai.sinks.traces  # noqa: F401
 
 
