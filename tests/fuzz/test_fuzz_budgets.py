@@ -6,21 +6,19 @@ webhooks) and their text broken (stray characters, lost indentation, cut short).
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tracked_openai.budgets import Budget, BudgetsFileError, parse_budgets_text
 
+from ._located import check_located_error
 from ._tally import counted, fuzz_settings, outcome
 
 pytestmark = pytest.mark.slow
 
 NAME = "budgets.yaml"
 PROP = "budgets files: valid / mutated / broken YAML"
-LINE = re.compile(rf"^{re.escape(NAME)}:(\d+): (.+)$")
 
 Item = list[tuple[str, str]]
 
@@ -148,18 +146,6 @@ def budgets_texts(draw: st.DrawFn) -> tuple[str, str]:
     return how, text
 
 
-def check_error(exc: BudgetsFileError, text: str) -> None:
-    message = str(exc)
-    assert message, "an empty BudgetsFileError"
-    for line in message.split("\n"):
-        m = LINE.match(line)
-        assert m, f"not `file:line: ...`: {line!r}"
-        number, rest = int(m.group(1)), m.group(2)
-        assert 1 <= number <= text.count("\n") + 1, (number, line)
-        assert re.match(r"^\S[^\n]*?: \S", rest), f"not `field: problem`: {line!r}"
-        assert "Traceback" not in rest
-
-
 @given(case=budgets_texts())
 @fuzz_settings(400)
 def test_budgets_text_gives_budgets_or_a_located_error(case: tuple[str, str]) -> None:
@@ -169,7 +155,7 @@ def test_budgets_text_gives_budgets_or_a_located_error(case: tuple[str, str]) ->
             parsed = parse_budgets_text(text, NAME)
         except BudgetsFileError as exc:
             assert how != "valid", f"a valid budgets file was refused: {exc}\n{text}"
-            check_error(exc, text)
+            check_located_error(exc, text, NAME)
             outcome(PROP, f"{how}: BudgetsFileError")
         else:
             outcome(PROP, f"{how}: budgets")

@@ -6,7 +6,6 @@ a line inside the file; never another exception."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from tracked_openai.pricing import PricingError, load_price_file, parse_price_text
 
+from ._located import check_located_error
 from ._tally import counted, fuzz_settings, outcome
 
 # Hypothesis properties: make test runs them, make test-fast skips them (README, Development).
@@ -260,7 +260,6 @@ def price_texts(draw: st.DrawFn) -> tuple[str, str]:
     return how, text
 
 
-LINE = re.compile(rf"^{re.escape(NAME)}:(\d+): (.+)$")
 # Problems of the whole file, which has no field to name.
 WHOLE_FILE = (
     "empty price file (expected `version:` and `models:`)",
@@ -269,15 +268,7 @@ WHOLE_FILE = (
 
 
 def check_error(exc: PricingError, text: str) -> None:
-    message = str(exc)
-    assert message, "an empty PricingError"
-    for line in message.split("\n"):
-        m = LINE.match(line)
-        assert m, f"not `file:line: ...`: {line!r}"
-        number, rest = int(m.group(1)), m.group(2)
-        assert 1 <= number <= text.count("\n") + 1, (number, line)
-        assert rest in WHOLE_FILE or re.match(r"^\S[^\n]*?: \S", rest), f"not `field: problem`: {line!r}"
-        assert "Traceback" not in rest
+    check_located_error(exc, text, NAME, WHOLE_FILE)
 
 
 @given(case=price_texts())
