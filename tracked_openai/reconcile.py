@@ -341,11 +341,11 @@ class Reconciliation:
 def _ours(
     since: datetime, until: datetime, tracking_uri: str | None, feature: str | None = None
 ) -> dict[tuple[str, str], Side]:
-    from .reprice import _call_runs, _ms
+    from .reports.call_runs import call_runs, ms
 
     sides: dict[tuple[str, str], Side] = {}
     uri = reports.resolve_tracking_uri(tracking_uri)
-    for run in _call_runs(uri, feature, _ms(since), _ms(until), 1_000):
+    for run in call_runs(uri, feature, ms(since), ms(until), 1_000):
         tags, metrics = run.data.tags, run.data.metrics
         used = tags.get("status") == "success" or tags.get("usage_source", "none") != "none"
         if not used:

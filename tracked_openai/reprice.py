@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -41,11 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from . import reports
-from .mlflow.names import TOOL_CALLS_PREFIX, TOOL_USAGE_TAG
-from .mlflow.store import read_client
 from .pricing import PriceBook, PricingError, load_price_book, price_record
-from .records import CallRecord, Usage
-from .reports.query import _experiment_ids
+from .records import CallRecord
+from .reports.call_runs import call_from_run, call_runs, ms, write_figures
 
 __all__ = [
     "RepriceResult",
@@ -58,19 +56,6 @@ __all__ = [
 
 _BAD_KEY = re.compile(r"[^\w\-. /]")
 _STATE_FORMAT = 1
-# Usage metrics as the MLflow sink writes them (docs/mlflow-mapping.md) -> Usage fields.
-_USAGE_METRICS = {
-    "prompt_tokens": "input_tokens",
-    "completion_tokens": "output_tokens",
-    "cached_tokens": "cached_input_tokens",
-    "reasoning_tokens": "reasoning_tokens",
-    "audio_input_tokens": "audio_input_tokens",
-    "audio_output_tokens": "audio_output_tokens",
-    "image_input_tokens": "image_input_tokens",
-    "image_output_tokens": "image_output_tokens",
-    "images": "images",
-    "characters": "characters",
-}
 
 
 def version_slug(version: str) -> str:
@@ -237,61 +222,6 @@ class RepriceResult:
         self.resumed = True
 
 
-# -- a stored run back into a call record ------------------------------------------------------
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def call_from_run(run: Any) -> CallRecord:
-    """The :class:`CallRecord` a call run was written from, as far as pricing needs it."""
-    tags = run.data.tags
-    metrics = run.data.metrics
-    params: dict[str, Any] = dict(run.data.params)
-    n = params.get("n")
-    if isinstance(n, str) and n.isdigit():
-        params["n"] = int(n)
-    counts: dict[str, Any] = {f: _int(metrics.get(m)) for m, f in _USAGE_METRICS.items()}
-    usage = Usage(**counts)
-    usage.seconds = metrics.get("seconds")
-    _tools_from_run(usage, tags, metrics)
-    source = tags.get("usage_source", "response")
-    return CallRecord(
-        record_id=tags.get("record_id", run.info.run_id),
-        started_at=(run.info.start_time or 0) / 1000,
-        feature=tags.get("feature", "default"),
-        endpoint=tags.get("endpoint", ""),
-        provider=tags.get("provider", "openai"),
-        model=tags.get("model") or params.get("model"),
-        response_model=tags.get("response_model"),
-        params=params,
-        usage=usage,
-        usage_source=source if source in ("response", "estimated", "none") else "response",
-        service_tier=tags.get("service_tier"),
-        status="error" if tags.get("status") == "error" else "success",
-    )
-
-
-def _tools_from_run(usage: Usage, tags: Mapping[str, str], metrics: Mapping[str, float]) -> None:
-    """The hosted tools a call run used: its ``tool_usage`` tag, else the ``tool_calls_<kind>``
-    metrics (counts only: a fee that depends on more is then left unpriced, never guessed)."""
-    try:
-        stored = json.loads(tags.get(TOOL_USAGE_TAG) or "null")
-    except ValueError:
-        stored = None
-    if isinstance(stored, dict) and isinstance(stored.get("tool_calls"), dict):
-        usage.tool_calls = {str(k): int(v) for k, v in stored["tool_calls"].items()}
-        details = stored.get("tool_details")
-        usage.tool_details = details if isinstance(details, dict) else {}
-        return
-    counts = {
-        name.removeprefix(TOOL_CALLS_PREFIX): int(value)
-        for name, value in metrics.items()
-        if name.startswith(TOOL_CALLS_PREFIX) and value
-    }
-    if counts:
-        usage.tool_calls = counts
-
-
 def _before(metrics: Mapping[str, float]) -> Decimal | None:
     value = metrics.get("cost_usd")
     return None if value is None else Decimal(repr(value))
@@ -404,10 +334,10 @@ def reprice(
 
     # Bounds in whole milliseconds, as MLflow stores start times: the resumed position is the
     # exact start time of the last run done.
-    lower_ms = _ms(start)
+    lower_ms = ms(start)
     if position_ms is not None and (lower_ms is None or position_ms > lower_ms):
         lower_ms = position_ms
-    upper_ms = _ms(end)
+    upper_ms = ms(end)
     client: Any = None
     if write:
         from mlflow.tracking import MlflowClient
@@ -441,7 +371,7 @@ def reprice(
         if progress is not None:
             progress(result.total.records)
 
-    for run in _call_runs(uri, feature, lower_ms, upper_ms, page_size):
+    for run in call_runs(uri, feature, lower_ms, upper_ms, page_size):
         if (
             position_ms is not None
             and (run.info.start_time or 0) == position_ms
@@ -467,117 +397,6 @@ def reprice(
     if state_file is not None:
         state_file.unlink(missing_ok=True)
     return result
-
-
-# -- reading ------------------------------------------------------------------------------------
-class _Info:
-    __slots__ = ("end_time", "run_id", "start_time")
-
-    def __init__(self, run_id: str, start_time: int | None, end_time: int | None) -> None:
-        self.run_id, self.start_time, self.end_time = run_id, start_time, end_time
-
-
-class _Data:
-    __slots__ = ("metrics", "params", "tags")
-
-    def __init__(self) -> None:
-        self.tags: dict[str, str] = {}
-        self.metrics: dict[str, float] = {}
-        self.params: dict[str, str] = {}
-
-
-class _Run:
-    """The parts of an ``mlflow.entities.Run`` repricing reads."""
-
-    __slots__ = ("data", "info")
-
-    def __init__(self, run_id: str, start_time: int | None, end_time: int | None) -> None:
-        self.info = _Info(run_id, start_time, end_time)
-        self.data = _Data()
-
-
-def _ms(when: datetime | None) -> int | None:
-    return None if when is None else round(when.timestamp() * 1000)
-
-
-def _call_runs(
-    uri: str, feature: str | None, since_ms: int | None, until_ms: int | None, page_size: int
-) -> Iterator[Any]:
-    """Active call runs started in ``[since_ms, until_ms)``, oldest first: straight from MLflow's
-    tables through its own ORM models on a SQL store, else through ``MlflowClient.search_runs``."""
-    client = read_client(uri)
-    store = _sql_store(client)
-    if store is None:
-        parts = ["tags.kind = 'call'"]
-        if since_ms is not None:
-            parts.append(f"attributes.start_time >= {since_ms}")
-        if until_ms is not None:
-            parts.append(f"attributes.start_time < {until_ms}")
-        yield from reports.iter_runs(
-            feature, tracking_uri=uri, filter_string=" AND ".join(parts), page_size=page_size,
-            order_by=["attributes.start_time ASC"],
-        )
-        return
-    ids = _experiment_ids(client, feature)
-    if ids:
-        yield from _sql_call_runs(store, ids, since_ms, until_ms, page_size)
-
-
-def _sql_call_runs(
-    store: Any, experiment_ids: list[str], since_ms: int | None, until_ms: int | None, page_size: int
-) -> Iterator[_Run]:
-    """Keyset-paged reads of runs and their tags, latest metrics and params.
-
-    ``search_runs`` builds full ORM objects for every run, tag, metric and param (profiled: over
-    90% of a repricing's time); four plain queries per page read the same rows several times
-    faster.
-    """
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
-    from sqlalchemy import and_, or_, select
-
-    is_call: Any = select(SqlTag.run_uuid).where(SqlTag.key == "kind", SqlTag.value == "call")
-    base = [
-        SqlRun.experiment_id.in_([int(i) for i in experiment_ids]),
-        SqlRun.lifecycle_stage == "active",
-        SqlRun.run_uuid.in_(is_call),
-    ]
-    if since_ms is not None:
-        base.append(SqlRun.start_time >= since_ms)
-    if until_ms is not None:
-        base.append(SqlRun.start_time < until_ms)
-    after: tuple[int, str] | None = None
-    while True:
-        where = list(base)
-        if after is not None:
-            where.append(or_(SqlRun.start_time > after[0],
-                             and_(SqlRun.start_time == after[0], SqlRun.run_uuid > after[1])))
-        with store.ManagedSessionMaker() as session:
-            rows = session.execute(
-                select(SqlRun.run_uuid, SqlRun.start_time, SqlRun.end_time)
-                .where(*where)
-                .order_by(SqlRun.start_time, SqlRun.run_uuid)
-                .limit(page_size)
-            ).all()
-            if not rows:
-                return
-            runs = {r[0]: _Run(r[0], r[1], r[2]) for r in rows}
-            ids = list(runs)
-            for key, value, run_id in session.execute(
-                select(SqlTag.key, SqlTag.value, SqlTag.run_uuid).where(SqlTag.run_uuid.in_(ids))
-            ):
-                runs[run_id].data.tags[key] = value
-            for key, value, run_id in session.execute(
-                select(SqlLatestMetric.key, SqlLatestMetric.value, SqlLatestMetric.run_uuid).where(
-                    SqlLatestMetric.run_uuid.in_(ids)
-                )
-            ):
-                runs[run_id].data.metrics[key] = value
-            for key, value, run_id in session.execute(
-                select(SqlParam.key, SqlParam.value, SqlParam.run_uuid).where(SqlParam.run_uuid.in_(ids))
-            ):
-                runs[run_id].data.params[key] = value
-        yield from runs.values()
-        after = (rows[-1][1] or 0, rows[-1][0])
 
 
 def _new_figures(
@@ -608,17 +427,6 @@ def _new_figures(
     return metrics, tags
 
 
-def _sql_store(client: Any) -> Any | None:
-    """MLflow's own SQLAlchemy store behind ``client`` (SQLite, PostgreSQL, MySQL), if it is one."""
-    try:
-        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-        store = client._tracking_client.store
-    except Exception:
-        return None
-    return store if isinstance(store, SqlAlchemyStore) and hasattr(store, "ManagedSessionMaker") else None
-
-
 def _write_page(
     client: Any, page: list[tuple[Any, CallRecord]], keys: Mapping[str, str], result: RepriceResult
 ) -> None:
@@ -629,71 +437,5 @@ def _write_page(
             todo.append((run, figures))
     if not todo:
         return
-    store = _sql_store(client)
-    if store is not None:
-        _write_sql(store, todo, keys)
-    else:
-        _write_client(client, todo)
+    write_figures(client, todo, keys)
     result.written += len(todo)
-
-
-Figures = tuple[list[tuple[str, float]], list[tuple[str, str]]]
-
-
-def _write_sql(store: Any, todo: list[tuple[Any, Figures]], keys: Mapping[str, str]) -> None:
-    """One transaction per page into MLflow's tables (through its own ORM table definitions).
-
-    MLflow's ``log_batch`` makes three commits per run (measured: ~12 runs/s on embedded SQLite
-    on a busy 2-core machine). Here a page is one commit of three multi-row inserts. A run is here
-    because it has no ``cost_status`` of this version; rows of this version's keys left by an
-    interrupted write through the MLflow client are replaced, nothing else is touched.
-    """
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlTag
-    from sqlalchemy import delete, insert
-
-    ids = [run.info.run_id for run, _ in todo]
-    ours = list(keys.values())
-    metric_rows: list[dict[str, Any]] = []
-    tag_rows: list[dict[str, Any]] = []
-    for run, (metrics, tags) in todo:
-        ts = run.info.end_time or run.info.start_time or 0
-        run_id = run.info.run_id
-        metric_rows.extend(
-            {"key": k, "value": v, "timestamp": ts, "step": 0, "is_nan": False, "run_uuid": run_id}
-            for k, v in metrics
-        )
-        tag_rows.extend({"key": k, "value": v, "run_uuid": run_id} for k, v in tags)
-    try:
-        # MLflow 3.x routes sessions marked as writes to the primary database.
-        managed = store.ManagedSessionMaker(read_only=False)
-    except TypeError:  # older MLflow: one kind of session
-        managed = store.ManagedSessionMaker()
-    with managed as session:
-        for model in (SqlMetric, SqlLatestMetric, SqlTag):
-            table = model.__table__
-            session.execute(delete(table).where(table.c.run_uuid.in_(ids), table.c.key.in_(ours)))
-        if metric_rows:
-            session.execute(insert(SqlMetric.__table__), metric_rows)
-            session.execute(insert(SqlLatestMetric.__table__), metric_rows)
-        session.execute(insert(SqlTag.__table__), tag_rows)
-
-
-def _write_client(client: Any, todo: list[tuple[Any, Figures]]) -> None:
-    """Through ``MlflowClient.log_batch`` (a tracking server, or any other store), a few at once:
-    over HTTP the time goes in per-request latency."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from mlflow.entities import Metric, RunTag
-
-    def one(item: tuple[Any, Figures]) -> None:
-        run, (metrics, tags) = item
-        ts = run.info.end_time or run.info.start_time or 0
-        client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, v, ts, 0) for k, v in metrics],
-            tags=[RunTag(k, v) for k, v in tags],
-        )
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for _ in pool.map(one, todo):
-            pass

@@ -26,6 +26,7 @@ from tests.helpers.store_seed import seed_calls
 from tracked_openai import reprice as rp
 from tracked_openai.pricing import PricingError, load_price_book, price_record
 from tracked_openai.records import CallRecord, Usage
+from tracked_openai.reports import call_runs
 
 N = 10_000
 MILLION = Decimal(1_000_000)
@@ -413,7 +414,7 @@ def test_write_through_the_mlflow_client_as_for_a_tracking_server(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stores that are not MLflow's SQL store (an ``mlflow server``) get ``log_batch`` per run."""
-    monkeypatch.setattr(rp, "_sql_store", lambda client: None)
+    monkeypatch.setattr(call_runs, "sql_store", lambda client: None)
     path = write_prices(tmp_path / "fix.yaml", TestFixedEntry.BODY.replace("fix-1", "fix-client"))
     window = {"since": "2026-11-22T08:00:00", "until": "2026-11-22T08:10:00"}
     end = datetime(2026, 11, 22, 8, 10, tzinfo=UTC).timestamp()
@@ -432,7 +433,7 @@ def test_millisecond_bounds_do_not_move_by_float_rounding() -> None:
     """A resumed position (a start time in ms) must come back exactly: one ms earlier and the
     runs of that instant would be counted twice."""
     instants = range(1_764_576_000_000, 1_764_576_005_000)
-    assert all(rp._ms(datetime.fromtimestamp(ms / 1000, tz=UTC)) == ms for ms in instants)
+    assert all(call_runs.ms(datetime.fromtimestamp(ms / 1000, tz=UTC)) == ms for ms in instants)
 
 
 def test_a_half_written_run_is_completed_not_skipped(store: Store, tmp_path: Path) -> None:

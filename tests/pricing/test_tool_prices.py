@@ -175,7 +175,7 @@ def _stored_run(rec: CallRecord, *, keep_tag: bool = True):
 
 
 def test_a_stored_call_run_is_priced_again_with_its_tools(book: PriceBook) -> None:
-    from tracked_openai.reprice import call_from_run
+    from tracked_openai.reports.call_runs import call_from_run
 
     detail = {"model": "gpt-image-1", "images": {"high/1536x1024": 1}}
     rec = _record("gpt-5", {"image_generation": 1, "file_search": 2}, {"image_generation": detail})

@@ -247,9 +247,9 @@ def test_cli_refused_key_exits_3(store: Store, api: FakeAdminAPI, monkeypatch: p
 def test_the_same_through_mlflow_client_reads(store: Store, api: FakeAdminAPI,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Stores that are not MLflow's SQL store (an ``mlflow server``) are read with search_runs."""
-    from tracked_openai import reprice
+    from tracked_openai.reports import call_runs
 
     fast = run(store, api)
-    monkeypatch.setattr(reprice, "_sql_store", lambda client: None)
+    monkeypatch.setattr(call_runs, "sql_store", lambda client: None)
     slow = run(store, api)
     assert slow.ok and slow.to_dict() == fast.to_dict()
