@@ -66,6 +66,12 @@ class TestEndpoints:
         assert m["success_rate"] == pytest.approx(75.0)
         assert m["total_cost"] == pytest.approx(0.037)
 
+    def test_budgets(self, web: Any, store: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("TRACKED_OPENAI_BUDGETS", raising=False)
+        r = web.get(f"{PREFIX}/budgets/")
+        assert r.status_code == 200
+        assert r.json() == {"configured": False, "budgets": []}
+
     def test_health(self, web: Any, store: Seeded) -> None:
         r = web.get(f"{PREFIX}/health/")
         assert r.status_code == 200
@@ -202,7 +208,7 @@ class TestWhoMayRead:
         c.force_login(django_user_model.objects.create_user("member", password="x"))
         return c
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health", "budgets"])
     def test_anonymous_is_401(self, anonymous: Any, store: Seeded, name: str) -> None:
         r = anonymous.get(f"{PREFIX}/{name}/")
         assert r.status_code == 401
@@ -210,7 +216,7 @@ class TestWhoMayRead:
         assert "WWW-Authenticate" in r
         assert "pid_verification" not in r.content.decode()
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health", "budgets"])
     def test_signed_in_non_staff_is_403(self, member: Any, store: Seeded, name: str) -> None:
         r = member.get(f"{PREFIX}/{name}/")
         assert r.status_code == 403

@@ -105,6 +105,16 @@ def create_router(
     ) -> JSONResponse:
         return _respond(_endpoints.metrics(tracking_uri, feature, since, until))
 
+    @api.get(
+        "/budgets/",
+        responses={503: {"description": "Ledger unreachable or budgets file invalid"}},
+        summary="Where each budget stands in its current window",
+    )
+    def budgets() -> JSONResponse:
+        from ..budgets import http as budgets_http
+
+        return _respond(budgets_http.budgets())
+
     @api.get("/health/", responses={503: _ERRORS[503]}, summary="Store reachability and exporter counters")
     def health() -> JSONResponse:
         return _respond(_endpoints.health(tracking_uri))
@@ -153,8 +163,7 @@ def _offline_docs(app: FastAPI) -> None:
                 )
                 items.append(
                     f"<h2><code>{escape(method.upper())} {escape(path)}</code></h2>"
-                    f"<p>{escape(op.get('summary') or '')}</p>"
-                    + (f"<ul>{params}</ul>" if params else "")
+                    f"<p>{escape(op.get('summary') or '')}</p>" + (f"<ul>{params}</ul>" if params else "")
                 )
         body = (
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(app.title)} API</title>"

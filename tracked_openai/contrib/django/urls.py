@@ -13,4 +13,5 @@ urlpatterns = [
     path("runs/", views.runs, name="runs"),
     path("metrics/", views.metrics, name="metrics"),
     path("health/", views.health, name="health"),
+    path("budgets/", views.budgets, name="budgets"),
 ]

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 from ...reports import http as _endpoints
 from . import conf
 
-__all__ = ["experiments", "health", "metrics", "runs"]
+__all__ = ["budgets", "experiments", "health", "metrics", "runs"]
 
 View = Callable[[HttpRequest], JsonResponse]
 
@@ -94,3 +94,10 @@ def metrics(request: HttpRequest) -> JsonResponse:
 @_guarded
 def health(request: HttpRequest) -> JsonResponse:
     return _json(_endpoints.health(_uri()))
+
+
+@_guarded
+def budgets(request: HttpRequest) -> JsonResponse:
+    from ...budgets import http as budgets_http
+
+    return _json(budgets_http.budgets())
