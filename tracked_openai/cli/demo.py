@@ -232,13 +232,29 @@ def run_demo(tracking_uri: str | None = None, *, quiet: bool = False) -> int:
             cli += f" --tracking-uri {shlex.quote(uri)}"
         console.print(
             "\nNext:\n"
-            f"  [bold]{escape(ui)}[/bold]\n    then open http://127.0.0.1:5000 (one experiment per feature)\n"
+            f"  [bold]{escape(ui)}[/bold]\n    then open http://127.0.0.1:5000 (one experiment per feature)"
+            + where_to_look()
+            + "\n"
             f"  [bold]{escape(cli)} report --by operation[/bold]\n"
             f"  [bold]{escape(cli)} runs --feature pid_verification[/bold]\n"
             f"  [bold]{escape(cli)} serve[/bold]\n    REST API, docs at http://127.0.0.1:8000/api/docs/",
             soft_wrap=True,
         )
     return 0
+
+
+def where_to_look() -> str:
+    """What each tab of a feature's experiment shows, in the MLflow mode the demo wrote."""
+    from .._config import settings
+
+    mode = settings.mlflow_mode
+    if mode == "runs":
+        return ": its runs are the operations, their calls nested runs"
+    traces = (
+        "\n    Traces tab: each operation with its calls as spans, their tokens and cost;"
+        "\n    Overview tab: cost and tokens over time, by model"
+    )
+    return (": Runs, the operations (AIFlow names);" if mode == "runs+traces" else ":") + traces
 
 
 def command(script: str, module: str) -> str:
