@@ -58,8 +58,22 @@ def test_unknown_key_is_a_warning_with_the_known_ones(settings: Any) -> None:
     assert "flush_interval" in out.split("HINT:")[1]
 
 
-def test_budgets_not_yet_applied_is_a_warning(settings: Any) -> None:
-    assert "tracked_openai.W002" in _check(settings, {"budgets": "budgets.yaml"})
+def test_a_broken_budgets_file_is_an_error_with_its_line(settings: Any, tmp_path: Path) -> None:
+    bad = tmp_path / "budgets.yaml"
+    bad.write_text("budgets:\n  - usd: x\n")
+    out = _check(settings, {"budgets": str(bad)})
+    assert "tracked_openai.E002" in out
+    assert f"{bad}:2: budgets[0].usd" in out
+
+
+def test_budgets_as_a_file_or_objects_pass(settings: Any, tmp_path: Path) -> None:
+    from tracked_openai import Budget
+
+    good = tmp_path / "budgets.yaml"
+    good.write_text("budgets:\n  - feature: f\n    usd: 5\n")
+    for value in (str(good), [Budget(feature="f", usd=5)]):
+        settings.TRACKED_OPENAI = {"budgets": value, "ledger_url": f"sqlite:///{tmp_path}/l.db"}
+        call_command("check", fail_level="WARNING")  # raises on any warning or error
 
 
 def test_every_configure_option_is_accepted(settings: Any, tmp_path: Path) -> None:
@@ -87,6 +101,12 @@ def test_every_configure_option_is_accepted(settings: Any, tmp_path: Path) -> No
         "request_id_header": "X-Correlation-ID",
         "user": "hashed",
         "api_permission": "superuser",
+        "journal": True,
+        "mlflow_mode": "runs+traces",
+        "budgets": [tracked_openai.Budget(feature="pid_verification", usd=5)],
+        "ledger_url": f"sqlite:///{tmp_path}/ledger.db",
+        "on_budget_alert": print,
+        "budget_webhooks": ["https://hooks.example/budgets"],
     }
     assert set(settings.TRACKED_OPENAI) == conf.CONFIGURE_KEYS | set(conf.DJANGO_KEYS)
     assert conf.problems() == []

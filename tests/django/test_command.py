@@ -63,8 +63,18 @@ def test_pricing(project_store: Seeded) -> None:
     assert _manage("pricing", "show") == _cli("pricing", "show")
 
 
-def test_budgets_until_the_feature_exists(project_store: Seeded) -> None:
+def test_budgets_without_any_configured(project_store: Seeded) -> None:
     assert "no budgets configured" in _manage("budgets")
+
+
+def test_budgets_of_the_projects_settings(settings: Any, tmp_path: Path) -> None:
+    path = tmp_path / "budgets.yaml"
+    path.write_text("budgets:\n  - feature: pid_verification\n    usd: 5\n")
+    ledger = f"sqlite:///{tmp_path}/ledger.db"
+    settings.TRACKED_OPENAI = {"start": False, "budgets": str(path), "ledger_url": ledger}
+    out = _manage("budgets")
+    assert "feature=pid_verification|day" in out
+    assert out == _cli("budgets", "--budgets", str(path), "--ledger-url", ledger)
 
 
 def test_a_tracking_uri_given_wins(settings: Any, project_store: Seeded, tmp_path: Path) -> None:

@@ -41,11 +41,9 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 
     path = args.budgets or os.environ.get("TRACKED_OPENAI_BUDGETS")
     if not path:
-        print(
-            "tracked-openai budgets: error: no budgets file (--budgets or TRACKED_OPENAI_BUDGETS)",
-            file=sys.stderr,
-        )
-        return 2
+        # Nothing to show is not an error: an app without budgets is the usual case.
+        print("no budgets configured (pass --budgets FILE or set TRACKED_OPENAI_BUDGETS)")
+        return 0
     try:
         budgets = load_budgets_file(path).budgets
     except BudgetsFileError as exc:

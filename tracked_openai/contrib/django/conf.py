@@ -30,10 +30,13 @@ __all__ = [
 ]
 
 # Options passed on to tracked_openai.configure() (see its docstring).
-_BOOLS = ("enabled", "inject_stream_usage", "capture_content")
+_BOOLS = ("enabled", "inject_stream_usage", "capture_content", "journal")
 _STRINGS = ("default_feature", "experiment_prefix")
 _PATHS = ("pricing", "spool_dir")
-CONFIGURE_KEYS = frozenset({*_BOOLS, *_STRINGS, *_PATHS, "features", "overflow", *NUMBERS})
+_BUDGET_KEYS = ("budgets", "ledger_url", "on_budget_alert", "budget_webhooks")
+CONFIGURE_KEYS = frozenset(
+    {*_BOOLS, *_STRINGS, *_PATHS, "features", "overflow", *NUMBERS, "mlflow_mode", *_BUDGET_KEYS}
+)
 
 API_PERMISSIONS = ("staff", "superuser", "authenticated", "any")
 _USER_MODES = ("id", "hashed")
@@ -48,7 +51,7 @@ DJANGO_KEYS: dict[str, Any] = {
     "api_permission": "staff",  # who may read the REST views: see API_PERMISSIONS, or a callable
 }
 # Accepted for forward compatibility, not applied by this version.
-_FUTURE_KEYS = frozenset({"budgets"})
+_FUTURE_KEYS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,21 @@ def _check(name: str, value: Any) -> str | None:
         return None if _is_str_map(value) else "must be a dict of {feature key: experiment name} strings"
     if name == "overflow":
         return None if value in ("spool", "drop") else f"must be 'spool' or 'drop', not {value!r}"
+    if name == "budgets":
+        return _budgets_problem(value)
+    if name == "ledger_url":
+        return None if isinstance(value, str) and "://" in value else "must be a database URL string"
+    if name == "on_budget_alert":
+        return None if value is None or callable(value) else "must be a callable(alert)"
+    if name == "budget_webhooks":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (str, Mapping)) for v in value)
+        return None if ok else "must be a list of URLs or {url, slack, timeout} dicts"
+    if name == "mlflow_mode":
+        return (
+            None
+            if value in ("runs", "traces", "runs+traces")
+            else (f"must be 'runs', 'traces' or 'runs+traces', not {value!r}")
+        )
     if name in ("tracking_uri",):
         return None if value is None or (isinstance(value, str) and value) else "must be a URI string"
     if name == "request_id_header":
@@ -168,6 +186,23 @@ def _check(name: str, value: Any) -> str | None:
                 return f"entry {pattern!r} {problem}"
         return None
     return None
+
+
+def _budgets_problem(value: Any) -> str | None:
+    """A budgets file is read now, so ``manage.py check`` shows its file:line errors."""
+    if isinstance(value, (str, os.PathLike)):
+        from ...budgets import BudgetsFileError, load_budgets_file
+
+        try:
+            load_budgets_file(os.fspath(value))
+        except BudgetsFileError as exc:
+            return f"is not a valid budgets file:\n{exc}"
+        return None
+    from ...budgets import Budget
+
+    if isinstance(value, (list, tuple)) and all(isinstance(b, Budget) for b in value):
+        return None
+    return "must be a budgets file path or a list of tracked_openai.Budget"
 
 
 def problems() -> list[Problem]:

@@ -10,6 +10,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module, metadata
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -34,23 +35,26 @@ def cli_main() -> Callable[[Sequence[str] | None], int]:
     return main
 
 
-def _has_command(main: Callable[..., Any], name: str) -> bool:
-    build = getattr(sys.modules.get(main.__module__), "build_parser", None)
-    if build is None:
-        return True  # can't tell: let the CLI answer
-    for action in build()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return name in action.choices
-    return True
+def _project_budgets(args: list[str]) -> list[str]:
+    """``budgets`` reads the project's budgets file and ledger (``TRACKED_OPENAI["budgets"]``
+    when it names a file, ``["ledger_url"]``) unless the command line names them."""
+    config = conf.raw_config()
+    extra: list[str] = []
+    budgets = config.get("budgets")
+    if isinstance(budgets, (str, Path)) and not any(a.startswith("--budgets") for a in args):
+        extra += ["--budgets", str(budgets)]
+    ledger = config.get("ledger_url")
+    if isinstance(ledger, str) and not any(a.startswith("--ledger-url") for a in args):
+        extra += ["--ledger-url", ledger]
+    return [args[0], *extra, *args[1:]]
 
 
 def run(argv: Sequence[str]) -> int:
     """The CLI's exit code for ``argv``, with the project's store unless ``argv`` names one."""
     main = cli_main()
     args = list(argv)
-    if args and args[0] == "budgets" and not _has_command(main, "budgets"):
-        print("no budgets configured")
-        return 0
+    if args and args[0] == "budgets":
+        args = _project_budgets(args)
     uri = conf.tracking_uri()
     if uri and not any(a == "--tracking-uri" or a.startswith("--tracking-uri=") for a in args):
         args = ["--tracking-uri", uri, *args]
