@@ -27,6 +27,18 @@ from tracked_openai.testing import TrackedRecords
 from .helpers import Made, check_traces, make_records, read_traces
 
 
+@pytest.fixture(autouse=True)
+def _settings_restored() -> Iterator[None]:
+    """These tests configure an experiment prefix and a spool folder of their own: put the
+    process-wide settings back, so later tests see the default experiment names."""
+    from tracked_openai._config import settings
+
+    saved = dict(settings.__dict__)
+    yield
+    settings.__dict__.clear()
+    settings.__dict__.update(saved)
+
+
 @pytest.fixture(params=["embedded", "server-sqlite"])
 def uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "embedded":
