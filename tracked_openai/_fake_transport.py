@@ -40,7 +40,12 @@ class FakeResponse:
     def from_case(cls, case: dict[str, Any], **kw: Any) -> FakeResponse:
         """The answer of a recorded case (``status``, ``response_body``/``response_sse``/
         ``response_text``, ``response_headers_subset``)."""
-        headers = {k.lower(): v for k, v in (case.get("response_headers_subset") or {}).items()}
+        # A header recorded with several values (a list in some cassette formats) is sent once,
+        # its values joined as HTTP joins repeated headers.
+        headers = {
+            k.lower(): ", ".join(map(str, v)) if isinstance(v, list) else v
+            for k, v in (case.get("response_headers_subset") or {}).items()
+        }
         for name in ("content-length", "content-encoding", "transfer-encoding"):
             headers.pop(name, None)
         if "response_sse" in case:

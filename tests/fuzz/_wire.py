@@ -206,7 +206,11 @@ class Server:
 
 
 def request_headers(case: dict[str, Any]) -> dict[str, str]:
-    headers = {k.lower(): v for k, v in (case.get("response_headers_subset") or {}).items()}
+    # A header recorded with several values (a list) is sent once, joined as HTTP joins them.
+    headers = {
+        k.lower(): ", ".join(map(str, v)) if isinstance(v, list) else v
+        for k, v in (case.get("response_headers_subset") or {}).items()
+    }
     for hop in ("content-length", "content-encoding", "transfer-encoding", "content-type"):
         headers.pop(hop, None)
     return headers
