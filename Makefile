@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast lint bench compat clean
+.PHONY: setup demo test test-fast lint bench soak soak-test compat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ lint: setup
 	$(BIN)/ruff check tracked_openai tests benchmarks examples deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The production soak (benchmarks/soak): `make soak` runs 2 minutes (MINUTES=30 for the README's
+# figures); `make soak-test` runs its 30-second test, which `make test` skips for time.
+MINUTES ?= 2
+soak: setup
+	cd benchmarks/soak && ../../$(BIN)/python run.py --minutes $(MINUTES)
+
+soak-test: setup
+	TRACKED_OPENAI_SOAK_TEST=1 $(BIN)/python -m pytest $(PROGRESS) tests/test_soak.py
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
