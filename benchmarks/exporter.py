@@ -248,6 +248,35 @@ def burst(server: MlflowServer, n: int, spool: Path) -> None:
     print(f"  peak queue {peak_queue} (bound {exporter._queue_size}); max RSS grew {(rss1 - rss0) / 1024:.0f} MiB")
 
 
+def open_store(
+    store: str, tmp: Path, workers: int | None, servers: list[MlflowServer], pg_dbs: list[str]
+) -> str | None:
+    """The tracking URI of one benchmark store: ``embedded`` (a SQLite file), ``server`` (an
+    ``mlflow server`` on SQLite) or ``pg`` (on PostgreSQL), started here and appended to
+    ``servers``/``pg_dbs`` for the caller to stop; ``None`` when PostgreSQL is not reachable."""
+    if store == "embedded":
+        return f"sqlite:///{tmp / 'embedded.db'}"
+    if store not in ("server", "pg"):
+        raise SystemExit(f"unknown store {store!r}")
+    if store == "pg":
+        if not postgres_available():
+            print("pg: skipped (PostgreSQL not reachable on 127.0.0.1:5432)")
+            return None
+        name, backend = create_pg_database()
+        pg_dbs.append(name)
+    else:
+        backend = f"sqlite:///{tmp / 'server.db'}"
+    workdir = tmp / store
+    workdir.mkdir()
+    server = MlflowServer(backend, workdir, workers=workers)
+    servers.append(server)
+    t = time.perf_counter()
+    server.start(timeout=300)
+    print(f"{store}: mlflow server up on {server.url} in {time.perf_counter() - t:.0f}s, "
+          f"settled after {settle():.0f}s more")
+    return server.url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stores", default="embedded,server,pg",
@@ -267,30 +296,14 @@ def main() -> None:
     pg_dbs: list[str] = []
     try:
         for store in stores:
+            found = open_store(store, tmp, args.workers, servers, pg_dbs)
+            if found is None:
+                continue
+            uri = found
             if store == "embedded":
-                uri = f"sqlite:///{tmp / 'embedded.db'}"
                 n_naive, n_ours = args.naive or 200, args.ours or 1000
-            elif store in ("server", "pg"):
-                if store == "pg":
-                    if not postgres_available():
-                        print("pg: skipped (PostgreSQL not reachable on 127.0.0.1:5432)")
-                        continue
-                    name, backend = create_pg_database()
-                    pg_dbs.append(name)
-                else:
-                    backend = f"sqlite:///{tmp / 'server.db'}"
-                workdir = tmp / store
-                workdir.mkdir()
-                server = MlflowServer(backend, workdir, workers=args.workers)
-                servers.append(server)
-                t = time.perf_counter()
-                server.start(timeout=300)
-                print(f"{store}: mlflow server up on {server.url} in {time.perf_counter() - t:.0f}s, "
-                      f"settled after {settle():.0f}s more")
-                uri = server.url
-                n_naive, n_ours = args.naive or 60, args.ours or 1000
             else:
-                raise SystemExit(f"unknown store {store!r}")
+                n_naive, n_ours = args.naive or 60, args.ours or 1000
             if store == "embedded":
                 commits = sqlite_commit_rate(tmp / "commit-probe.db")
                 print(f"embedded: raw SQLite commit rate here {commits:.0f} commits/s "

@@ -28,9 +28,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from exporter import naive, settle  # benchmarks/exporter.py: the same naive path and settling
+from exporter import naive, open_store  # benchmarks/exporter.py: the same naive path and stores
 
-from tests.helpers.mlflow_server import MlflowServer, create_pg_database, drop_pg_database, postgres_available
+from tests.helpers.mlflow_server import MlflowServer, drop_pg_database
 from tracked_openai.export import runtime as _runtime
 from tracked_openai.export.queue import Exporter
 from tracked_openai.records import CallRecord, OperationRecord, Record, Usage
@@ -111,28 +111,14 @@ def main() -> None:
     pg_dbs: list[str] = []
     try:
         for store in [s for s in args.stores.split(",") if s]:
+            found = open_store(store, tmp, args.workers, servers, pg_dbs)
+            if found is None:
+                continue
+            uri = found
             if store == "embedded":
-                uri = f"sqlite:///{tmp / 'embedded.db'}"
                 n_naive, n_calls = args.naive or 60, args.calls or 1500
-            elif store in ("server", "pg"):
-                if store == "pg":
-                    if not postgres_available():
-                        print("pg: skipped (PostgreSQL not reachable on 127.0.0.1:5432)")
-                        continue
-                    name, backend = create_pg_database()
-                    pg_dbs.append(name)
-                else:
-                    backend = f"sqlite:///{tmp / 'server.db'}"
-                workdir = tmp / store
-                workdir.mkdir()
-                server = MlflowServer(backend, workdir, workers=args.workers)
-                servers.append(server)
-                server.start(timeout=300)
-                print(f"{store}: mlflow server on {server.url}, settled after {settle():.0f}s")
-                uri = server.url
-                n_naive, n_calls = args.naive or 30, args.calls or 1500
             else:
-                raise SystemExit(f"unknown store {store!r}")
+                n_naive, n_calls = args.naive or 30, args.calls or 1500
             naive_rates, trace_rates = [], []
             for round_no in range(args.rounds):
                 naive_rates.append(naive(uri, n_naive))
