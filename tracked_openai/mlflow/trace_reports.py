@@ -224,3 +224,19 @@ def iter_trace_runs(
             token = page.token
             if not token:
                 break
+
+
+def newest_span_runs(client: Any, experiment_ids: Sequence[str], limit: int) -> list[TraceRun]:
+    """Our spans in the newest ``limit`` traces of each experiment, as runs: enough to hold the
+    newest ``limit`` records (a trace starts no later than any of its spans)."""
+    found: list[TraceRun] = []
+    for experiment_id in experiment_ids:
+        page = client.search_traces(
+            locations=[experiment_id], max_results=min(limit, _PAGE), order_by=["timestamp_ms DESC"]
+        )
+        for trace in page:
+            for span in trace.data.spans:
+                run = span_run(span, experiment_id)
+                if run is not None:
+                    found.append(run)
+    return found

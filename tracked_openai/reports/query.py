@@ -311,14 +311,6 @@ def recent_runs(
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    if include_calls:
-        # Spans are not ordered with the runs by the store: read every record once, then sort.
-        every = sorted(
-            iter_records(feature, tracking_uri=tracking_uri),
-            key=lambda r: r.info.start_time or 0,
-            reverse=True,
-        )
-        return [run_row(run) for run in every[:limit]]
     runs = iter_runs(
         feature,
         tracking_uri=tracking_uri,
@@ -326,11 +318,31 @@ def recent_runs(
         page_size=min(limit, PAGE_SIZE),
         order_by=["attributes.start_time DESC"],
     )
-    rows = []
+    chosen: list[Any] = []
     for run in runs:
         if not include_calls and not is_run(run.data.tags):
             continue
-        rows.append(run_row(run))
-        if len(rows) >= limit:
+        chosen.append(run)
+        if len(chosen) >= limit:
             break
-    return rows
+    if include_calls:
+        chosen = _with_span_calls(chosen, feature, tracking_uri, limit)
+    return [run_row(run) for run in chosen]
+
+
+def _with_span_calls(runs: list[Any], feature: str | None, tracking_uri: str | None, limit: int) -> list[Any]:
+    """``runs`` (the newest ``limit``) merged with the newest calls written only as spans
+    (``traces``, ``runs+traces`` modes), newest first, each record once."""
+    from ..mlflow.trace_reports import newest_span_runs
+
+    client = read_client(resolve_tracking_uri(tracking_uri))
+    seen = {run.data.tags.get("record_id") for run in runs}
+    try:
+        spans = newest_span_runs(client, _experiment_ids(client, feature), limit)
+    except Exception as exc:
+        if isinstance(exc, NotImplementedError) or "not supported" in str(exc).lower():
+            return runs  # a store without traces (a ./mlruns folder): runs are all there is
+        raise StoreUnavailableError(f"cannot search traces: {short_error(exc)}") from exc
+    merged = runs + [s for s in spans if s.data.tags.get("record_id") not in seen]
+    merged.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return merged[:limit]
