@@ -27,6 +27,7 @@ __all__ = ["SDK_PROBLEM", "TRACKING", "AsyncAzureOpenAI", "AsyncOpenAI", "AzureO
 SDK_PROBLEM: str | None = sdk_problem()
 if SDK_PROBLEM is None:
     try:
+        from .batches.hook import Watch, watch
         from .capture.call import Call, active
         from .capture.observe import observe
         from .capture.request import begin
@@ -68,6 +69,49 @@ async def _send_async(send: Any, request: Any, stream: bool, kwargs: dict[str, A
     return response
 
 
+def _batch_watch(client: Any, options: Any) -> Watch | None:
+    # Unpaid requests: the Batch API's (create, list/retrieve, file downloads) are watched.
+    try:
+        return watch(client, options)
+    except Exception as exc:
+        report_internal_error(exc, "batches")
+        return None
+
+
+def _watched_sync(
+    client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
+) -> Any:
+    w = _batch_watch(client, options)
+    if w is None:
+        return request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    try:
+        result = request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    except BaseException as exc:
+        with internal_errors("batches"):
+            w.failed(exc)
+        raise
+    with internal_errors("batches"):
+        w.done(result, False)
+    return result
+
+
+async def _watched_async(
+    client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
+) -> Any:
+    w = _batch_watch(client, options)
+    if w is None:
+        return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    try:
+        result = await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+    except BaseException as exc:
+        with internal_errors("batches"):
+            w.failed(exc)
+        raise
+    with internal_errors("batches"):
+        w.done(result, True)
+    return result
+
+
 def _tracked_sync(
     client: Any, request: Any, cast_to: Any, options: Any, stream: bool, stream_cls: Any
 ) -> Any:
@@ -77,7 +121,7 @@ def _tracked_sync(
     except Exception as exc:
         report_internal_error(exc, "begin")
     if call is None:
-        return request(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return _watched_sync(client, request, cast_to, options, stream, stream_cls)
     if _budgets.ACTIVE:
         _budgets.guard(call)  # BudgetExceeded here: not sent, recorded as blocked
     token: Token[Call | None] = active.set(call)
@@ -105,7 +149,7 @@ async def _tracked_async(
     except Exception as exc:
         report_internal_error(exc, "begin")
     if call is None:
-        return await request(cast_to, options, stream=stream, stream_cls=stream_cls)
+        return await _watched_async(client, request, cast_to, options, stream, stream_cls)
     if _budgets.ACTIVE:
         await _budgets.guard_async(call)  # BudgetExceeded here: not sent, recorded as blocked
     token: Token[Call | None] = active.set(call)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from ..budgets import cli as cli_budgets
 from ..reports import StoreUnavailableError, UnknownFeatureError
+from . import batches as cli_batches
 from . import bill as cli_bill
 from . import demo as cli_demo
 from . import pricing as cli_pricing
@@ -22,7 +23,7 @@ from .output import EXIT_INTERRUPTED, EXIT_OK, EXIT_STORE, EXIT_USAGE, error
 
 __all__ = ["main"]
 
-_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_bill, cli_budgets, cli_demo, cli_serve)
+_COMMAND_GROUPS = (cli_reports, cli_pricing, cli_bill, cli_batches, cli_budgets, cli_demo, cli_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
