@@ -72,7 +72,8 @@ CAUSES = {
     "price per call (hosted tools, Batch API jobs)",
     "unpriced": "some of our calls are unpriced (unknown model or missing rate): their cost is not "
     "in our total",
-    "batch": "OpenAI's usage includes Batch API requests, which tracked clients do not record",
+    "batch": "OpenAI's usage includes Batch API requests: we record them when their output is read "
+    "through a tracked client or collected (`tracked-openai batches collect`)",
     "late": "a recent day: OpenAI's usage for it may still be arriving",
 }
 

@@ -317,3 +317,148 @@ def test_line_record_ids_are_stable() -> None:
     assert len(record_id_for("batch_1", "a")) == 32
     assert lines.is_batch_line({"custom_id": "x", "response": None, "error": {"code": "c"}})
     assert not lines.is_batch_line({"custom_id": "x", "method": "POST", "url": "/v1/x", "body": {}})
+
+
+def big_output(n: int) -> bytes:
+    """An output file of ``n`` lines (about 750 bytes each)."""
+    import json
+
+    from tests.batches.fake_batch_api import CREATED, chat_body
+
+    out = []
+    for i in range(n):
+        body = chat_body(f"doc-{i:05d}", 1_000 + i, 200, CREATED + 60 + i)
+        out.append(
+            {
+                "id": f"batch_req_{i}",
+                "custom_id": f"doc-{i:05d}",
+                "response": {"status_code": 200, "request_id": f"req_{i}", "body": body},
+                "error": None,
+            }
+        )
+    return ("\n".join(json.dumps(line) for line in out) + "\n").encode()
+
+
+def test_a_long_streamed_download_is_handed_over_in_pieces(
+    client: tracked_openai.OpenAI,
+    fake: FakeOpenAI,
+    api: FakeBatchAPI,
+    records: TrackedRecords,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.helpers.fakeopenai import FakeResponse
+
+    handed: list[int] = []
+    real_feed = worker.feed
+
+    def spy(job: worker.FileJob, chunks: list[bytes]) -> None:
+        handed.append(sum(map(len, chunks)))
+        real_feed(job, chunks)
+
+    monkeypatch.setattr(worker, "feed", spy)
+
+    data = big_output(3_000)
+    assert len(data) > 2 * 1024 * 1024  # past the tee's 1 MB hand-over twice
+    fake.add("GET", f"/files/{OUTPUT_FILE}/content", FakeResponse(content=data, chunk_size=65_536))
+    api.add_completed(BATCH_ID, {FEATURE_KEY: "crs_analysis"})
+    client.batches.retrieve(BATCH_ID)
+    with client.files.with_streaming_response.content(OUTPUT_FILE) as response:
+        got = b"".join(response.iter_bytes())
+    assert got == data
+    assert len(handed) == 2 and min(handed) > 1024 * 1024  # while the caller was still reading
+    calls = calls_of_batch(records)
+    assert len(calls) == 3_000
+    expected = sum((line_usd(1_000 + i, 200) for i in range(3_000)), Decimal(0))
+    assert sum((c.cost.total_usd for c in calls if c.cost), Decimal(0)) == expected
+
+
+def test_a_long_download_that_is_not_json_lines_is_let_go(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, records: TrackedRecords
+) -> None:
+    from tests.helpers.fakeopenai import FakeResponse
+
+    blob = b"%PDF-1.7\n" + bytes(range(256)) * 8_192  # 2 MB, not JSON lines
+    fake.add("GET", "/files/file-pdf/content", FakeResponse(content=blob, chunk_size=65_536))
+    with client.files.with_streaming_response.content("file-pdf") as response:
+        assert response.read() == blob
+    assert calls_of_batch(records) == []
+    assert not [r for r in fake.requests if r.url.path == "/v1/batches"]
+
+
+def test_a_gzip_encoded_download_is_read_decoded(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, api: FakeBatchAPI, records: TrackedRecords
+) -> None:
+    import gzip
+
+    from tests.helpers.fakeopenai import FakeResponse
+
+    packed = gzip.compress(output_file())
+    fake.add(
+        "GET",
+        f"/files/{OUTPUT_FILE}/content",
+        FakeResponse(content=packed, headers={"content-encoding": "gzip"}),
+    )
+    api.add_completed(BATCH_ID, {FEATURE_KEY: "crs_analysis"})
+    client.batches.retrieve(BATCH_ID)
+    with client.files.with_streaming_response.content(OUTPUT_FILE) as response:
+        assert response.read() == output_file()
+    assert client.files.content(OUTPUT_FILE).content == output_file()
+    assert len(calls_of_batch(records)) == 3
+
+
+def test_embeddings_and_responses_lines_are_priced_at_their_batch_rates(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, api: FakeBatchAPI, records: TrackedRecords
+) -> None:
+    import json
+
+    from tests.helpers.fakeopenai import FakeResponse
+
+    embedding = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.0023064255, -0.009327292]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8_000, "total_tokens": 8_000},
+    }
+    line = {
+        "id": "batch_req_e",
+        "custom_id": "emb-1",
+        "response": {"status_code": 200, "request_id": "req_e", "body": embedding},
+        "error": None,
+    }
+    api.add_completed("batch_emb", {FEATURE_KEY: "crs_analysis"})
+    api.batches["batch_emb"].update(endpoint="/v1/embeddings", output_file_id="file-emb", error_file_id=None)
+    fake.add("GET", "/files/file-emb/content", FakeResponse(content=json.dumps(line).encode() + b"\n"))
+    response_body = {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1_765_000_100,
+        "status": "completed",
+        "model": "gpt-4.1-mini-2025-04-14",
+        "output": [],
+        "usage": {
+            "input_tokens": 10_000,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 2_000,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 12_000,
+        },
+        "service_tier": "default",
+    }
+    line2 = {
+        "id": "batch_req_r",
+        "custom_id": "resp-1",
+        "response": {"status_code": 200, "request_id": "req_r", "body": response_body},
+        "error": None,
+    }
+    api.add_completed("batch_resp", {FEATURE_KEY: "crs_analysis"})
+    api.batches["batch_resp"].update(endpoint="/v1/responses", output_file_id="file-resp", error_file_id=None)
+    fake.add("GET", "/files/file-resp/content", FakeResponse(content=json.dumps(line2).encode() + b"\n"))
+    client.batches.list()
+    client.files.content("file-emb")
+    client.files.content("file-resp")
+    by_endpoint = {c.endpoint: c for c in calls_of_batch(records)}
+    # text-embedding-3-small batch: $0.01 / 1M; gpt-4.1-mini batch: $0.20 in, $0.80 out / 1M.
+    emb, resp = by_endpoint["embeddings"], by_endpoint["responses"]
+    assert emb.cost is not None and emb.cost.total_usd == Decimal("0.00008")
+    assert resp.cost is not None and resp.cost.total_usd == Decimal("0.0036")
+    assert "tier=batch" in (emb.pricing_rule or "") and "tier=batch" in (resp.pricing_rule or "")

@@ -130,18 +130,25 @@ def test_collect_first_then_a_download_records_each_line_once(store: str) -> Non
     }
 
 
-def test_collect_skips_batches_before_since_and_unfinished_ones(store: str) -> None:
+def test_collect_takes_finished_batches_since_the_date(store: str) -> None:
     from datetime import UTC, datetime
 
     fake = FakeOpenAI()
     api = FakeBatchAPI(fake)
     api.add_completed(BATCH_ID, {})
     api.batches["batch_running"] = api.batch_object("batch_running", {}, "in_progress")
+    # Expired: the requests it did not run are in its error file (billed nothing, recorded as errors).
+    expired = api.batch_object("batch_expired", {}, "expired")
+    expired.update(error_file_id=ERROR_FILE, request_counts={"total": 2, "completed": 0, "failed": 2})
+    api.batches["batch_expired"] = expired
     plain = openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
     later = collect(plain, tracking_uri=store, since=datetime(2026, 1, 1, tzinfo=UTC))
     assert (later.batches, later.new) == (0, 0)
     result = collect(plain, tracking_uri=store)
-    assert (result.batches, result.new) == (1, 5)  # the running batch is not collected
+    # The running batch is not collected; the expired one's two error lines are.
+    assert (result.batches, result.new, result.errors, result.cost_usd) == (2, 7, 4, EXPECTED_USD)
+    again = collect(plain, tracking_uri=store)
+    assert (again.batches, again.downloaded, again.new, again.already) == (2, 0, 0, 7)
 
 
 def test_cli_batches_collect_prints_the_summary(

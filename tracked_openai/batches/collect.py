@@ -1,7 +1,8 @@
 """``tracked-openai batches collect``: record the finished batches no tracked client has read.
 
 Lists the organisation's batches (``GET /batches``, newest first, page by page), keeps those
-``completed`` since ``since``, and for each asks the tracking store which of its lines are
+finished since ``since`` (``completed``, or ``expired``/``cancelled`` with
+files: those bill the requests they ran), and for each asks the tracking store which of its lines are
 recorded already (call runs tagged with its batch id). A batch with every line recorded is not
 downloaded again; the others' output and error files are downloaded with a plain SDK client
 and each line not yet recorded becomes a record (``lines.line_record``: the same ids as when a
@@ -25,6 +26,8 @@ from .lines import BATCH_ID_TAG, BatchInfo, is_batch_line, line_record, parse_li
 
 __all__ = ["CollectResult", "collect", "recorded_ids"]
 
+FINISHED = frozenset({"completed", "expired", "cancelled"})
+
 Progress = Callable[[int, int | None, str], None]
 
 
@@ -32,7 +35,7 @@ Progress = Callable[[int, int | None, str], None]
 class CollectResult:
     """What one ``collect`` found and did."""
 
-    batches: int = 0  # completed batches in the window
+    batches: int = 0  # finished batches in the window
     downloaded: int = 0  # batches whose files were read
     lines: int = 0  # lines read
     new: int = 0  # records made now
@@ -77,13 +80,14 @@ def recorded_ids(tracking_uri: str | None, batch_id: str) -> set[str]:
     return found
 
 
-def _completed(client: Any, since: datetime | None) -> Iterator[Any]:
+def _finished(client: Any, since: datetime | None) -> Iterator[Any]:
     floor = since.timestamp() if since is not None else None
     for batch in client.batches.list(limit=100):
         created = batch.created_at or 0
         if floor is not None and created < floor:
             return  # newest first: the rest are older
-        if batch.status == "completed":
+        # Expired and cancelled batches bill the requests they did run: their files count too.
+        if batch.status in FINISHED and (batch.output_file_id or batch.error_file_id):
             yield batch
 
 
@@ -95,18 +99,18 @@ def collect(
     progress: Progress | None = None,
     flush_timeout: float = 120.0,
 ) -> CollectResult:
-    """Record the lines of completed batches (created since ``since``) not recorded yet.
+    """Record the lines of finished batches (created since ``since``) not recorded yet.
 
     ``client`` is a plain ``openai.OpenAI`` (a tracked one would record each download twice
     over: once here and once by its own hook, which the ids make harmless but slow)."""
     result = CollectResult()
-    batches = [BatchInfo.of(b) for b in _completed(client, since)]
+    batches = [BatchInfo.of(b) for b in _finished(client, since)]
     result.batches = len(batches)
     for done, info in enumerate(batches):
         if progress is not None:
             progress(done, len(batches), info.id)
         recorded = recorded_ids(tracking_uri, info.id)
-        if info.total is not None and len(recorded) >= info.total:
+        if info.total and len(recorded) >= info.total:
             result.already += len(recorded)
             result.skipped.append(info.id)
             continue

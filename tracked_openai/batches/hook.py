@@ -185,7 +185,7 @@ class FileObserver:
     """The tee's observer for a streamed download (what ``capture.tee`` calls on a body
     observer): bytes go to the worker a megabyte at a time and when the body ends or closes."""
 
-    __slots__ = ("call", "chunks", "ended", "filtering", "job", "pending", "response_ref")
+    __slots__ = ("call", "chunks", "ended", "filtering", "first", "job", "pending", "response_ref")
 
     def __init__(self, job: worker.FileJob) -> None:
         self.job = job
@@ -193,6 +193,7 @@ class FileObserver:
         self.chunks: list[bytes] = []
         self.pending: list[bytes] = []
         self.filtering = False
+        self.first = True  # the body's start, where a batch file shows itself
         self.ended = False
         self.response_ref: Any = None
 
@@ -201,10 +202,11 @@ class FileObserver:
         with internal_errors("batch download"):
             chunks = self.chunks[:]
             self.chunks.clear()  # in place: the tee's loop holds this list
-            if self.job.decoder is None and chunks and chunks[0].lstrip()[:1] != b"{":
+            if self.first and self.job.decoder is None and chunks and chunks[0].lstrip()[:1] != b"{":
                 self.call = None  # not JSON lines: stop keeping anything of this body
                 _open.discard(self)
                 return
+            self.first = False
             worker.feed(self.job, chunks)
 
     def remainder(self) -> bytes:

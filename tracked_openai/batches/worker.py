@@ -187,6 +187,7 @@ def _resolve(job: FileJob) -> BatchInfo | None:
         known = _known.get(job.file_id)
     if known is not None:
         return BatchInfo.of(known)
+    client: Any = None
     try:
         client = _sync_client(job.client)
         for seen, batch in enumerate(client.batches.list(limit=100), 1):
@@ -204,6 +205,9 @@ def _resolve(job: FileJob) -> BatchInfo | None:
             exc,
         )
         return None
+    finally:
+        if client is not None and client is not job.client and not isinstance(job.client, _openai().OpenAI):
+            client.close()  # made here for an async client: ours to close
     _warn_once(
         f"unknown:{job.file_id}",
         "tracked_openai: batch file %s belongs to no batch among the newest %d; not recorded "
@@ -214,11 +218,16 @@ def _resolve(job: FileJob) -> BatchInfo | None:
     return None
 
 
+def _openai() -> Any:
+    import openai
+
+    return openai
+
+
 def _sync_client(client: Any) -> Any:
     """A synchronous client for this thread: the caller's own, or for an async one a plain SDK
     client with the same key and base URL (an async client cannot be used off its loop)."""
-    import openai
-
+    openai = _openai()
     if isinstance(client, openai.OpenAI):
         return client.with_options(max_retries=2, timeout=30.0)
     return openai.OpenAI(

@@ -41,8 +41,8 @@ def add_commands(sub: Any) -> None:
     c = batch_sub.add_parser(
         "collect",
         parents=[store_option("MLflow store to write to (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")],
-        help="record completed batches whose output no tracked client has read",
-        description="List the organisation's batches (OPENAI_API_KEY), take the completed ones "
+        help="record finished batches whose output no tracked client has read",
+        description="List the organisation's batches (OPENAI_API_KEY), take the finished ones "
         "created since --since, download the output and error files of those not fully recorded "
         "yet and record each line (priced at batch rates). Lines already recorded, by a tracked "
         "client or an earlier collect, are not recorded again.",
@@ -137,7 +137,7 @@ def _render(result: Any) -> None:
     table = Table(title="batches collect", title_justify="left", show_header=False)
     table.add_column()
     table.add_column(justify="right")
-    table.add_row("completed batches", f"{result.batches:,}")
+    table.add_row("finished batches", f"{result.batches:,}")
     table.add_row("downloaded (not fully recorded)", f"{result.downloaded:,}")
     table.add_row("lines read", f"{result.lines:,}")
     table.add_row("records new", f"{result.new:,}")
