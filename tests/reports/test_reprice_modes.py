@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.fake_admin_api import ADMIN_KEY, FakeAdminAPI
+from tests.helpers.mlflow_server import MlflowServer, mlflow_server  # noqa: F401 - fixture
 from tracked_openai import reconcile as rc
 from tracked_openai import reprice as rp
 from tracked_openai.mlflow.trace_reports import iter_trace_runs
@@ -56,15 +58,16 @@ def _id(n: int) -> str:
     return f"{n:032x}"
 
 
-def make_batches() -> list[list[Record]]:
+def make_batches(suffix: str = "", first_id: int = 0) -> list[list[Record]]:
     """Per day: ``verify`` (3 gpt-4o-mini calls, 1 acme-llm call, and a late call sent after
     its operation), ``analyze`` (gpt-4o, a whisper transcription, an error without usage), and
     two calls outside any operation (a dall-e-3 image; a Responses call with a hosted image
-    generation). Returns the batches as the exporter would send them."""
+    generation). Returns the batches as the exporter would send them. ``suffix`` is added to
+    the feature names and ids start after ``first_id`` (stores shared with other tests)."""
     book = load_price_book()
     main: list[Record] = []
     late: list[Record] = []
-    n = 0
+    n = first_id
 
     def call(at: float, feature: str, parent: OperationRecord | None, **kw: Any) -> CallRecord:
         nonlocal n
@@ -73,7 +76,7 @@ def make_batches() -> list[list[Record]]:
             record_id=_id(n),
             started_at=at,
             duration_s=0.5,
-            feature=feature,
+            feature=feature + suffix,
             operation=parent.operation if parent else None,
             parent_id=parent.record_id if parent else None,
             usage_source=kw.pop("usage_source", "response"),
@@ -86,7 +89,11 @@ def make_batches() -> list[list[Record]]:
         base = datetime.fromisoformat(f"{day}T09:00:00+00:00").timestamp()
         n += 1
         verify = OperationRecord(
-            record_id=_id(n), started_at=base, duration_s=20, feature="pid_verification", operation="verify"
+            record_id=_id(n),
+            started_at=base,
+            duration_s=20,
+            feature="pid_verification" + suffix,
+            operation="verify",
         )
         calls = [
             call(
@@ -134,7 +141,7 @@ def make_batches() -> list[list[Record]]:
             record_id=_id(n),
             started_at=base + 100,
             duration_s=20,
-            feature="crs_analysis",
+            feature="crs_analysis" + suffix,
             operation="analyze",
         )
         calls = [
@@ -488,3 +495,27 @@ def test_every_mode_gives_the_same_reconciliation(stores: Stores, admin_api: Fak
         assert rows[(day, "gpt-4o-2024-08-06")].ours.requests == 1
     ours, _ = results["runs"].totals()
     assert ours.requests == len(stores.calls) - 3
+
+
+# -- a real ``mlflow server`` ---------------------------------------------------------------------
+def test_through_a_tracking_server(
+    stores: Stores,
+    tmp_path: Path,
+    mlflow_server: MlflowServer,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The HTTP path (``search_runs``/``search_traces``, ``log_batch``/``set_trace_tag``) gives
+    what the embedded store gave, and writes once. One feature (calls inside operations, a late
+    call that is both a run and a span in ``runs+traces``), of its own: the session's server is
+    shared."""
+    path = fix_file(tmp_path, "fix-server")
+    want = rp.reprice(path, tracking_uri=stores.uris["runs"], feature="pid_verification").total
+    for i, mode in enumerate(("traces", "runs+traces")):
+        suffix = f"-{mode.replace('+', '-')}-{uuid.uuid4().hex[:8]}"
+        feature = "pid_verification" + suffix
+        made = make_batches(suffix, first_id=(i + 1) << 64)
+        batches = [[r for r in b if r.feature == feature] for b in made]
+        write_store(mlflow_server.url, mode, batches)
+        first = rp.reprice(path, tracking_uri=mlflow_server.url, feature=feature, write=True)
+        assert first.total == want and first.written == want.records == 15, mode
+        again = rp.reprice(path, tracking_uri=mlflow_server.url, feature=feature, write=True)
+        assert again.written == 0 and again.already_written == want.records, mode
