@@ -268,9 +268,9 @@ class Delivery(ABC):
                 # once per outage instead of reporting an internal error.
                 failed.append(index)
                 self._count("sink_failures", 1)
-                # The batch the exit path took over (and spooled) fails because its sink was
-                # told to stop writing (``stop_writes``): no outage to report.
-                if not self._down_logged and batch is not self._surrendered:
+                # A sink refusing a write because the exit path told it to stop (``stop_writes``;
+                # the batch is spooled) is no outage to report.
+                if not self._down_logged and not getattr(exc, "stopped_for_exit", False):
                     self._down_logged = True
                     logger.warning(
                         "tracked_openai: sink %s failed (%s: %s); retrying, then spooling to %s",

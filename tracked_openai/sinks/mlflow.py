@@ -77,6 +77,8 @@ class _SkippedError(Exception):
 class _StoppedError(Exception):
     """A write not started because the process is exiting and its batch was spooled."""
 
+    stopped_for_exit = True  # the exporter logs no outage for it
+
 
 class _Existing:
     __slots__ = ("finished", "run_id")
