@@ -30,6 +30,11 @@ __all__ = ["LIST_LIMIT", "FileJob", "end", "feed", "remember", "remember_page", 
 LIST_LIMIT = 1_000
 _KNOWN_MAX = 10_000
 _RECENT_MAX = 200_000
+_YIELD_EVERY = 8
+_BUFFER_BYTES = 16 * 1024 * 1024
+# Before the first item of a burst: the caller's thread, which just handed it over, finishes
+# its call without waiting for the GIL this thread would take.
+_SETTLE_S = 0.02
 
 _lock = threading.Lock()
 _cond = threading.Condition(_lock)
@@ -73,7 +78,7 @@ def remember_page(page: Any) -> None:
 class FileJob:
     """One downloaded file: its id, the client it came through, its content-encoding decoder."""
 
-    __slots__ = ("client", "decoder", "file_id", "info", "lines", "splitter", "state")
+    __slots__ = ("client", "decoder", "file_id", "held", "held_bytes", "info", "lines", "splitter", "state")
 
     def __init__(self, file_id: str, client: Any, decoder: Any = None) -> None:
         self.file_id = file_id
@@ -83,11 +88,21 @@ class FileJob:
         self.state = "new"  # new -> ok | skip
         self.info: BatchInfo | None = None
         self.lines = 0
+        self.held: list[bytes] = []  # fed pieces not parsed yet
+        self.held_bytes = 0
 
 
 def feed(job: FileJob, chunks: list[bytes]) -> None:
-    """Caller's thread: hand over bytes of ``job``'s body (O(1))."""
-    _put("feed", job, chunks)
+    """Caller's thread: hand over bytes of ``job``'s body, a download still being read. They are
+    only kept (this thread is not woken: waking it would have it take the GIL from the caller's
+    reading loop) until ``end``, or until they reach _BUFFER_BYTES, a bound on what we hold."""
+    size = sum(map(len, chunks))
+    with _lock:
+        job.held.extend(chunks)
+        job.held_bytes += size
+        full = job.held_bytes >= _BUFFER_BYTES
+    if full:
+        _put("feed", job, [])
 
 
 def end(job: FileJob, chunks: Iterable[bytes] = ()) -> None:
@@ -123,8 +138,12 @@ def _run() -> None:
     global _busy
     while True:
         with _lock:
+            idle = not _queue
             while not _queue:
                 _cond.wait()
+        if idle:
+            time.sleep(_SETTLE_S)
+        with _lock:
             kind, job, chunks = _queue.pop(0)
         try:
             _handle(kind, job, chunks)
@@ -140,6 +159,9 @@ def _run() -> None:
 def _handle(kind: str, job: FileJob, chunks: list[bytes]) -> None:
     if job.state == "skip":
         return
+    with _lock:
+        held, job.held, job.held_bytes = job.held, [], 0
+    chunks = held + chunks
     decoder = job.decoder
     for chunk in chunks:
         data = decoder.decode(chunk) if decoder is not None else chunk
@@ -180,6 +202,10 @@ def _lines(job: FileJob, lines: Iterable[Any]) -> None:
                 _recent.popitem(last=False)
         job.lines += 1
         runtime.submit(record)
+        if not job.lines % _YIELD_EVERY:
+            # Let the caller's thread have the GIL back: it may still be reading this very file
+            # (a streamed download is handed over a megabyte at a time while it is read).
+            time.sleep(0)
 
 
 def _resolve(job: FileJob) -> BatchInfo | None:
