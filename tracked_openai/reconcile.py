@@ -8,7 +8,8 @@ reference, "Usage" and "Costs" (https://platform.openai.com/docs/api-reference/u
 documented bodies are in ``tests/fixtures/admin_api``.
 
 :func:`reconcile` reads both for a date range, one page after another (``next_page``), reads our
-call runs for the same range, and puts them side by side per UTC day x model: requests, tokens
+call records for the same range (runs and trace spans, each once, whatever the ``mlflow_mode``
+they were written in), and puts them side by side per UTC day x model: requests, tokens
 (input + output) and USD, with the difference in percent. A row beyond the tolerance is a
 problem, with the usual causes named (:data:`CAUSES`).
 
@@ -342,11 +343,12 @@ class Reconciliation:
 def _ours(
     since: datetime, until: datetime, tracking_uri: str | None, feature: str | None = None
 ) -> dict[tuple[str, str], Side]:
-    from .reports.call_runs import call_runs, ms
+    from .reports.call_runs import CallRecords, ms
 
     sides: dict[tuple[str, str], Side] = {}
     uri = reports.resolve_tracking_uri(tracking_uri)
-    for run in call_runs(uri, feature, ms(since), ms(until), 1_000):
+    # Runs and spans, each call once whatever the mlflow_mode it was written in.
+    for run in CallRecords(uri, feature, ms(since), ms(until)):
         tags, metrics = run.data.tags, run.data.metrics
         used = tags.get("status") == "success" or tags.get("usage_source", "none") != "none"
         if not used:

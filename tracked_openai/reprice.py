@@ -1,30 +1,38 @@
 """Recompute the cost of stored call records under another price table.
 
-A call run keeps everything its price depends on: the usage (token, image, second and character
-metrics), the models (``model``/``response_model`` tags), the endpoint, the service tier, the
-request parameters (``size``, ``quality``, ``n``) and its start time. :func:`reprice` rebuilds
-each call record from its run, prices it with another :class:`~tracked_openai.pricing.PriceBook`
-(exactly as the exporter priced it then, history periods included), and sums the old and the new
-cost by feature, model and day.
+A call record keeps everything its price depends on, as a run (``runs`` mode) or as a span of a
+trace (``traces`` mode; calls inside operations in the default ``runs+traces``): the usage
+(token, image, second and character counts), the models, the endpoint, the service tier, the
+request parameters (``size``, ``quality``, ``n``), the hosted tools used and its start time.
+:func:`reprice` reads every call record once whatever the mode
+(:class:`~tracked_openai.reports.call_runs.CallRecords`), rebuilds it, prices it with another
+:class:`~tracked_openai.pricing.PriceBook` (exactly as the exporter priced it then, history
+periods included), and sums the old and the new cost by feature, model and day.
 
 With ``write=True`` the new figures are stored **beside** the original, never over it, under
 keys named after the new table's version (``<slug>`` is the version with characters MLflow
-rejects in keys replaced by ``_``)::
+rejects in keys replaced by ``_``). On a call run::
 
     metrics  repriced/<slug>/cost_usd, repriced/<slug>/input_cost_usd, repriced/<slug>/output_cost_usd
     tags     repriced/<slug>/pricing_version (the version as written), repriced/<slug>/cost_status,
              repriced/<slug>/pricing_rule
 
-A run that already carries ``repriced/<slug>/cost_status`` is not written again, so running the
-same repricing twice writes nothing the second time. The original ``cost_usd``,
-``pricing_version`` and ``cost_status`` stay as they were.
+A span's attributes cannot be changed once written, so a call span's figures go to one tag of
+its trace: ``repriced/<slug>/<record id>`` = ``{"cost_usd": ..., "input_cost_usd": ...,
+"output_cost_usd": ..., "cost_status": ..., "pricing_version": ..., "pricing_rule": ...}``
+(compact JSON, the rule cut to 1,000 characters: well under MLflow's 8,000 per trace tag value,
+whatever the number of calls in the trace). Reports read it back as the run keys above.
 
-Runs are read oldest first, one page at a time; after each page the position (the start time
-reached, and the runs already seen at that instant) and the running sums are saved to a small
-JSON state file when one is given. An interrupted repricing started again with the same
-arguments and state file goes on from there, and its final table covers every record.
+A record that already carries ``repriced/<slug>/cost_status`` is not written again, so running
+the same repricing twice writes nothing the second time. The original ``cost_usd``,
+``pricing_version`` and ``cost_status`` (and span attributes) stay as they were.
 
-Operation runs keep their rolled-up ``cost_usd``: only call runs are repriced.
+Records are read oldest first, one page at a time; after each page the position (the place
+reached in the one order of runs and spans) and the running sums are saved to a small JSON
+state file when one is given. An interrupted repricing started again with the same arguments
+and state file goes on from there, and its final table covers every record.
+
+Operation runs and spans keep their rolled-up ``cost_usd``: only call records are repriced.
 """
 
 from __future__ import annotations
@@ -41,9 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from . import reports
+from .mlflow.trace_reports import repriced_tag_key
 from .pricing import PriceBook, PricingError, load_price_book, price_record
 from .records import CallRecord
-from .reports.call_runs import call_from_run, call_runs, ms, write_figures
+from .reports.call_runs import CallRecords, call_from_run, is_span, ms, sql_store, write_figures
+from .reports.call_spans import write_trace_tags
 
 __all__ = [
     "RepriceResult",
@@ -55,7 +65,9 @@ __all__ = [
 ]
 
 _BAD_KEY = re.compile(r"[^\w\-. /]")
-_STATE_FORMAT = 1
+# 2: one position in the order of runs and spans (1 held a start time and the runs seen at it).
+_STATE_FORMAT = 2
+_MAX_SPAN_RULE = 1_000
 
 
 def version_slug(version: str) -> str:
@@ -321,41 +333,28 @@ def reprice(
     }
     state_file = Path(state_path) if state_path is not None else None
     state_key = _state_key(reports.display_uri(uri), book.version, filters)
-    position_ms: int | None = None
-    seen_at_position: set[str] = set()
+    resume: dict[str, Any] | None = None
     if state_file is not None:
         state = _load_state(state_file, state_key)
         if state is not None:
             result._restore(state["result"])
-            position_ms = int(state["position_ms"])
-            seen_at_position = set(state["seen_at_position"])
+            resume = state["reader"]
     if progress is not None and result.total.records:
         progress(result.total.records)
 
-    # Bounds in whole milliseconds, as MLflow stores start times: the resumed position is the
-    # exact start time of the last run done.
-    lower_ms = ms(start)
-    if position_ms is not None and (lower_ms is None or position_ms > lower_ms):
-        lower_ms = position_ms
-    upper_ms = ms(end)
     client: Any = None
     if write:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-
+    reader = CallRecords(uri, feature, ms(start), ms(end), page_size, resume=resume)
     page: list[Any] = []
 
     def finish_page() -> None:
-        nonlocal position_ms, seen_at_position
         if not page:
             return
         if write:
-            _write_page(client, page, keys, result)
-        last = page[-1][0].info.start_time or 0
-        ids_at_last = {run.info.run_id for run, *_ in page if (run.info.start_time or 0) == last}
-        seen_at_position = (seen_at_position | ids_at_last) if last == position_ms else ids_at_last
-        position_ms = last
+            _write_page(client, page, book.version, keys, result)
         page.clear()
         if state_file is not None:
             _save_state(
@@ -363,21 +362,14 @@ def reprice(
                 {
                     "format": _STATE_FORMAT,
                     "key": state_key,
-                    "position_ms": position_ms,
-                    "seen_at_position": sorted(seen_at_position),
+                    "reader": reader.state(),
                     "result": result._state(),
                 },
             )
         if progress is not None:
             progress(result.total.records)
 
-    for run in call_runs(uri, feature, lower_ms, upper_ms, page_size):
-        if (
-            position_ms is not None
-            and (run.info.start_time or 0) == position_ms
-            and run.info.run_id in seen_at_position
-        ):
-            continue  # done before the interruption
+    for run in reader:
         tags = run.data.tags
         if model is not None and model not in (tags.get("model"), tags.get("response_model")):
             continue
@@ -427,15 +419,41 @@ def _new_figures(
     return metrics, tags
 
 
+def _span_tag(record: CallRecord) -> str:
+    """A call span's new figures as the value of its trace tag (see the module docstring)."""
+    figures: dict[str, Any] = {
+        "cost_status": record.cost_status,
+        "pricing_version": record.pricing_version or "",
+    }
+    if record.cost is not None:
+        figures["cost_usd"] = float(record.cost.total_usd)
+        figures["input_cost_usd"] = float(record.cost.input_usd)
+        figures["output_cost_usd"] = float(record.cost.output_usd)
+    if record.pricing_rule:
+        figures["pricing_rule"] = record.pricing_rule[:_MAX_SPAN_RULE]
+    return json.dumps(figures, separators=(",", ":"))
+
+
 def _write_page(
-    client: Any, page: list[tuple[Any, CallRecord]], keys: Mapping[str, str], result: RepriceResult
+    client: Any,
+    page: list[tuple[Any, CallRecord]],
+    version: str,
+    keys: Mapping[str, str],
+    result: RepriceResult,
 ) -> None:
-    todo = []
+    runs, tags = [], []
+    slug = version_slug(version)
     for run, record in page:
         figures = _new_figures(run, record, keys, result)
-        if figures is not None:
-            todo.append((run, figures))
-    if not todo:
-        return
-    write_figures(client, todo, keys)
-    result.written += len(todo)
+        if figures is None:
+            continue
+        if is_span(run):
+            record_id = run.data.tags.get("record_id", "")
+            tags.append((run.info.run_id, repriced_tag_key(slug, record_id), _span_tag(record)))
+        else:
+            runs.append((run, figures))
+    if runs:
+        write_figures(client, runs, keys)
+    if tags:
+        write_trace_tags(client, sql_store(client), tags)
+    result.written += len(runs) + len(tags)

@@ -165,14 +165,23 @@ class MlflowServer:
             [sys.executable, str(ROOT / "deploy" / "services.py"), *args, "--run-dir", str(self.run_dir)],
             capture_output=True,
             text=True,
-            timeout=180,
+            timeout=660,
         )
         if done.returncode:
             raise SystemExit(f"deploy/services.py {args[0]} failed:\n{done.stderr}")
         return done.stdout.strip()
 
     def start(self) -> None:
-        self.url = self._services("start", "--port", str(self.port), "--database", self.database)
+        self.url = self._services(
+            # A loaded 2-core box has taken over 120 s to bring mlflow server up.
+            "start",
+            "--port",
+            str(self.port),
+            "--database",
+            self.database,
+            "--timeout",
+            "600",
+        )
 
     def kill(self) -> None:
         pid = int((self.run_dir / "mlflow.pid").read_text())

@@ -268,7 +268,9 @@ class Delivery(ABC):
                 # once per outage instead of reporting an internal error.
                 failed.append(index)
                 self._count("sink_failures", 1)
-                if not self._down_logged:
+                # A sink refusing a write because the exit path told it to stop (``stop_writes``;
+                # the batch is spooled) is no outage to report.
+                if not self._down_logged and not getattr(exc, "stopped_for_exit", False):
                     self._down_logged = True
                     logger.warning(
                         "tracked_openai: sink %s failed (%s: %s); retrying, then spooling to %s",
@@ -309,11 +311,18 @@ class Delivery(ABC):
                 self._current = None  # handled: the exit path must not spool it again
             self._spool_or_hold(batch, targets)
 
-    def _spool_or_hold(self, batch: list[Record], targets: list[int], keys: list[str] | None = None) -> None:
+    def _spool_or_hold(
+        self,
+        batch: list[Record],
+        targets: list[int],
+        keys: list[str] | None = None,
+        *,
+        in_flight: bool = False,
+    ) -> None:
         names = keys if keys is not None else [self._keys[i] for i in targets]
         if self._spool is not None and names:
             try:
-                self._spool.append(batch, names)
+                self._spool.append(batch, names, in_flight=in_flight)
             except OSError as exc:
                 # Permissions, a full disk, a file where the folder should be: the host's
                 # environment, not a bug of ours. Counted, said once, records kept in memory.

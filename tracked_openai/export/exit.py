@@ -2,8 +2,13 @@
 
 At interpreter exit (``exit_flush``, once) whatever is still queued, in flight or held when the
 deadline passes is spooled, and the next process replays it. The batch the worker may still be
-delivering is taken from it (``_surrender_current``): the sink's idempotency absorbs it being
-exported too, and it is spooled once.
+delivering is taken from it (``_surrender_current``) and spooled once, marked ``in_flight``.
+
+Two writers of one record at once would write it twice: the runs sink's idempotency is a search
+before writing (MLflow has no idempotent ``create_run``), and both would find nothing. So the
+worker's sinks start no new write once the batch is surrendered (``stop_writes``), and no other
+process replays an ``in_flight`` file while this process lives (``Spool.claim``); the replay
+after it is gone finds, by record id, the runs it did write (a run left unfinished is completed).
 """
 
 from __future__ import annotations
@@ -65,13 +70,26 @@ class ExitPath(Delivery):
                 self._spool_or_hold(batch, targets)
 
     def _surrender_current(self, keys: list[str] | None) -> None:
-        """Take the batch in flight from the worker and spool it (exit path). The worker may
-        still export it right now (the sink's idempotency absorbs that) but never spools it."""
+        """Take the batch in flight from the worker and spool it (exit path). The worker may be
+        exporting it right now; it never spools it, and at exit its sinks start no new write."""
         with self._current_lock:
             current, self._current = self._current, None
             if current is not None:
                 self._surrendered = current
-                self._spool_or_hold(current, list(range(len(self.sinks))), keys)
+                if self._exited:
+                    self._stop_writes()
+                self._spool_or_hold(current, list(range(len(self.sinks))), keys, in_flight=True)
+
+    def _stop_writes(self) -> None:
+        """Have the sinks refuse writes not yet started (``stop_writes``, where a sink has it):
+        the batch they belong to is in the spool now, for the next process."""
+        for sink in list(self.sinks):
+            stop = getattr(sink, "stop_writes", None)
+            if stop is not None:
+                try:
+                    stop()
+                except Exception as exc:
+                    self._internal_error(exc, "sink.stop_writes")
 
     def _at_exit(self) -> None:
         if self._exited or self._closed:

@@ -9,6 +9,12 @@ one tracking server is never replayed into another.
 Replay *claims* a file by renaming it to ``….jsonl.claimed-<pid>`` (atomic: one process wins),
 exports it, then deletes it; on failure the claim is released. Claims left by a process that died
 are released by the next process that opens the spool.
+
+A batch spooled while its process may still be writing it (the exit deadline took it from the
+writer mid-export: ``in_flight`` in the header) is not claimed by another process until that
+process is gone (or ``_IN_FLIGHT_MAX_AGE`` passed). The sinks' idempotency is a search before
+writing, which holds for writers that take turns, not for two writing the same record at once:
+both would find no run and both create one (issue 21's duplicates).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ __all__ = ["Spool", "SpoolFile", "default_spool_dir"]
 
 _VERSION = 1
 _CLAIM = ".claimed-"
+# After this long a batch's old writer is taken to be done with it whatever its pid says (a
+# recycled pid must not hold a file back for ever); a write is bounded by the sink's timeouts.
+_IN_FLIGHT_MAX_AGE = 600.0
 
 
 def default_spool_dir() -> Path:
@@ -61,6 +70,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_busy(head: dict[str, Any]) -> bool:
+    """The file's records may still be being written by the live process that spooled them."""
+    if not head.get("in_flight"):
+        return False
+    pid, at = head.get("pid"), head.get("at")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False  # this process: its own writer was stopped or joined before it replays
+    if isinstance(at, (int, float)) and time.time() - at > _IN_FLIGHT_MAX_AGE:
+        return False
+    return _pid_alive(pid)
+
+
 class Spool:
     """A folder of spooled batches. Thread-safe by construction (one file per operation)."""
 
@@ -92,10 +113,19 @@ class Spool:
         return None
 
     # -- writing -------------------------------------------------------------------------------
-    def append(self, records: Sequence[Record], sinks: Iterable[str]) -> Path:
-        """Write ``records`` (already prepared) durably; raises ``OSError`` if the folder can't."""
+    def append(self, records: Sequence[Record], sinks: Iterable[str], *, in_flight: bool = False) -> Path:
+        """Write ``records`` (already prepared) durably; raises ``OSError`` if the folder can't.
+        ``in_flight``: this process may still be writing them to their sinks (see the module
+        docstring); other processes leave the file alone while this one lives."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        header = {"spool": _VERSION, "sinks": sorted(set(sinks)), "pid": os.getpid(), "at": time.time()}
+        header: dict[str, Any] = {
+            "spool": _VERSION,
+            "sinks": sorted(set(sinks)),
+            "pid": os.getpid(),
+            "at": time.time(),
+        }
+        if in_flight:
+            header["in_flight"] = True
         lines = [json.dumps(header, separators=(",", ":"))]
         lines.extend(json.dumps(r.to_dict(), separators=(",", ":"), default=str) for r in records)
         data = ("\n".join(lines) + "\n").encode("utf-8")
@@ -148,7 +178,8 @@ class Spool:
         wanted = None if keys is None else set(keys)
         count = 0
         for path in self.files():
-            if wanted is None or wanted & set(self._header(path).get("sinks", ())):
+            head = self._header(path)
+            if (wanted is None or wanted & set(head.get("sinks", ()))) and not _writer_busy(head):
                 count += 1
         return count
 
@@ -189,7 +220,7 @@ class Spool:
         for path in self.files():
             head = self._header(path)
             sinks = [str(s) for s in head.get("sinks", ())]
-            if not wanted & set(sinks):
+            if not wanted & set(sinks) or _writer_busy(head):
                 continue
             claimed = path.with_name(f"{path.name}{_CLAIM}{os.getpid()}")
             try:

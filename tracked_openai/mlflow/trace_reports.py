@@ -10,18 +10,54 @@ A record is counted once: reports skip a span whose record id they already count
 (in ``runs+traces`` a call outside any operation, or a late call, is both). Spans that are not
 ours (no ``tracked_openai.record_id``) are ignored.
 
+Span attributes cannot be changed once written, but trace tags can: a repricing
+(``tracked_openai.reprice``) stores a call span's new figures in one trace tag per call and
+price table version, ``repriced/<version slug>/<record id>`` = compact JSON
+(``{"cost_usd": ..., "input_cost_usd": ..., "output_cost_usd": ..., "cost_status": ...,
+"pricing_version": ..., "pricing_rule": ...}``, a few hundred characters against MLflow's 8,000).
+:func:`span_run` reads them back as the run metrics and tags a repricing writes on a call run
+(``repriced/<slug>/cost_usd``, ``repriced/<slug>/cost_status``, ...), so a repriced span and a
+repriced run read the same.
+
 This pages through every trace of the window with its spans (MLflow's ``search_traces``); the
 server-side trace-metrics aggregation is not used yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["TraceRun", "iter_trace_runs"]
+from .names import TOOL_CALLS_PREFIX, TOOL_USAGE_TAG
+from .traces import TOOL_USAGE_ATTR
+
+__all__ = [
+    "REPRICED_PREFIX",
+    "TraceRun",
+    "iter_trace_runs",
+    "repriced_tag_key",
+    "span_run",
+]
+
+# Trace tags holding a repricing's figures for one call span (see the module docstring).
+REPRICED_PREFIX = "repriced/"
+# Usage fields a call span carries as ``tracked_openai.usage.<field>``, read back under the
+# run metric of the same name.
+_USAGE_FIELDS = (
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "cache_write_tokens",
+    "images",
+    "seconds",
+    "characters",
+)
+_TOOL_COUNT = "tracked_openai.usage.tool_calls."
 
 _OURS = "tracked_openai."
 _PAGE = 500
@@ -69,8 +105,38 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def span_run(span: Any, experiment_id: str) -> TraceRun | None:
-    """The run-like view of one of our spans; ``None`` for spans that are not ours."""
+def repriced_tag_key(slug: str, record_id: str) -> str:
+    """The trace tag holding the figures of ``record_id``'s call span repriced to ``slug``."""
+    return f"{REPRICED_PREFIX}{slug}/{record_id}"
+
+
+def _read_repriced(record_id: str, trace_tags: Mapping[str, str], data: _Data) -> None:
+    """This call's repriced figures (trace tags) as the run metrics and tags of the same names."""
+    suffix = "/" + record_id
+    for key, value in trace_tags.items():
+        if not (key.startswith(REPRICED_PREFIX) and key.endswith(suffix)):
+            continue
+        base = key[: -len(suffix)]
+        try:
+            figures = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(figures, dict):
+            continue
+        for name in ("cost_usd", "input_cost_usd", "output_cost_usd"):
+            number = _num(figures.get(name))
+            if number is not None:
+                data.metrics[f"{base}/{name}"] = number
+        for name in ("pricing_version", "pricing_rule", "cost_status"):
+            text = figures.get(name)
+            if isinstance(text, str) and text:
+                data.tags[f"{base}/{name}"] = text
+
+
+def span_run(span: Any, experiment_id: str, trace_tags: Mapping[str, str] | None = None) -> TraceRun | None:
+    """The run-like view of one of our spans; ``None`` for spans that are not ours.
+
+    ``trace_tags`` (its trace's tags) supply the figures a repricing stored for a call span."""
     attrs: dict[str, Any] = span.attributes or {}
     record_id = attrs.get(_OURS + "record_id")
     if not record_id:
@@ -148,10 +214,23 @@ def span_run(span: Any, experiment_id: str) -> TraceRun | None:
                 number = _num(usage.get(key))
                 if number is not None:
                     metrics[metric] = number
-        for name in ("reasoning_tokens", "images", "seconds", "characters"):
+        for name in _USAGE_FIELDS:
             number = _num(attrs.get(_OURS + "usage." + name))
             if number is not None:
                 metrics[name] = number
+        for key, value in attrs.items():
+            if key.startswith(_TOOL_COUNT):
+                number = _num(value)
+                if number is not None:
+                    metrics[TOOL_CALLS_PREFIX + key[len(_TOOL_COUNT) :]] = number
+        tool_usage = attrs.get(TOOL_USAGE_ATTR)
+        if isinstance(tool_usage, dict):  # a store may hand back the JSON text parsed
+            tool_usage = json.dumps(tool_usage, sort_keys=True, separators=(",", ":"))
+        if isinstance(tool_usage, str) and tool_usage:
+            tags[TOOL_USAGE_TAG] = tool_usage
+        provider = attrs.get("mlflow.llm.provider")
+        if provider:
+            tags["provider"] = _text(provider)
         cost = attrs.get("mlflow.llm.cost")
         if isinstance(cost, dict) and _num(cost.get("total_cost")) is not None:
             metrics["cost_usd"] = float(cost["total_cost"])
@@ -177,7 +256,10 @@ def span_run(span: Any, experiment_id: str) -> TraceRun | None:
         status="FINISHED" if ok else "FAILED",
         run_name=span.name,
     )
-    return TraceRun(info, _Data(tags, metrics, params))
+    data = _Data(tags, metrics, params)
+    if is_call and trace_tags:
+        _read_repriced(str(record_id), trace_tags, data)
+    return TraceRun(info, data)
 
 
 def iter_trace_runs(
@@ -210,7 +292,7 @@ def iter_trace_runs(
             )
             for trace in page:
                 for span in trace.data.spans:
-                    run = span_run(span, experiment_id)
+                    run = span_run(span, experiment_id, trace.info.tags)
                     if run is None:
                         continue
                     start = run.info.start_time
@@ -236,7 +318,7 @@ def newest_span_runs(client: Any, experiment_ids: Sequence[str], limit: int) -> 
         )
         for trace in page:
             for span in trace.data.spans:
-                run = span_run(span, experiment_id)
+                run = span_run(span, experiment_id, trace.info.tags)
                 if run is not None:
                     found.append(run)
     return found

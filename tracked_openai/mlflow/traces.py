@@ -28,6 +28,7 @@ store's ``log_spans``.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from typing import Any, Literal
 from ..records import LATE_TAG, CallRecord, OperationRecord, Record, tag_value
 
 __all__ = [
+    "TOOL_USAGE_ATTR",
     "SpanData",
     "SpanEvent",
     "TraceData",
@@ -74,6 +76,9 @@ GEN_AI_SERVICE_TIER = "gen_ai.openai.response.service_tier"
 GEN_AI_RESPONSE_IDS = "gen_ai.response.id"
 
 OURS = "tracked_openai."
+# The hosted tools a call used and what each fee depended on (search context size, image size,
+# ...), as the run's ``tool_usage`` tag: a repricing from spans needs more than the counts.
+TOOL_USAGE_ATTR = OURS + "tool_usage"
 
 # Our endpoint name -> (MLflow span type, gen_ai.operation.name). Images and audio have no span
 # type of their own in MLflow: LLM (a generative model call) is the closest.
@@ -312,8 +317,10 @@ def call_span(call: CallRecord, trace_id: bytes, parent_span_id: bytes | None) -
         if call.cost.tool_usd is not None:
             attrs[OURS + "tool_cost_usd"] = _usd(call.cost.tool_usd)
     for kind, count in (usage.tool_calls or {}).items():
-        # Hosted tools used, per kind (what each fee depended on: the run's ``tool_usage`` tag).
         attrs[OURS + "usage.tool_calls." + kind] = count
+    if usage.tool_calls:
+        tool_usage = {"tool_calls": usage.tool_calls, "tool_details": usage.tool_details or {}}
+        attrs[TOOL_USAGE_ATTR] = json.dumps(tool_usage, sort_keys=True, separators=(",", ":"))[:_MAX_TEXT]
     for key in (
         "reasoning_tokens",
         "audio_input_tokens",

@@ -37,6 +37,7 @@ from ..mlflow.store import (
 )
 from .aggregate import feature_metrics, tracking_enabled
 from .query import BREAKDOWNS, UnknownFeatureError, experiments, iter_runs, parse_when, recent_runs
+from .totals import call_totals
 
 __all__ = [
     "BREAKDOWNS",
@@ -45,6 +46,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreUnavailableError",
     "UnknownFeatureError",
+    "call_totals",
     "check_store",
     "display_uri",
     "experiment_name",

@@ -1,20 +1,44 @@
-"""Stored call runs for repricing and reconciling: read fast (straight from MLflow's tables on
-a SQL store, else ``search_runs``), rebuilt as the :class:`~tracked_openai.records.CallRecord`
-they were written from, and new figures written beside the old ones."""
+"""Stored call records for repricing and reconciling: every call record once, whether the
+store holds it as a run (``runs`` mode; calls outside operations in ``runs+traces``), as a span
+of a trace (``traces``; calls inside operations in ``runs+traces``) or as both (calls outside
+operations and late calls in ``runs+traces``): :class:`CallRecords`. Read fast (straight from
+MLflow's tables on a SQL store, else ``search_runs`` / ``search_traces``), rebuilt as the
+:class:`~tracked_openai.records.CallRecord` they were written from, and new figures written
+beside the old ones.
+
+Runs and spans are read in one order, ``(start ms, 0 for a run | 1 for a span, run id | span
+key)``, so the place reached is one position a repricing can save and resume from. A record
+stored both ways has the same start time on both (its span's may be 1 ms earlier: nanoseconds
+cut to milliseconds against rounded), so the record ids of the last few milliseconds are enough
+to count it once; they are part of the saved position."""
 
 from __future__ import annotations
 
+import heapq
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
 from ..mlflow.names import TOOL_CALLS_PREFIX, TOOL_USAGE_TAG
-from ..mlflow.store import read_client
+from ..mlflow.store import StoreUnavailableError, read_client, short_error
+from ..mlflow.trace_reports import TraceRun
 from ..records import CallRecord, Usage
+from .call_spans import iter_call_spans
 from .query import _experiment_ids, iter_runs
 
-__all__ = ["Figures", "call_from_run", "call_runs", "ms", "sql_store", "write_figures"]
+__all__ = [
+    "CallRecords",
+    "Figures",
+    "Position",
+    "call_from_run",
+    "call_runs",
+    "is_span",
+    "ms",
+    "sql_store",
+    "write_figures",
+]
+
 
 # Usage metrics as the MLflow sink writes them (docs/mlflow-mapping.md) -> Usage fields.
 _USAGE_METRICS = {
@@ -118,33 +142,61 @@ def ms(when: datetime | None) -> int | None:
 
 
 def call_runs(
-    uri: str, feature: str | None, since_ms: int | None, until_ms: int | None, page_size: int
+    uri: str,
+    feature: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    page_size: int,
+    after: tuple[int, str] | None = None,
 ) -> Iterator[Any]:
-    """Active call runs started in ``[since_ms, until_ms)``, oldest first: straight from MLflow's
-    tables through its own ORM models on a SQL store, else through ``MlflowClient.search_runs``."""
+    """Active call runs started in ``[since_ms, until_ms)`` (and after ``after``, the
+    ``(start ms, run id)`` of a run already read), in order of start time then run id: straight
+    from MLflow's tables through its own ORM models on a SQL store, else through
+    ``MlflowClient.search_runs``."""
     client = read_client(uri)
     store = sql_store(client)
     if store is None:
+        lower = since_ms if after is None or (since_ms is not None and since_ms > after[0]) else after[0]
         parts = ["tags.kind = 'call'"]
-        if since_ms is not None:
-            parts.append(f"attributes.start_time >= {since_ms}")
+        if lower is not None:
+            parts.append(f"attributes.start_time >= {lower}")
         if until_ms is not None:
             parts.append(f"attributes.start_time < {until_ms}")
-        yield from iter_runs(
+        runs = iter_runs(
             feature,
             tracking_uri=uri,
             filter_string=" AND ".join(parts),
             page_size=page_size,
             order_by=["attributes.start_time ASC"],
         )
+        for run in _by_id_within_ms(runs):
+            if after is None or ((run.info.start_time or 0), run.info.run_id) > after:
+                yield run
         return
     ids = _experiment_ids(client, feature)
     if ids:
-        yield from _sql_call_runs(store, ids, since_ms, until_ms, page_size)
+        yield from _sql_call_runs(store, ids, since_ms, until_ms, page_size, after)
+
+
+def _by_id_within_ms(runs: Iterable[Any]) -> Iterator[Any]:
+    """Runs ordered by start time (``search_runs``' order) reordered by run id within each
+    millisecond, the order a saved position compares with."""
+    group: list[Any] = []
+    for run in runs:
+        if group and (run.info.start_time or 0) != (group[0].info.start_time or 0):
+            yield from sorted(group, key=lambda r: r.info.run_id)
+            group = []
+        group.append(run)
+    yield from sorted(group, key=lambda r: r.info.run_id)
 
 
 def _sql_call_runs(
-    store: Any, experiment_ids: list[str], since_ms: int | None, until_ms: int | None, page_size: int
+    store: Any,
+    experiment_ids: list[str],
+    since_ms: int | None,
+    until_ms: int | None,
+    page_size: int,
+    after: tuple[int, str] | None = None,
 ) -> Iterator[_Run]:
     """Keyset-paged reads of runs and their tags, latest metrics and params.
 
@@ -165,7 +217,6 @@ def _sql_call_runs(
         base.append(SqlRun.start_time >= since_ms)
     if until_ms is not None:
         base.append(SqlRun.start_time < until_ms)
-    after: tuple[int, str] | None = None
     while True:
         where = list(base)
         if after is not None:
@@ -202,6 +253,96 @@ def _sql_call_runs(
                 runs[run_id].data.params[key] = value
         yield from runs.values()
         after = (rows[-1][1] or 0, rows[-1][0])
+
+
+# -- runs and spans, each record once -------------------------------------------------------------
+Position = tuple[int, int, str]  # (start ms, 0 run | 1 span, run id | span key)
+_RUN, _SPAN = 0, 1
+# How far apart (ms) the run and the span of one record can start (see the module docstring).
+_SAME_RECORD_MS = 2
+
+
+def is_span(run: Any) -> bool:
+    """A call read from a trace's span (its new figures go to trace tags, not run metrics)."""
+    return isinstance(run, TraceRun)
+
+
+class CallRecords:
+    """Every call record started in ``[since_ms, until_ms)`` once, runs and spans, in one order.
+
+    Iterate it for the run-like records (spans as :class:`~tracked_openai.mlflow.trace_reports.TraceRun`).
+    :meth:`state` is the place reached (JSON-able); a reader built with ``resume=state`` goes on
+    after it. A store without traces (a ``./mlruns`` folder) has runs only.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        feature: str | None,
+        since_ms: int | None,
+        until_ms: int | None,
+        page_size: int = 1_000,
+        *,
+        resume: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.uri, self.feature = uri, feature
+        self.since_ms, self.until_ms, self.page_size = since_ms, until_ms, page_size
+        self.position: Position | None = None
+        self.recent: dict[str, int] = {}
+        if resume:
+            ms_, source, sub = resume["position"]
+            self.position = (int(ms_), int(source), str(sub))
+            self.recent = {str(k): int(v) for k, v in resume.get("recent", {}).items()}
+        self._start = self.position
+
+    def state(self) -> dict[str, Any]:
+        return {"position": list(self.position) if self.position else None, "recent": dict(self.recent)}
+
+    def _runs(self) -> Iterator[tuple[int, int, str, Any]]:
+        since, after = self.since_ms, None
+        if self._start is not None:
+            ms_, source, sub = self._start
+            if source == _RUN:
+                after = (ms_, sub)
+            elif since is None or ms_ + 1 > since:
+                since = ms_ + 1  # runs of that millisecond come before its spans: all done
+        for run in call_runs(self.uri, self.feature, since, self.until_ms, self.page_size, after):
+            yield run.info.start_time or 0, _RUN, run.info.run_id, run
+
+    def _spans(self) -> Iterator[tuple[int, int, str, Any]]:
+        since, after = self.since_ms, None
+        if self._start is not None:
+            ms_, source, sub = self._start
+            if source == _SPAN:
+                after = (ms_, sub)
+            elif since is None or ms_ > since:
+                since = ms_
+        try:
+            client = read_client(self.uri)
+            ids = _experiment_ids(client, self.feature)
+            store = sql_store(client)
+            spans = iter_call_spans(client, store, ids, since, self.until_ms, after, self.page_size)
+            for ms_, key, run in spans:
+                yield ms_, _SPAN, key, run
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, NotImplementedError) or "not supported" in str(exc).lower():
+                return  # a store without traces: runs are all there is
+            raise StoreUnavailableError(f"cannot read traces: {short_error(exc)}") from exc
+
+    def __iter__(self) -> Iterator[Any]:
+        pruned_at: int | None = None
+        for ms_, source, sub, run in heapq.merge(self._runs(), self._spans(), key=lambda item: item[:3]):
+            self.position = (ms_, source, sub)
+            if pruned_at != ms_:
+                pruned_at = ms_
+                self.recent = {k: v for k, v in self.recent.items() if v >= ms_ - _SAME_RECORD_MS}
+            record_id = run.data.tags.get("record_id") or sub
+            if record_id in self.recent:
+                continue  # the same record's run or span, already read
+            self.recent[record_id] = ms_
+            yield run
 
 
 def sql_store(client: Any) -> Any | None:

@@ -30,7 +30,10 @@ Idempotency: before writing a batch, the runs already in the experiment whose st
 in the batch's window are read once (one ``search_runs`` per experiment). A record whose
 ``record_id`` is there and finished is skipped; one left unfinished by an interrupted attempt is
 completed instead of duplicated. That holds across retries, spool replays and process restarts
-because it asks the store, not process memory.
+because it asks the store, not process memory; it needs the writers of one record to take turns
+(two at once both find nothing and both create a run). The exporter sees to that at exit: it
+calls ``stop_writes`` once it has spooled the batch being written, and no other process replays
+that batch while this one lives (``export/exit.py``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ _WINDOW_GAP_MS = 5_000
 
 class _SkippedError(Exception):
     """A write not attempted because another write of the same phase had already failed."""
+
+
+class _StoppedError(Exception):
+    """A write not started because the process is exiting and its batch was spooled."""
+
+    stopped_for_exit = True  # the exporter logs no outage for it
 
 
 class _Existing:
@@ -135,6 +144,8 @@ class MlflowSink:
         # Held while MLflow opens a local store (see prepare_exit); _closing: open none now.
         self._opening = threading.Lock()
         self._closing = False
+        # Set at exit once the batch being written was spooled: no new run is started.
+        self._stopped = False
         self._experiments: dict[str, str] = {}
         # record_id -> (experiment_id, run_id) of recently written operations, for nesting calls.
         self._op_runs: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -191,6 +202,12 @@ class MlflowSink:
         self._closing = True
         if self._opening.acquire(timeout=timeout):
             self._opening.release()
+
+    def stop_writes(self) -> None:
+        """At exit, once the exporter has spooled the batch being written: start no new write
+        (one already started finishes). What is left is replayed by the next process, after
+        this one is gone, and a run left unfinished is completed then."""
+        self._stopped = True
 
     def _check_health(self) -> None:
         """One ``GET /health``, no retries, short timeout: fail fast when the server is down
@@ -350,6 +367,8 @@ class MlflowSink:
     def _write(self, exp_id: str, record: Record, *, existing: Mapping[str, _Existing]) -> str:
         from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+        if self._stopped:
+            raise _StoppedError(record.record_id)
         client = self.client
         name, tags, metrics, params = run_fields(record)
         parent = record.parent_id
