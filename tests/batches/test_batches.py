@@ -462,3 +462,42 @@ def test_embeddings_and_responses_lines_are_priced_at_their_batch_rates(
     assert emb.cost is not None and emb.cost.total_usd == Decimal("0.00008")
     assert resp.cost is not None and resp.cost.total_usd == Decimal("0.0036")
     assert "tier=batch" in (emb.pricing_rule or "") and "tier=batch" in (resp.pricing_rule or "")
+
+
+def test_raw_and_failed_creates_are_recorded(
+    client: tracked_openai.OpenAI, fake: FakeOpenAI, api: FakeBatchAPI, records: TrackedRecords
+) -> None:
+    from tests.helpers.fakeopenai import FakeResponse
+
+    with track("crs_analysis", "nightly_review"):
+        raw = client.batches.with_raw_response.create(
+            input_file_id=INPUT_FILE, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert raw.parse().id == BATCH_ID
+        fake.add(
+            "POST",
+            "/batches",
+            FakeResponse(
+                status=400,
+                json_body={
+                    "error": {
+                        "message": "Invalid 'input_file_id'",
+                        "type": "invalid_request_error",
+                        "param": "input_file_id",
+                        "code": None,
+                    }
+                },
+            ),
+        )
+        with pytest.raises(openai.BadRequestError):
+            client.batches.create(
+                input_file_id="file-nope", endpoint="/v1/chat/completions", completion_window="24h"
+            )
+    ok, failed = sorted(
+        (op for op in records.operations if op.function == "batches.create"),
+        key=lambda op: op.status,
+        reverse=True,
+    )
+    assert ok.record_id == batch_record_id(BATCH_ID) and ok.status == "success"
+    assert (failed.status, failed.error_type) == ("error", "BadRequestError")
+    assert BATCH_ID_TAG not in failed.tags and failed.feature == "crs_analysis"

@@ -176,3 +176,53 @@ def test_cli_batches_collect_needs_a_key(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert main(["batches", "collect"]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["runs+traces", "traces"])
+def test_each_line_once_when_calls_are_spans(mode: str, tmp_path: Path) -> None:
+    """In the trace modes a batch's lines are spans (of the batch's own trace when it was created
+    through a tracked client): collect finds them there, and a second download adds none."""
+    from tracked_openai.batches.collect import recorded_ids
+    from tracked_openai.batches.lines import BatchInfo
+    from tracked_openai.sinks.modes import mode_sinks
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = runtime.configured_sinks()
+    previous_enabled, previous_spool = settings.enabled, settings.spool_dir
+    runtime.configure(
+        sinks=mode_sinks(mode, uri, timeout=120), enabled=True, spool_dir=str(tmp_path / "spool")
+    )
+    worker._known.clear()
+    worker._recent.clear()
+    try:
+        fake = FakeOpenAI()
+        api = FakeBatchAPI(fake)
+        client = tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+        with track("crs_analysis", "nightly_review"):
+            batch = client.batches.create(
+                input_file_id="file-abc123", endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        api.complete(batch.id)
+        client.batches.retrieve(batch.id)
+        download_all(client)
+        info = BatchInfo.of(api.batches[batch.id])
+        assert len(recorded_ids(uri, info)) == 5
+        worker._known.clear()
+        worker._recent.clear()
+        download_all(tracked_openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0))
+        plain = openai.OpenAI(api_key=API_KEY, http_client=fake.sync_client(), max_retries=0)
+        result = collect(plain, tracking_uri=uri)
+        assert (result.batches, result.downloaded, result.new, result.already) == (1, 0, 0, 5)
+        from tracked_openai.reports.call_runs import CallRecords
+
+        lines = [r for r in CallRecords(uri, None, None, None) if r.data.tags.get(BATCH_ID_TAG) == BATCH_ID]
+        assert len(lines) == 5
+        cost = sum(Decimal(str(r.data.metrics.get("cost_usd", 0))) for r in lines)
+        assert cost == EXPECTED_USD
+    finally:
+        wait(10)
+        runtime.shutdown(timeout=30)
+        runtime.restore_sinks(previous)
+        settings.enabled, settings.spool_dir = previous_enabled, previous_spool
+        worker._known.clear()
+        worker._recent.clear()

@@ -19,9 +19,12 @@ from decimal import Decimal
 from typing import Any
 
 from ..export import runtime
+from ..mlflow.store import read_client
 from ..pricing import price_record
-from ..reports import StoreNotFoundError
-from ..reports.query import iter_runs
+from ..reports import StoreNotFoundError, resolve_tracking_uri
+from ..reports.call_runs import sql_store
+from ..reports.call_spans import iter_call_spans
+from ..reports.query import _tracked_experiments, iter_runs
 from .lines import BATCH_ID_TAG, BatchInfo, is_batch_line, line_record, parse_lines
 
 __all__ = ["CollectResult", "collect", "recorded_ids"]
@@ -62,10 +65,12 @@ class CollectResult:
         }
 
 
-def recorded_ids(tracking_uri: str | None, batch_id: str) -> set[str]:
-    """Record ids of the call runs of ``batch_id`` in the store (empty if there is no store yet)."""
+def recorded_ids(tracking_uri: str | None, info: BatchInfo) -> set[str]:
+    """Record ids of the lines of batch ``info`` in the store, as call runs (searched by their
+    batch id tag) or call spans (``traces`` modes: the spans started while the batch ran, kept
+    when they carry its id). Empty if there is no store yet."""
     found: set[str] = set()
-    quoted = batch_id.replace("'", "\\'")
+    quoted = info.id.replace("'", "\\'")
     try:
         for run in iter_runs(
             None,
@@ -75,9 +80,33 @@ def recorded_ids(tracking_uri: str | None, batch_id: str) -> set[str]:
             record_id = run.data.tags.get("record_id")
             if record_id:
                 found.add(record_id)
+        found.update(_span_ids(tracking_uri, info))
     except StoreNotFoundError:
         pass
     return found
+
+
+def _span_ids(tracking_uri: str | None, info: BatchInfo) -> Iterator[str]:
+    # A line starts when OpenAI ran it (between the batch's creation and its completion) or, an
+    # error line, at the completion: that window holds every span of the batch.
+    if info.created_at is None:
+        return
+    until = (info.completed_at or info.created_at + 2 * 86_400) + 1
+    client = read_client(resolve_tracking_uri(tracking_uri))
+    try:
+        ids = [e.experiment_id for e in _tracked_experiments(client)]
+        spans = iter_call_spans(
+            client, sql_store(client), ids, info.created_at * 1000, until * 1000, None, 1_000
+        )
+        for _, _, run in spans:
+            if run.data.tags.get(BATCH_ID_TAG) == info.id:
+                record_id = run.data.tags.get("record_id")
+                if record_id:
+                    yield record_id
+    except Exception as exc:
+        if isinstance(exc, NotImplementedError) or "not supported" in str(exc).lower():
+            return  # a store without traces: its runs are all there is
+        raise
 
 
 def _finished(client: Any, since: datetime | None) -> Iterator[Any]:
@@ -109,7 +138,7 @@ def collect(
     for done, info in enumerate(batches):
         if progress is not None:
             progress(done, len(batches), info.id)
-        recorded = recorded_ids(tracking_uri, info.id)
+        recorded = recorded_ids(tracking_uri, info)
         if info.total and len(recorded) >= info.total:
             result.already += len(recorded)
             result.skipped.append(info.id)
