@@ -3,9 +3,14 @@
     .venv/bin/python benchmarks/reports.py [--sizes 10000 100000] [--page-size 5000]
     .venv/bin/python benchmarks/reports.py --reprice [--sizes 10000 100000]
 
-``--reprice`` times ``tracked-openai reprice`` instead: call runs written by the MLflow sink's
-mapping (``tests/helpers/store_seed.py``), repriced with a price file that changes one model (a dry run,
-``--write``, and ``--write`` again, which finds everything written and writes nothing).
+``--reprice`` times ``tracked-openai reprice`` instead on call records stored as the default
+``mlflow_mode`` stores them (``--mode runs+traces``: operations are runs, each with two calls
+that are spans of its trace; ``--mode traces``: the same without the runs; ``--mode runs``: call
+runs), written by the sinks' own mappings (``tests/helpers/store_seed.py``), repriced with a
+price file that changes one model (a dry run, ``--write``, and ``--write`` again, which finds
+everything written and writes nothing).
+
+    .venv/bin/python benchmarks/reports.py --reprice [--mode runs+traces|traces|runs] [--sizes 100000]
 
 The store is created by MLflow (its own schema and migrations), then filled fast with plain
 SQL inserts into MLflow's tables, shaped exactly like MlflowSink's runs: one operation run and
@@ -131,11 +136,12 @@ models:
 """
 
 
-def seed_calls_store(db: Path, size: int) -> None:
-    """``size`` call runs over 30 days, four models, four features, priced by the shipped table."""
-    from tests.helpers.store_seed import seed_calls
+def seed_calls_store(db: Path, size: int, mode: str = "runs") -> None:
+    """``size`` call records over 30 days, four models, four features, priced by the shipped
+    table, stored as ``mode`` stores them (two calls per operation outside ``runs`` mode)."""
+    from tests.helpers.store_seed import seed_calls, seed_traces
     from tracked_openai.pricing import load_price_book, price_record
-    from tracked_openai.records import CallRecord, Usage
+    from tracked_openai.records import CallRecord, OperationRecord, Usage
 
     book = load_price_book()
     rng = random.Random(7)
@@ -149,20 +155,38 @@ def seed_calls_store(db: Path, size: int) -> None:
                          usage=Usage(input_tokens=tin, output_tokens=tout, cached_input_tokens=0, reasoning_tokens=0))
         price_record(rec, book)
         records.append(rec)
-    seed_calls(db, records)
+    if mode == "runs":
+        seed_calls(db, records)
+        return
+    groups = []
+    for first, second in zip(records[::2], records[1::2], strict=False):
+        op = OperationRecord(started_at=first.started_at - 0.5, duration_s=3.0, feature=first.feature,
+                             operation="diagram_analysis", call_count=2)
+        for call in (first, second):
+            call.parent_id, call.feature, call.operation = op.record_id, op.feature, op.operation
+            call.started_at = op.started_at + 0.5 + (call is second)
+        groups.append((op, (first, second)))
+    if len(records) % 2:
+        op = OperationRecord(started_at=records[-1].started_at - 0.5, duration_s=2.0, feature=records[-1].feature,
+                             operation="diagram_analysis", call_count=1)
+        records[-1].parent_id, records[-1].feature = op.record_id, op.feature
+        groups.append((op, (records[-1],)))
+    if mode == "runs+traces":
+        seed_calls(db, [op for op, _ in groups])
+    seed_traces(db, groups)
 
 
-def bench_reprice(sizes: list[int]) -> None:
+def bench_reprice(sizes: list[int], mode: str) -> None:
     from tracked_openai import reprice
 
-    print(f"python {sys.version.split()[0]}; records/s = call runs read (and written) per second")
+    print(f"python {sys.version.split()[0]}; mode {mode}; records/s = call records read (and written) per second")
     print(f"{'records':>8} {'seed':>7} {'dry run':>9} {'rec/s':>7} {'--write':>9} {'rec/s':>7}"
           f" {'again':>9} {'rec/s':>7} {'difference':>12}")
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "mlflow.db"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--seed-calls-only", str(db), str(size)], check=True,
+            subprocess.run([sys.executable, __file__, "--seed-calls-only", str(db), str(size), mode], check=True,
                            stderr=subprocess.DEVNULL)
             seed_s = time.perf_counter() - t0
             prices = Path(tmp) / "fix.yaml"
@@ -185,16 +209,18 @@ def main() -> int:
     ap.add_argument("--page-size", type=int, default=PAGE_SIZE)
     ap.add_argument("--reprice", action="store_true", help="time reprice instead of the reports")
     ap.add_argument("--seed-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)
-    ap.add_argument("--seed-calls-only", nargs=2, metavar=("DB", "RUNS"), help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("runs+traces", "traces", "runs"), default="runs+traces",
+                    help="with --reprice: how the call records are stored (default: the default mlflow_mode)")
+    ap.add_argument("--seed-calls-only", nargs=3, metavar=("DB", "RUNS", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.seed_only:
         seed(Path(args.seed_only[0]), int(args.seed_only[1]))
         return 0
     if args.seed_calls_only:
-        seed_calls_store(Path(args.seed_calls_only[0]), int(args.seed_calls_only[1]))
+        seed_calls_store(Path(args.seed_calls_only[0]), int(args.seed_calls_only[1]), args.seed_calls_only[2])
         return 0
     if args.reprice:
-        bench_reprice(args.sizes)
+        bench_reprice(args.sizes, args.mode)
         return 0
     import mlflow  # noqa: F401 - so the baseline memory includes MLflow itself
 

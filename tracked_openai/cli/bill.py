@@ -52,9 +52,11 @@ def add_commands(sub: Any) -> None:
         "reprice",
         parents=[store_option()],
         help="recompute stored calls' cost under another price table",
-        description="Recompute the cost of stored call runs under another price table and print "
-        "the difference by feature, model and day. --write stores the new figures beside the "
-        "original ones (metrics repriced/<version>/cost_usd ..., never over cost_usd); running "
+        description="Recompute the cost of stored call records (runs and trace spans, each once, "
+        "whatever the mlflow_mode) under another price table and print the difference by feature, "
+        "model and day. --write stores the new figures beside the original ones (run metrics "
+        "repriced/<version>/cost_usd ..., a trace tag repriced/<version>/<record id> per call span; "
+        "never over cost_usd); running "
         "it again writes nothing new, and an interrupted --write resumes from its state file.",
     )
     p.add_argument("--pricing", required=True, metavar="FILE|VERSION",
@@ -99,7 +101,7 @@ def add_commands(sub: Any) -> None:
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[int], None] | None]:
     """A live "N records, time" line on stderr when it is a terminal (the total is not known
-    without reading every run once more)."""
+    without reading every run and span once more)."""
     if not enabled:
         yield None
         return

@@ -52,6 +52,7 @@ _USAGE_METRICS = {
     "image_output_tokens": "image_output_tokens",
     "images": "images",
     "characters": "characters",
+    "cache_write_tokens": "cache_write_tokens",  # spans keep them; runs do not
 }
 
 
