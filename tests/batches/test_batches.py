@@ -501,3 +501,22 @@ def test_raw_and_failed_creates_are_recorded(
     assert ok.record_id == batch_record_id(BATCH_ID) and ok.status == "success"
     assert (failed.status, failed.error_type) == ("error", "BadRequestError")
     assert BATCH_ID_TAG not in failed.tags and failed.feature == "crs_analysis"
+
+
+async def test_an_async_client_finds_an_unknown_batch_with_a_sync_lookup(
+    fake: FakeOpenAI, api: FakeBatchAPI, records: TrackedRecords
+) -> None:
+    # The worker cannot use an async client off its loop: it lists the batches with a plain
+    # client of the same key and base URL (here over loopback HTTP, as against OpenAI).
+    from tracked_openai._fake_server import FakeOpenAIServer
+
+    api.add_completed(BATCH_ID, {FEATURE_KEY: "pfd_conversion", OPERATION_KEY: "spec_generation"})
+    with FakeOpenAIServer(fake=fake) as server:
+        aclient = tracked_openai.AsyncOpenAI(api_key=API_KEY, base_url=server.base_url, max_retries=0)
+        content = await aclient.files.content(OUTPUT_FILE)
+        assert content.content == output_file()
+        calls = calls_of_batch(records)
+        await aclient.close()
+    assert len(calls) == 3
+    assert {(c.feature, c.operation) for c in calls} == {("pfd_conversion", "spec_generation")}
+    assert any(r.url.path == "/v1/batches" for r in fake.requests)
