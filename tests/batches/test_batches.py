@@ -520,3 +520,37 @@ async def test_an_async_client_finds_an_unknown_batch_with_a_sync_lookup(
     assert len(calls) == 3
     assert {(c.feature, c.operation) for c in calls} == {("pfd_conversion", "spec_generation")}
     assert any(r.url.path == "/v1/batches" for r in fake.requests)
+
+
+def test_a_forked_child_records_its_own_downloads(
+    client: tracked_openai.OpenAI, api: FakeBatchAPI, records: TrackedRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+    import time
+
+    api.add_completed(BATCH_ID, {FEATURE_KEY: "crs_analysis"})
+    client.batches.retrieve(BATCH_ID)
+    real_handle = worker._handle
+    busy = threading.Event()
+
+    def slow(*args: object) -> None:
+        busy.set()
+        time.sleep(0.5)
+        real_handle(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker, "_handle", slow)
+    client.files.content(ERROR_FILE)
+    assert busy.wait(10)  # the parent's worker is in the middle of it when the fork happens
+    pid = os.fork()
+    if pid == 0:  # the child: a download is handed to a worker of its own, and waited for
+        code = 1
+        try:
+            worker._recent.clear()
+            client.files.content(OUTPUT_FILE)
+            code = 0 if wait(5) and worker._thread is not None and worker._thread.is_alive() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # 2: the child waited on its parent's work
+    assert wait(30)
