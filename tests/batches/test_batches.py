@@ -501,3 +501,56 @@ def test_raw_and_failed_creates_are_recorded(
     assert ok.record_id == batch_record_id(BATCH_ID) and ok.status == "success"
     assert (failed.status, failed.error_type) == ("error", "BadRequestError")
     assert BATCH_ID_TAG not in failed.tags and failed.feature == "crs_analysis"
+
+
+async def test_an_async_client_finds_an_unknown_batch_with_a_sync_lookup(
+    fake: FakeOpenAI, api: FakeBatchAPI, records: TrackedRecords
+) -> None:
+    # The worker cannot use an async client off its loop: it lists the batches with a plain
+    # client of the same key and base URL (here over loopback HTTP, as against OpenAI).
+    from tracked_openai._fake_server import FakeOpenAIServer
+
+    api.add_completed(BATCH_ID, {FEATURE_KEY: "pfd_conversion", OPERATION_KEY: "spec_generation"})
+    with FakeOpenAIServer(fake=fake) as server:
+        aclient = tracked_openai.AsyncOpenAI(api_key=API_KEY, base_url=server.base_url, max_retries=0)
+        content = await aclient.files.content(OUTPUT_FILE)
+        assert content.content == output_file()
+        calls = calls_of_batch(records)
+        await aclient.close()
+    assert len(calls) == 3
+    assert {(c.feature, c.operation) for c in calls} == {("pfd_conversion", "spec_generation")}
+    assert any(r.url.path == "/v1/batches" for r in fake.requests)
+
+
+def test_a_forked_child_records_its_own_downloads(
+    client: tracked_openai.OpenAI, api: FakeBatchAPI, records: TrackedRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+    import time
+
+    api.add_completed(BATCH_ID, {FEATURE_KEY: "crs_analysis"})
+    client.batches.retrieve(BATCH_ID)
+    real_handle = worker._handle
+    busy = threading.Event()
+
+    def slow(*args: object) -> None:
+        busy.set()
+        time.sleep(0.5)
+        real_handle(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worker, "_handle", slow)
+    client.files.content(ERROR_FILE)
+    assert busy.wait(10)  # the parent's worker is in the middle of it when the fork happens
+    pid = os.fork()
+    if pid == 0:  # the child: a download is handed to a worker of its own, and waited for
+        code = 1
+        try:
+            worker._recent.clear()
+            client.files.content(OUTPUT_FILE)
+            code = 0 if wait(5) and worker._thread is not None and worker._thread.is_alive() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # 2: the child waited on its parent's work
+    assert wait(30)

@@ -15,6 +15,7 @@ recorded (logged once): ``tracked-openai batches collect`` records it later, wit
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -264,6 +265,20 @@ def _sync_client(client: Any) -> Any:
         max_retries=2,
         timeout=30.0,
     )
+
+
+def _after_fork() -> None:
+    # The child has no worker thread, and a lock held by another thread at the fork would stay
+    # held: start clean (files the parent was reading are the parent's to record).
+    global _lock, _cond, _busy, _thread
+    _lock = threading.Lock()
+    _cond = threading.Condition(_lock)
+    _queue.clear()
+    _busy = 0
+    _thread = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _drain(at_exit: bool) -> None:
