@@ -288,7 +288,8 @@ def reprice(
     progress: Progress | None = None,
     page_size: int = 1_000,
 ) -> RepriceResult:
-    """Recompute the cost of stored call runs under ``pricing`` and sum old and new cost.
+    """Recompute the cost of stored call records (runs and trace spans, each once) under
+    ``pricing`` and sum old and new cost.
 
     Args:
         pricing: A price file or folder (over the shipped tables), ``shipped``, the shipped
@@ -305,7 +306,7 @@ def reprice(
             with the same arguments and an existing state file resumes from it. Removed when the
             repricing completes.
         progress: Called with the number of records done after each page.
-        page_size: Runs read per query.
+        page_size: Records (runs, spans) read per query and per saved position.
 
     Raises:
         PricingError: ``pricing`` cannot be loaded.

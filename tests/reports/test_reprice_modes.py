@@ -223,6 +223,7 @@ class Stores:
     uris: dict[str, str]
     dbs: dict[str, Path]
     calls: list[CallRecord]
+    template: Path  # an empty store
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +240,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
         shutil.copyfile(template, db)
         write_store(f"sqlite:///{db}", mode, batches)
         uris[mode], dbs[mode] = f"sqlite:///{db}", db
-    return Stores(uris, dbs, calls_of(batches))
+    return Stores(uris, dbs, calls_of(batches), template)
 
 
 def day_of(rec: CallRecord) -> str:
@@ -444,6 +445,51 @@ def test_an_interrupted_write_resumes_across_runs_and_spans(stores: Stores, tmp_
     assert table(resumed) == table(whole)
     again = rp.reprice(path, tracking_uri=uri, write=True)
     assert again.written == 0 and again.already_written == n
+
+
+def test_a_record_whose_span_starts_a_millisecond_before_its_run_is_read_once(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """A run's start is the call's start rounded to the ms, its span's the nanoseconds cut to ms:
+    a call outside any operation at ``.0006`` s is a run at ``...001`` ms and a span at
+    ``...000`` ms (``runs+traces``). Read once, and once more after resuming between the two."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(stores.template, db)
+    uri = f"sqlite:///{db}"
+    at = datetime(2026, 11, 5, 9, tzinfo=UTC).timestamp() + 0.0006
+    calls = []
+    for i in range(3):
+        rec = CallRecord(
+            record_id=_id(900 + i),
+            started_at=at + i,
+            duration_s=0.5,
+            feature="visual_generation",
+            endpoint="chat.completions",
+            model="gpt-4o-mini",
+            response_model=MINI,
+            usage=Usage(input_tokens=100, output_tokens=10),
+            usage_source="response",
+        )
+        price_record(rec, load_price_book())
+        calls.append(rec)
+    write_store(uri, "runs+traces", [list(calls)])
+    read = list(call_runs.CallRecords(uri, None, None, None))
+    assert [r.data.tags["record_id"] for r in read] == [c.record_id for c in calls]
+    assert all(call_runs.is_span(r) for r in read)  # the span comes first: 1 ms earlier
+
+    path = fix_file(tmp_path, "fix-ms")
+    state = tmp_path / "state.json"
+
+    def stop(records: int) -> None:
+        raise KeyboardInterrupt  # after the first page: the first call's span, not its run
+
+    with pytest.raises(KeyboardInterrupt):
+        rp.reprice(path, tracking_uri=uri, write=True, state_path=state, page_size=1, progress=stop)
+    saved = json.loads(state.read_text())["reader"]
+    assert saved["position"][1] == 1 and list(saved["recent"]) == [calls[0].record_id]
+    resumed = rp.reprice(path, tracking_uri=uri, write=True, state_path=state, page_size=1)
+    assert resumed.total.records == resumed.written == 3
+    assert table(resumed) == table(rp.reprice(path, tracking_uri=uri))
 
 
 # -- reconciling -----------------------------------------------------------------------------------
