@@ -1,5 +1,6 @@
-"""Added latency per call: plain SDK vs tracked vs tracked-disabled vs tracked with three budgets
-(app block, feature alert, model block; SQLite ledger in a temporary folder), same process.
+"""Added latency per call: plain SDK vs tracked vs tracked-disabled, and tracked inside an
+operation without and with three budgets (a feature block budget, a tag budget per tenant, an app
+alert budget; SQLite ledger in a temporary folder), same process.
 
 All three clients talk to the same in-process fake transport (no sockets), so the figures isolate
 the SDK's own work from ours. Calls are interleaved one by one, in a rotating order (plain,
@@ -11,20 +12,27 @@ on its own as the exporter thread's CPU time per record.
 
     python benchmarks/overhead.py [--calls 3000]
 
-With budgets, each call's worst case is reserved against this process's lease before it is sent
-and settled on the exporter thread; the ledger round trips per 1,000 budgeted calls are printed.
+The last two run each call inside ``track("bench", "chat", tenant="acme")`` (entered and left
+outside the timed region), since a tag budget applies only to calls with the tag: "in track" is
+the same call without budgets, so the difference between the two is what the budgets add. With
+budgets, each call's worst case is reserved against this process's lease before it is sent and
+settled on the exporter thread; the ledger round trips per 1,000 budgeted calls are printed, and
+the load average the run started and ended with (a loaded machine inflates every figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -140,23 +148,37 @@ def _enable(on: bool, budgets: bool = False) -> Callable[[], None]:
     return setup
 
 
+Workload = tuple[Callable[[], None], Callable[[], None], Callable[[], AbstractContextManager[Any]]]
+
+
+def in_operation() -> AbstractContextManager[Any]:
+    return tracked_openai.track("bench", "chat", tenant="acme")
+
+
 def interleave(
-    workloads: dict[str, tuple[Callable[[], None], Callable[[], None]]], calls: int, flush_every: int
+    workloads: dict[str, Workload], calls: int, flush_every: int, cpu: dict[str, list[float]] | None = None
 ) -> dict[str, list[float]]:
     """Time each workload ``calls`` times, one call of each in turn, in a rotating order, so drift
-    hits them alike. A workload is ``(setup, call)``: only ``call`` is timed. The exporter is
-    flushed (untimed) every ``flush_every`` rounds."""
+    hits them alike. A workload is ``(setup, call, context)``: only ``call`` is timed, inside
+    ``context()``. The exporter is flushed (untimed) every ``flush_every`` rounds. ``cpu`` gets the
+    calling thread's CPU time per call: on a loaded machine the wall time mostly measures waits
+    for a core, the thread's CPU time much less so."""
     samples: dict[str, list[float]] = {name: [] for name in workloads}
+    if cpu is not None:
+        cpu.update({name: [] for name in workloads})
     order = list(workloads)
     gc.collect()
     for i in range(calls):
         shift = i % len(order)
         for name in order[shift:] + order[:shift]:
-            setup, call = workloads[name]
+            setup, call, context = workloads[name]
             setup()
-            start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
+            with context():
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                call()
+                samples[name].append(time.perf_counter() - start)
+                if cpu is not None:
+                    cpu[name].append(time.thread_time() - start_cpu)
         if i % flush_every == flush_every - 1:
             tracked_openai.flush()
     tracked_openai.flush()
@@ -173,6 +195,11 @@ def print_medians(samples: dict[str, list[float]], baseline: str) -> None:
         print(f"  {name:<{width}} {value * 1e6:8.1f} µs   ratio {value / base:5.3f}   added {added * 1e6:+7.1f} µs ({added / base:+.1%})")
 
 
+def _added(samples: dict[str, list[float]], base: str, name: str) -> str:
+    b, v = statistics.median(samples[base]), statistics.median(samples[name])
+    return f"{(v - b) * 1e6:+.1f} µs ({(v - b) / b:+.1%})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000, help="calls per client and workload")
@@ -184,9 +211,9 @@ def main() -> None:
     tracked_openai.configure(
         sinks=[sink],
         budgets=[
-            Budget(usd=1000, per="day"),
-            Budget(feature="default", usd=5000, per="month", action="alert"),
-            Budget(model="gpt-4o-mini", usd=500, per="24h"),
+            Budget(feature="bench", usd=1000, per="day"),
+            Budget(tag="tenant", usd=500, per="day"),
+            Budget(usd=5000, per="month", action="alert"),
         ],
         ledger_url=f"sqlite:///{ledger}/ledger.sqlite",
     )
@@ -195,22 +222,30 @@ def main() -> None:
         "plain": openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
         "tracked": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
         "disabled": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
+        "in track": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
         "3 budgets": tracked_openai.OpenAI(api_key="sk-bench", http_client=httpx2.Client(transport=transport)),
     }
     print(f"openai {openai.__version__}, python {sys.version.split()[0]}, {args.calls} calls per client, interleaved")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name, fn in (("chat", chat), ("chat stream", chat_stream)):
-        workloads = {
-            key: (_enable(key != "disabled", key == "3 budgets"), partial(fn, client)) for key, client in clients.items()
+        workloads: dict[str, Workload] = {
+            key: (
+                _enable(key != "disabled", key == "3 budgets"),
+                partial(fn, client),
+                in_operation if key in ("in track", "3 budgets") else contextlib.nullcontext,
+            )
+            for key, client in clients.items()
         }
         for key, client in clients.items():  # warm-up: imports, caches, the exporter thread, the ledger
             workloads[key][0]()
-            with tracked_openai.track("bench", "warmup"):
-                for _ in range(50):
+            for _ in range(50):
+                with workloads[key][2]():
                     fn(client)
         tracked_openai.flush()
         cpu0, count0 = sink.cpu, sink.count
         trips0 = tracked_openai.stats().get("budget_ledger_round_trips", 0)
-        samples = interleave(workloads, args.calls, args.flush_every)
+        cpu: dict[str, list[float]] = {}
+        samples = interleave(workloads, args.calls, args.flush_every, cpu)
         _runtime.settings.enabled = True
         budgets_module.ACTIVE = True
         tracked_openai.flush()
@@ -219,8 +254,15 @@ def main() -> None:
         background = (sink.cpu - cpu0) / max(1, sink.count - count0)
         print(f"\n{name}: median per call")
         print_medians(samples, "plain")
+        print("  the calling thread's CPU time, median per call:")
+        print_medians(cpu, "plain")
         print(f"  exporter thread: {background * 1e6:.1f} µs CPU per record (off the caller's path)")
         print(f"  ledger round trips: {trips * 1000 / args.calls:.1f} per 1,000 budgeted calls ({trips} in all)")
+        print(
+            f"  budgets over the same call in track: {_added(samples, 'in track', '3 budgets')} "
+            f"(CPU {_added(cpu, 'in track', '3 budgets')})"
+        )
+        print(f"  load average now: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     tracked_openai.flush()
     print(f"\nrecords exported by the tracked client: {sink.count}")
 

@@ -25,6 +25,7 @@ __all__ = [
     "USAGE_KEYS",
     "LATE_TAG",
     "EXTRAPOLATED_TAG",
+    "BUDGET_BLOCKED_TAG",
     "new_record_id",
     "record_from_dict",
     "tag_value",
@@ -36,6 +37,9 @@ LATE_TAG = "tracked_openai.late_call"
 # Tag of a call whose estimated usage (``usage_source="estimated"``) was counted exactly on part
 # of the text only and extrapolated to the rest (a very long stream that reported no usage).
 EXTRAPOLATED_TAG = "tracked_openai.usage_extrapolated"
+# Tag of a call a budget stopped before it was sent (status ``blocked``), and of the operation it
+# was made in: the ledger key(s) of the budget(s) it would have exceeded.
+BUDGET_BLOCKED_TAG = "tracked_openai.budget_blocked"
 
 USAGE_KEYS = (
     "input_tokens",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import logger, report_internal_error
 from ..export import runtime as _runtime
+from ..records import BUDGET_BLOCKED_TAG
 from ._model import Budget, BudgetExceeded
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ __all__ = [
     "warm_up",
 ]
 
-BLOCKED_TAG = "tracked_openai.budget_blocked"
+BLOCKED_TAG = BUDGET_BLOCKED_TAG
 _MAX_MESSAGE = 2_000
 
 # Read on every tracked call: False costs the caller one global lookup.
@@ -183,19 +184,23 @@ def warm_up() -> None:
         _from_env()
 
 
-def _worst_case() -> Any:
-    global _worst_case_nano
-    if _worst_case_nano is None:
-        from ._cost import worst_case_nano
+def _cost_module() -> Any:
+    # Not named ``_cost``: that is the submodule's attribute on this package.
+    global _cost_loaded
+    if _cost_loaded is None:
+        from . import _cost
 
-        _worst_case_nano = worst_case_nano
-    return _worst_case_nano
-
-
-_worst_case_nano: Any = None
+        _cost_loaded = _cost
+    return _cost_loaded
 
 
-def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
+_cost_loaded: Any = None
+
+
+def _prepare(call: Any) -> tuple[Any, Any, int | None, Any] | None:
+    """``(manager, matched budgets, estimate, exact)`` for ``call``, or ``None`` when no budget
+    applies. The estimate counts the request's texts by their byte length (no tiktoken);
+    ``exact`` counts them with tiktoken, for when that bound does not fit in the leases."""
     manager = _current if _env_loaded else _from_env()
     if manager is None:
         return None
@@ -204,12 +209,29 @@ def _prepare(call: Any) -> tuple[Any, list[tuple[Budget, str]], Any] | None:
     matched = manager.matching(call.feature, operation, call.model, call.tags)
     if not matched:
         return None
+    cost = _cost_module()
+    exact: Any = None
     try:
-        estimate = _worst_case()(call.endpoint, call.request, call.model, call.provider, call.upload)
+        estimate, is_exact = cost.worst_case_bound(
+            call.endpoint, call.request, call.model, call.provider, call.upload
+        )
+        if not is_exact:
+            counted: list[int | None] = []  # counted once, if at all (an async call may ask twice)
+
+            def exact() -> int | None:
+                if not counted:
+                    try:
+                        args = (call.endpoint, call.request, call.model, call.provider, call.upload)
+                        counted.append(cost.worst_case_nano(*args))
+                    except Exception as exc:
+                        report_internal_error(exc, "budget estimate")
+                        counted.append(None)
+                return counted[0]
+
     except Exception as exc:
         report_internal_error(exc, "budget estimate")
         estimate = None
-    return manager, matched, estimate
+    return manager, matched, estimate, exact
 
 
 def guard(call: Any) -> None:
@@ -220,8 +242,8 @@ def guard(call: Any) -> None:
         prepared = _prepare(call)
         if prepared is None:
             return
-        manager, matched, estimate = prepared
-        call.budget = manager.reserve(matched, estimate)
+        manager, matched, estimate, exact = prepared
+        call.budget = manager.reserve(matched, estimate, exact=exact)
     except BudgetExceeded as exc:
         _blocked(call, exc)
         raise
@@ -236,13 +258,14 @@ async def guard_async(call: Any) -> None:
         prepared = _prepare(call)
         if prepared is None:
             return
-        manager, matched, estimate = prepared
-        from ._manager import NeedsLedgerError
+        manager, matched, estimate, exact = prepared
+        from ._plan import NeedsLedgerError
 
         try:
-            call.budget = manager.reserve(matched, estimate, local_only=True)
+            call.budget = manager.reserve(matched, estimate, local_only=True, exact=exact)
         except NeedsLedgerError:
-            call.budget = await asyncio.to_thread(manager.reserve, matched, estimate)
+            # ``exact`` keeps its count: tiktoken does not run twice for one call.
+            call.budget = await asyncio.to_thread(manager.reserve, matched, estimate, exact=exact)
     except BudgetExceeded as exc:
         _blocked(call, exc)
         raise

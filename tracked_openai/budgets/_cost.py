@@ -24,7 +24,7 @@ from typing import Any
 from ..records import CallRecord, Usage
 from ._model import NANO, to_nano
 
-__all__ = ["DEFAULT_OUTPUT_LIMIT", "OUTPUT_LIMITS", "worst_case_nano", "worst_case_usd"]
+__all__ = ["DEFAULT_OUTPUT_LIMIT", "OUTPUT_LIMITS", "worst_case_bound", "worst_case_nano", "worst_case_usd"]
 
 # Most output tokens a model can return (OpenAI's model pages, 2026); longest prefix wins.
 OUTPUT_LIMITS: dict[str, int] = {
@@ -142,6 +142,27 @@ def worst_case_nano(
     upload: Any = None,
 ) -> int | None:
     """:func:`worst_case_usd` in nano-dollars, rounded up (what a reservation holds)."""
+    return _worst_case(endpoint, request, model, provider, upload, _Tally(True))
+
+
+def worst_case_bound(
+    endpoint: str,
+    request: dict[str, Any],
+    model: str | None,
+    provider: str = "openai",
+    upload: Any = None,
+) -> tuple[int | None, bool]:
+    """``(nano-dollars, exact)``: :func:`worst_case_nano` without running tiktoken, each text
+    counted as a token a byte (a token is at least one byte, so never below the price).
+    ``exact`` is False when a text was long enough for that to overstate it: the caller's path
+    reserves this bound while the lease has ample room, and counts exactly only when it has not."""
+    tally = _Tally(False)
+    return _worst_case(endpoint, request, model, provider, upload, tally), not tally.bounded
+
+
+def _worst_case(
+    endpoint: str, request: dict[str, Any], model: str | None, provider: str, upload: Any, tally: _Tally
+) -> int | None:
     name = model or ""
     tier = request.get("service_tier")
     tier = tier if isinstance(tier, str) else None
@@ -156,9 +177,9 @@ def worst_case_nano(
         return _nano(_price(_record(endpoint, model, provider, tier, seconds)))
     images = audio = 0
     if endpoint == "chat.completions":
-        prompt, images, audio = _chat_tokens(request, model)
+        prompt, images, audio = _chat_tokens(request, model, tally)
     elif endpoint == "embeddings":
-        prompt = _embedding_tokens(request, model)
+        prompt = _embedding_tokens(request, model, tally)
     else:
         from ..capture.estimate import estimate_prompt_tokens
 
@@ -207,12 +228,32 @@ def _counter_for(model: str | None) -> Any:
     return _encoding_for(model)
 
 
-def _count(text: str, model: str | None) -> int:
-    if len(text) <= _BYTES_AS_TOKENS:
-        return len(text.encode())
-    from ..capture.estimate import _Counter
+def _bytes(text: str) -> int:
+    # ``isascii`` is a flag CPython keeps on the string: no pass over it, no copy.
+    return len(text) if text.isascii() else len(text.encode())
 
-    return int(_Counter(_counter_for(model))(text))
+
+class _Tally:
+    """How one request's texts are counted: exactly (tiktoken), or bounded by their UTF-8 length
+    (``bounded`` then says whether any text was long enough for the bound to overstate it)."""
+
+    __slots__ = ("bounded", "exact")
+
+    def __init__(self, exact: bool) -> None:
+        self.exact = exact
+        self.bounded = False
+
+    def count(self, text: str, model: str | None) -> int:
+        size = _bytes(text)
+        if size <= _BYTES_AS_TOKENS:
+            return size
+        if not self.exact:
+            self.bounded = True
+            return size
+        from ..capture.estimate import _Counter
+
+        # tiktoken's count extrapolates past its slice limit; the byte length never undercounts.
+        return min(int(_Counter(_counter_for(model))(text)), size)
 
 
 def _json_bytes(value: Any) -> int:
@@ -225,7 +266,7 @@ def _json_bytes(value: Any) -> int:
         return 0
 
 
-def _chat_tokens(request: dict[str, Any], model: str | None) -> tuple[int, int, int]:
+def _chat_tokens(request: dict[str, Any], model: str | None, tally: _Tally) -> tuple[int, int, int]:
     """(text tokens, image tokens, audio tokens) of a chat request: OpenAI's counting recipe
     (3 tokens per message, +1 for a name, +3 priming), tools and response format included."""
     name = model or ""
@@ -236,22 +277,22 @@ def _chat_tokens(request: dict[str, Any], model: str | None) -> tuple[int, int, 
         if not isinstance(message, dict):
             continue
         role = message.get("role")
-        total += 4 if role in _ROLES else 3 + (_count(role, model) if isinstance(role, str) else 0)
+        total += 4 if role in _ROLES else 3 + (tally.count(role, model) if isinstance(role, str) else 0)
         content = message.get("content")
         if isinstance(content, str):
-            total += _count(content, model)
+            total += tally.count(content, model)
         elif isinstance(content, list):
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += _count(part["text"], model)
+                    total += tally.count(part["text"], model)
                 elif isinstance(part, str):
-                    total += _count(part, model)
+                    total += tally.count(part, model)
                 else:
                     i, a = _media_tokens(part, name)
                     images += i
                     audio += a
         if message.get("name"):
-            total += 1 + _count(str(message["name"]), model)
+            total += 1 + tally.count(str(message["name"]), model)
         if message.get("tool_calls"):
             total += _json_bytes(message["tool_calls"])
     return total, images, audio
@@ -266,9 +307,7 @@ _rates_cache: dict[tuple[Any, ...], tuple[float, float] | None] = {}
 
 def _linear_rates(endpoint: str, model: str, provider: str, tier: str | None) -> tuple[float, float] | None:
     """Nano-dollars per input and per output token for ``model`` (``None``: unpriced)."""
-    from ..pricing import get_price_book
-
-    book = get_price_book()
+    book = _price_book()
     key = (id(book), endpoint, model, provider, tier)
     try:
         return _rates_cache[key]
@@ -288,6 +327,19 @@ def _linear_rates(endpoint: str, model: str, provider: str, tier: str | None) ->
     return rates
 
 
+def _price_book() -> Any:
+    # The import statement is looked up once, not on every call (it costs a few hundred ns).
+    global _get_price_book
+    if _get_price_book is None:
+        from ..pricing import get_price_book
+
+        _get_price_book = get_price_book
+    return _get_price_book()
+
+
+_get_price_book: Any = None
+
+
 @lru_cache(maxsize=1024)
 def _output_limit(model: str) -> int:
     return _prefix_value(OUTPUT_LIMITS, model, DEFAULT_OUTPUT_LIMIT)
@@ -305,13 +357,13 @@ def _record(endpoint: str, model: str | None, provider: str, tier: str | None, u
     return record
 
 
-def _embedding_tokens(request: dict[str, Any], model: str | None) -> int:
+def _embedding_tokens(request: dict[str, Any], model: str | None, tally: _Tally) -> int:
     value = request.get("input")
     items = value if isinstance(value, list) else [value]
     total = 0
     for item in items:
         if isinstance(item, str):
-            total += _count(item, model)
+            total += tally.count(item, model)
         elif isinstance(item, int):
             total += 1
         elif isinstance(item, list):

@@ -33,7 +33,15 @@ DEFAULT_LEDGER_TIMEOUT = 2.0
 
 
 class LedgerUnavailableError(Exception):
-    """The ledger did not answer in time or failed."""
+    """The ledger did not answer in time or failed.
+
+    ``pending``: the transaction was already running when the wait ran out, so it may still
+    commit. What it reports must then not be sent again (it would be counted twice): the
+    ``on_failed`` callback given with it says when it did not commit."""
+
+    def __init__(self, message: str, pending: bool = False) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 def default_ledger_url() -> str:
@@ -83,9 +91,15 @@ class Ledger:
     # -- running operations with a deadline ----------------------------------------------------
 
     def _run(
-        self, fn: Callable[[], T], on_late: Callable[[T], None] | None = None, timeout: float | None = None
+        self,
+        fn: Callable[[], T],
+        on_late: Callable[[T], None] | None = None,
+        timeout: float | None = None,
+        on_failed: Callable[[], None] | None = None,
     ) -> T:
-        """``fn()`` on the ledger thread; waits at most ``timeout`` (default: the ledger's)."""
+        """``fn()`` on the ledger thread; waits at most ``timeout`` (default: the ledger's). When
+        the wait runs out with ``fn`` already running, it goes on: ``on_late(result)`` if it
+        commits, ``on_failed()`` if it fails (see :class:`LedgerUnavailableError`)."""
         wait = self.timeout if timeout is None else timeout
         if os.getpid() != self._pid:  # forked: the parent's thread and connections are not ours
             self._after_fork()
@@ -101,14 +115,18 @@ class Ledger:
         try:
             return future.result(wait)
         except FutureTimeout:
-            if not future.cancel() and on_late is not None:
+            if future.cancel():  # never started: nothing of it was applied
+                raise LedgerUnavailableError(f"no answer within {wait:.3g}s") from None
 
-                def late(f: Future[T]) -> None:
-                    if f.exception() is None:
+            def late(f: Future[T]) -> None:
+                if f.exception() is None:
+                    if on_late is not None:
                         on_late(f.result())
+                elif on_failed is not None:
+                    on_failed()
 
-                future.add_done_callback(late)
-            raise LedgerUnavailableError(f"no answer within {wait:.3g}s") from None
+            future.add_done_callback(late)
+            raise LedgerUnavailableError(f"no answer within {wait:.3g}s", pending=True) from None
         except LedgerUnavailableError:
             raise
         except Exception as exc:
@@ -235,9 +253,11 @@ class Ledger:
         want: int = 0,
         need: int = 0,
         timeout: float | None = None,
+        on_failed: Callable[[], None] | None = None,
     ) -> Exchange:
         """Apply this process's ``reports``, then grant ``want`` (if at least ``need`` fits under
-        the limit, else nothing), in one transaction. The caller waits at most ``timeout``."""
+        the limit, else nothing), in one transaction. The caller waits at most ``timeout``;
+        ``on_failed``: see :class:`LedgerUnavailableError`."""
         with self._late_lock:
             late, self._late_grants = (
                 [g for g in self._late_grants if g[0] == key],
@@ -254,12 +274,21 @@ class Ledger:
                 with self._late_lock:
                     self._late_grants.append((key, bucket, index, result.granted))
 
+        def retry_returns() -> None:
+            with self._late_lock:  # the returns of earlier late grants are retried next time
+                self._late_grants.extend(late)
+
+        def failed_late() -> None:
+            retry_returns()
+            if on_failed is not None:
+                on_failed()
+
         self.round_trips += 1
         try:
-            return self._run(run, on_late, timeout)
-        except LedgerUnavailableError:
-            with self._late_lock:  # the reports of returned late grants are retried next time
-                self._late_grants.extend(late)
+            return self._run(run, on_late, timeout, failed_late)
+        except LedgerUnavailableError as exc:
+            if not exc.pending:  # not applied (the caller puts its own reports back)
+                retry_returns()
             raise
 
     def _exchange(
@@ -344,9 +373,14 @@ class Ledger:
         ).one()
         return int(row[0]), int(row[1])
 
-    def report_many(self, items: Sequence[tuple[str, int, str, int, bool, Report]]) -> list[tuple[int, int]]:
+    def report_many(
+        self,
+        items: Sequence[tuple[str, int, str, int, bool, Report]],
+        on_failed: Callable[[], None] | None = None,
+    ) -> list[tuple[int, int]]:
         """Apply many keys' reports ``(key, limit, bucket, index, rolling, report)`` in one
-        transaction (one round trip); each key's window spent and held after it."""
+        transaction (one round trip); each key's window spent and held after it. ``on_failed``:
+        see :class:`LedgerUnavailableError`."""
 
         def run() -> list[tuple[int, int]]:
             engine = self._connect()
@@ -357,7 +391,7 @@ class Ledger:
                 ]
 
         self.round_trips += 1
-        return self._run(run)
+        return self._run(run, None, None, on_failed)
 
     def claim_alert(self, key: str, bucket: str, threshold: str) -> bool:
         """Whether this process is the first to claim the alert (the one that sends it)."""

@@ -20,15 +20,18 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
+from typing import Any
 
 from .._errors import logger
 from ._alerts import Alert, AlertDispatcher
 from ._ledger import DEFAULT_LEDGER_TIMEOUT, Ledger, LedgerUnavailableError, Report, default_ledger_url
 from ._model import NANO, Budget, BudgetExceeded, Window, to_nano
+from ._plan import Matched, NeedsLedgerError, Plan, Reservation, State
 
 __all__ = ["BudgetManager", "NeedsLedgerError", "Reservation"]
+
 
 DEFAULT_SLICE_FRACTION = 0.05
 DEFAULT_SYNC_INTERVAL = 1.0
@@ -38,65 +41,6 @@ IDLE_RETURN_S = 5.0
 # without asking again for this long (a budget that is spent would otherwise cost every blocked
 # call a round trip). Room handed back meanwhile is seen once it passes.
 REFUSAL_TTL_S = 1.0
-
-
-class NeedsLedgerError(Exception):
-    """A ``local_only`` reservation needs the ledger (an async caller then waits on a thread)."""
-
-
-class _State:
-    """One budget key's window in this process (nano-dollars)."""
-
-    __slots__ = (
-        "available",
-        "budget",
-        "fired",
-        "held",
-        "key",
-        "last_used",
-        "outstanding",
-        "refill",
-        "refused_at",
-        "reserved",
-        "room",
-        "spent",
-        "unreported",
-        "window",
-    )
-
-    def __init__(self, budget: Budget, key: str, window: Window) -> None:
-        self.budget = budget
-        self.key = key
-        self.window = window
-        self.available = 0  # leased to us, not reserved (negative after a call cost more than reserved)
-        self.reserved = 0  # held for calls in flight
-        self.unreported = 0  # settled cost not yet reported to the ledger
-        self.outstanding = 0  # our share of the ledger's ``held``
-        self.spent = 0  # the window's spend, all processes, as last seen in the ledger
-        self.held = 0
-        self.fired: set[float] = set()
-        self.refill = threading.Lock()
-        self.last_used = time.monotonic()
-        # When the ledger last refused a grant, and the room it had left then.
-        self.refused_at = -1e18
-        self.room = 0
-
-
-class Reservation:
-    """What one call reserved; settled once (``settle``)."""
-
-    __slots__ = ("_manager", "estimate", "items")
-
-    def __init__(self, manager: BudgetManager, estimate: int) -> None:
-        self._manager = manager
-        self.estimate = estimate
-        self.items: list[tuple[_State, int]] = []
-
-    def settle(self, actual: int | None) -> None:
-        """Turn the reservation into the call's cost (``None``: its estimate; 0 releases it)."""
-        items, self.items = self.items, []
-        if items:
-            self._manager._settle(items, self.estimate if actual is None else actual)
 
 
 class BudgetManager:
@@ -112,7 +56,11 @@ class BudgetManager:
         self.budgets = list(budgets)
         self._untagged = [b for b in self.budgets if b.tag_key is None]
         self._tagged = [b for b in self.budgets if b.tag_key is not None]
-        self._matched: dict[tuple[str, str | None, str | None], list[tuple[Budget, str]]] = {}
+        self._tag_keys = tuple(sorted({str(b.tag_key) for b in self._tagged}))
+        # (feature, operation, model, values of the tag keys budgets use) -> what such calls match.
+        self._matched: dict[tuple[Any, ...], Matched] = {}
+        # Bumped at a fork: plans resolved before it point at the parent's states.
+        self._generation = 0
         self.ledger = Ledger(ledger_url or default_ledger_url(), ledger_timeout)
         self.slice_fraction = slice_fraction
         self.sync_interval = sync_interval
@@ -127,9 +75,9 @@ class BudgetManager:
             "alerts": 0,
         }
         self._lock = threading.Lock()
-        self._states: dict[tuple[str, str], _State] = {}
+        self._states: dict[tuple[str, str], State] = {}
         # Ledger key -> (end of its current window, its state): the caller's path lookup.
-        self._by_key: dict[str, tuple[float, _State]] = {}
+        self._by_key: dict[str, tuple[float, State]] = {}
         self._windows: dict[int, tuple[float, Window]] = {}
         self._warned_unavailable = False
         self._stop = threading.Event()
@@ -159,6 +107,7 @@ class BudgetManager:
         self._lock = threading.Lock()
         self._states = {}
         self._by_key = {}
+        self._generation += 1
         self._thread = None
         self._pid = os.getpid()
         if self.ledger._pid != self._pid:  # before any thread of the child can use it
@@ -204,7 +153,7 @@ class BudgetManager:
         self._windows[id(budget)] = (window.end.timestamp(), window)
         return window
 
-    def _state(self, budget: Budget, key: str, now: float) -> _State:
+    def _state(self, budget: Budget, key: str, now: float) -> State:
         hit = self._by_key.get(key)
         if hit is not None and now < hit[0]:
             return hit[1]
@@ -212,7 +161,7 @@ class BudgetManager:
         state = self._states.get((key, window.key))
         if state is None:
             with self._lock:
-                state = self._states.setdefault((key, window.key), _State(budget, key, window))
+                state = self._states.setdefault((key, window.key), State(budget, key, window))
         if len(self._by_key) > 100_000:  # bounded: tag values come from callers
             self._by_key.clear()
         self._by_key[key] = (window.end.timestamp(), state)
@@ -220,76 +169,98 @@ class BudgetManager:
 
     def matching(
         self, feature: str, operation: str | None, model: str | None, tags: Mapping[str, str] | None
-    ) -> list[tuple[Budget, str]]:
-        """``(budget, ledger key)`` of every budget the call falls in."""
-        scope = (feature, operation, model)
-        fixed = self._matched.get(scope)
-        if fixed is None:
-            # Budgets without a tag depend on these three only: matched once per combination.
-            fixed = [(b, k) for b in self._untagged if (k := b.matches(feature, operation, model, None))]
-            if len(self._matched) > 10_000:  # bounded: model names come from callers
-                self._matched.clear()
-            self._matched[scope] = fixed
-        if not self._tagged:
-            return fixed
-        out = list(fixed)
+    ) -> Matched:
+        """``(budget, ledger key)`` of every budget the call falls in (a list), remembered per
+        kind of call (its scope and the values of the tags budgets use) with their states."""
+        values = tuple(tags.get(k) for k in self._tag_keys) if tags and self._tag_keys else ()
+        scope = (feature, operation, model, values)
+        found = self._matched.get(scope)
+        if found is not None:
+            return found
+        pairs = [(b, k) for b in self._untagged if (k := b.matches(feature, operation, model, None))]
         for budget in self._tagged:
             key = budget.matches(feature, operation, model, tags)
             if key is not None:
-                out.append((budget, key))
-        return out
+                pairs.append((budget, key))
+        if len(self._matched) > 10_000:  # bounded: model names and tag values come from callers
+            self._matched.clear()
+        found = self._matched.setdefault(scope, Matched(pairs))
+        return found
+
+    def _plan(self, matched: Sequence[tuple[Budget, str]], now: float) -> Plan:
+        """The states ``matched`` reserves in, for the windows ``now`` falls in."""
+        items = tuple((self._state(b, k, now), b.action == "block") for b, k in matched)
+        until = min((s.end for s, _ in items), default=float("inf"))
+        plan: Plan = (until, self._generation, items, tuple(s for s, block in items if block))
+        if isinstance(matched, Matched):
+            matched.plan = plan
+        return plan
 
     def reserve(
-        self, matched: list[tuple[Budget, str]], estimate_usd: Decimal | int | None, local_only: bool = False
+        self,
+        matched: Sequence[tuple[Budget, str]],
+        estimate_usd: Decimal | int | None,
+        local_only: bool = False,
+        exact: Callable[[], int | None] | None = None,
     ) -> Reservation:
         """Reserve ``estimate_usd`` (dollars, or nano-dollars as an int) in every matching
         budget; raises :class:`BudgetExceeded` (with nothing left reserved) when a block budget
-        cannot take it."""
+        cannot take it. ``exact``: a tighter estimate (nano-dollars), worked out only when the
+        given one does not fit in this process's leases."""
         if os.getpid() != self._pid:
             self._after_fork()
         estimate = to_nano(estimate_usd) if isinstance(estimate_usd, Decimal) else estimate_usd or 0
-        res = Reservation(self, estimate)
         now = self.clock()
-        used = time.monotonic()
+        plan = matched.plan if isinstance(matched, Matched) else None
+        if plan is None or now >= plan[0] or plan[1] != self._generation:
+            plan = self._plan(matched, now)
+        items, blocks = plan[2], plan[3]
         if estimate_usd is not None:
-            # The usual case in one pass under one lock: every block budget's lease covers it.
-            states = [(self._state(b, k, now), b.action == "block") for b, k in matched]
-            with self._lock:
-                if all(state.available >= estimate for state, block in states if block):
-                    for state, block in states:
-                        state.last_used = used
-                        if block:
+            # The usual case, under one lock: every block budget's lease covers the estimate.
+            used = time.monotonic()
+            for attempt in (0, 1):
+                with self._lock:
+                    for state in blocks:
+                        if state.available < estimate:
+                            break
+                    else:
+                        for state in blocks:
                             state.available -= estimate
                             state.reserved += estimate
-                        res.items.append((state, estimate if block else 0))
-            if res.items:
-                self.counters["reservations"] += 1
-                return res
+                            state.last_used = used
+                        self.counters["reservations"] += 1
+                        return Reservation(self._settle, estimate, items)
+                if attempt or exact is None:
+                    break
+                tighter = exact()  # the bound did not fit: count the request exactly
+                exact = None
+                if tighter is None or tighter >= estimate:
+                    break
+                estimate = tighter
+        held: list[tuple[State, bool]] = []
         try:
-            for budget, key in matched:
-                state = self._state(budget, key, now)
-                state.last_used = used
-                if estimate_usd is None and budget.fail == "closed" and budget.action == "block":
+            for (budget, _), (state, block) in zip(matched, items, strict=True):
+                state.last_used = time.monotonic()
+                if estimate_usd is None and budget.fail == "closed" and block:
                     self.counters["blocked"] += 1
                     raise self._exceeded(state, estimate, "the price table cannot price this call")
-                if budget.action == "alert" or estimate == 0:
-                    res.items.append((state, 0))
-                    continue
-                if self._take(state, estimate):
-                    res.items.append((state, estimate))
+                if not block or estimate == 0:
+                    held.append((state, False))
+                elif self._take(state, estimate):
+                    held.append((state, True))
                 elif local_only:
                     raise NeedsLedgerError
                 elif self._refill(state, estimate):
-                    res.items.append((state, estimate))
+                    held.append((state, True))
                 else:
-                    res.items.append((state, 0))  # ledger unreachable, failing open: counted, not held
+                    held.append((state, False))  # ledger unreachable, failing open: counted, not held
         except BaseException:
-            res.settle(0)
+            self._settle(held, estimate, 0)  # nothing left reserved
             raise
         self.counters["reservations"] += 1
-        return res
+        return Reservation(self._settle, estimate, held)
 
-    def _take(self, state: _State, amount: int) -> bool:
+    def _take(self, state: State, amount: int) -> bool:
         with self._lock:
             if state.available >= amount:
                 state.available -= amount
@@ -297,7 +268,7 @@ class BudgetManager:
                 return True
         return False
 
-    def _refill(self, state: _State, amount: int) -> bool:
+    def _refill(self, state: State, amount: int) -> bool:
         """Lease more from the ledger and reserve ``amount``; False to let the call go unreserved
         (ledger unreachable, failing open); raises when the budget cannot take it."""
         budget = state.budget
@@ -329,9 +300,11 @@ class BudgetManager:
                     want,
                     need,
                     timeout=left,
+                    on_failed=lambda: self._unreport(state, report),
                 )
             except LedgerUnavailableError as exc:
-                self._unreport(state, report)
+                if not exc.pending:  # not applied: reported again next time
+                    self._unreport(state, report)
                 return self._ledger_down(state, amount, exc)
             with self._lock:
                 state.spent, state.held = ex.spent, ex.held
@@ -347,7 +320,7 @@ class BudgetManager:
         finally:
             state.refill.release()
 
-    def _ledger_down(self, state: _State, amount: int, exc: BaseException) -> bool:
+    def _ledger_down(self, state: State, amount: int, exc: BaseException) -> bool:
         self._unavailable(exc)
         if state.budget.fail == "closed":
             self.counters["fail_closed"] += 1
@@ -366,7 +339,7 @@ class BudgetManager:
                 exc,
             )
 
-    def _exceeded(self, state: _State, amount: int, reason: str = "limit") -> BudgetExceeded:
+    def _exceeded(self, state: State, amount: int, reason: str = "limit") -> BudgetExceeded:
         return BudgetExceeded(
             state.budget,
             state.key,
@@ -379,16 +352,17 @@ class BudgetManager:
 
     # -- settlement (exporter thread) ----------------------------------------------------------
 
-    def _settle(self, items: list[tuple[_State, int]], actual: int) -> None:
+    def _settle(self, items: Sequence[tuple[State, bool]], estimate: int, actual: int) -> None:
         with self._lock:
-            for state, reserved in items:
-                state.reserved -= reserved
-                state.available += reserved - actual if reserved else 0
+            for state, held in items:
+                if held:
+                    state.reserved -= estimate
+                    state.available += estimate - actual
                 state.unreported += actual
 
     # -- sync (background thread) --------------------------------------------------------------
 
-    def _report_of(self, state: _State, return_leases: bool) -> Report | None:
+    def _report_of(self, state: State, return_leases: bool) -> Report | None:
         """Under the lock: take what ``state`` has to report (``_unreport`` puts it back)."""
         spent = state.unreported
         released = min(spent, state.outstanding)
@@ -402,7 +376,7 @@ class BudgetManager:
         state.available -= returned
         return Report(state.window.key, state.window.index, spent, released + returned, returned)
 
-    def _unreport(self, state: _State, report: Report | None) -> None:
+    def _unreport(self, state: State, report: Report | None) -> None:
         if report is None:
             return
         with self._lock:
@@ -415,7 +389,7 @@ class BudgetManager:
         then check alert thresholds."""
         now = self.clock()
         idle_before = time.monotonic() - IDLE_RETURN_S
-        batch: list[tuple[_State, Report]] = []
+        batch: list[tuple[State, Report]] = []
         with self._lock:
             for state in list(self._states.values()):
                 back = return_leases or (state.reserved == 0 and state.last_used < idle_before)
@@ -426,7 +400,7 @@ class BudgetManager:
                     state.reserved == 0
                     and state.outstanding == 0
                     and state.unreported == 0
-                    and state.window.end.timestamp() <= now
+                    and state.end <= now
                 ):
                     self._states.pop((state.key, state.window.key), None)  # a past window, settled
         if not batch:
@@ -434,11 +408,16 @@ class BudgetManager:
         items = [
             (s.key, s.budget.limit_nano, s.window.key, s.window.index, s.window.rolling, r) for s, r in batch
         ]
-        try:
-            totals = self.ledger.report_many(items)
-        except LedgerUnavailableError as exc:
+        def put_back() -> None:
             for state, report in batch:
                 self._unreport(state, report)
+
+        try:
+            totals = self.ledger.report_many(items, on_failed=put_back)
+        except LedgerUnavailableError as exc:
+            # Still running, it may yet commit: put back only if it fails (counted once).
+            if not exc.pending:
+                put_back()
             self._unavailable(exc)
             return
         for (state, _), (spent, held) in zip(batch, totals, strict=True):
@@ -446,7 +425,7 @@ class BudgetManager:
                 state.spent, state.held = spent, held
             self._check_alerts(state)
 
-    def _check_alerts(self, state: _State) -> None:
+    def _check_alerts(self, state: State) -> None:
         budget = state.budget
         if not budget.limit_nano:
             return

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["budgets"]
+__all__ = ["budgets", "with_budget_columns"]
 
 Payload = tuple[int, dict[str, Any]]
+
+# Warnings already logged: a dashboard polling the metrics endpoint logs the ledger's outage once.
+_warned: set[str] = set()
 
 
 def budgets() -> Payload:
@@ -46,3 +49,26 @@ def budgets() -> Payload:
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     # Decimal amounts as numbers (JSON has no decimals; cents of a cent are enough here).
     return {k: float(v) if k.endswith("_usd") or k == "used" else v for k, v in row.items()}
+
+
+def with_budget_columns(payload: Payload) -> Payload:
+    """``GET metrics/``'s body with the budget columns (``tracked_openai.budgets.report``) of the
+    budgets this process enforces, else ``TRACKED_OPENAI_BUDGETS``'s: unchanged without budgets;
+    figures ``null`` and ``budgets.available`` false when the ledger cannot be read (logged once)."""
+    status, body = payload
+    found = body.get("metrics") if status == 200 else None
+    if not isinstance(found, dict):
+        return payload
+    try:
+        from .report import annotate_report
+
+        warning = annotate_report(found)
+    except Exception as exc:  # the metrics are what was asked for
+        found.pop("budgets", None)
+        warning = f"budget columns left out ({type(exc).__name__}: {exc})"
+    if warning and warning not in _warned:
+        _warned.add(warning)
+        from .._errors import logger
+
+        logger.warning("tracked_openai: metrics endpoint: %s", warning)
+    return status, body

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import reports
 from .output import EXIT_OK, EXIT_USAGE, new_console, store_option, tracking_uri
+from .report_budgets import BUDGET_COLUMNS, budget_table, budgets_text, has_budgets
 
 __all__ = ["add_commands"]
 
@@ -58,6 +59,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--until", type=_when, help="up to this date (a bare date includes the whole day)")
     p.add_argument("--by", choices=reports.BREAKDOWNS, default=None, help="breakdown table")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", dest="fmt")
+    p.add_argument("--budgets", default=None, metavar="FILE",
+                   help="budgets file for the budget columns (default: $TRACKED_OPENAI_BUDGETS; "
+                   "none: no budget columns)")
+    p.add_argument("--ledger-url", default=None,
+                   help="budget ledger (default: $TRACKED_OPENAI_LEDGER_URL, else the SQLite file)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser(
@@ -208,6 +214,8 @@ def render_report(
         ("total cost", _cost(metrics, "total_cost")),
         ("API calls (failed)", f"{_num(metrics['total_calls'])} ({_num(metrics['failed_calls'])})"),
         ("unpriced calls", _num(metrics["unpriced_calls"])),
+        *([("calls blocked by budgets", _num(metrics.get("blocked_calls", 0)))]
+          if has_budgets(metrics) or metrics.get("blocked_calls") else []),
         ("tokens in / out", f"{_num(metrics['prompt_tokens'])} / {_num(metrics['completion_tokens'])}"),
         ("cached / reasoning tokens",
          f"{_num(metrics['cached_tokens'])} / {_num(metrics['reasoning_tokens'])}"),
@@ -216,11 +224,17 @@ def render_report(
         totals.add_row(name, value)
     console.print(totals)
     dims = [by] if by else (["feature", "model"] if metrics["feature"] is None else ["operation", "model"])
+    if has_budgets(metrics):
+        table = budget_table(metrics, [d for d in dims if d in ("feature", "operation")])
+        if table is not None:
+            console.print(table)
     for dim in dims:
         table_rows = metrics[f"by_{dim}"]
         if not table_rows:
             continue
         columns = _BREAKDOWN_COLUMNS["model" if dim == "model" else "slice"]
+        if dim in ("feature", "operation") and has_budgets(metrics):
+            columns = [*columns, *BUDGET_COLUMNS]
         table = Table(title=f"by {dim}", title_justify="left")
         table.add_column(dim, style="bold")
         for header, _ in columns:
@@ -228,6 +242,10 @@ def render_report(
         for row in table_rows:
             table.add_row(str(row["key"]), *(cell(row) for _, cell in columns))
         console.print(table)
+
+
+def _csv_value(name: str, value: Any) -> Any:
+    return budgets_text(value or []) if name == "budgets" else value
 
 
 def _csv(rows: Sequence[dict[str, Any]], first: str) -> str:
@@ -238,7 +256,7 @@ def _csv(rows: Sequence[dict[str, Any]], first: str) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
     for row in rows:
-        writer.writerow([row["key"], *(row.get(k) for k in names[1:])])
+        writer.writerow([row["key"], *(_csv_value(k, row.get(k)) for k in names[1:])])
     return out.getvalue()
 
 
@@ -258,6 +276,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         # Also an unknown --feature (reports.UnknownFeatureError lists the known ones).
         print(f"tracked-openai report: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    _add_budgets(metrics, args)
     if args.fmt == "json":
         print(json.dumps({"tracking_uri": reports.display_uri(uri), **metrics}, indent=2))
     elif args.fmt == "csv":
@@ -266,6 +285,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         render_report(metrics, args.by, new_console(), tracking_uri=uri)
     return EXIT_OK
+
+
+def _add_budgets(metrics: dict[str, Any], args: argparse.Namespace) -> None:
+    """The budget columns (none without budgets); a ledger or budgets file that cannot be read
+    is one warning on stderr, never a failed report."""
+    try:
+        from ..budgets.report import annotate_report
+
+        warning = annotate_report(metrics, args.budgets, args.ledger_url)
+    except Exception as exc:  # the report itself is what the user asked for
+        metrics.pop("budgets", None)
+        warning = f"budget columns left out ({type(exc).__name__}: {exc})"
+    if warning:
+        print(f"tracked-openai report: warning: {warning}", file=sys.stderr)
 
 
 def _feature_origin(key: str, registered: dict[str, str]) -> str:

@@ -103,7 +103,12 @@ def create_router(
         since: Annotated[str | None, Query(description="YYYY-MM-DD, ISO datetime, today or Nd")] = None,
         until: Annotated[str | None, Query(description="YYYY-MM-DD (inclusive) or ISO datetime")] = None,
     ) -> JSONResponse:
-        return _respond(_endpoints.metrics(tracking_uri, feature, since, until))
+        from ..budgets import http as budgets_http
+
+        # With budgets: each feature and operation row's budgets and blocked calls.
+        return _respond(
+            budgets_http.with_budget_columns(_endpoints.metrics(tracking_uri, feature, since, until))
+        )
 
     @api.get(
         "/budgets/",

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from .._errors import internal_errors, report_internal_error
-from ..records import CallRecord, OperationRecord, Record, new_record_id
+from ..records import BUDGET_BLOCKED_TAG, CallRecord, OperationRecord, Record, new_record_id
 
 __all__ = ["budget_hook", "prepare", "register_budget_hooks"]
 
@@ -45,7 +45,19 @@ def prepare(item: Record | Any) -> Record:
             _roll_up(record, [(child.record, _in_own_feature(child, record)) for child in children])
             # Its own calls ride with it for the traces sink (one request per trace).
             record.calls = [c.record for c in children if c.record.parent_id == record.record_id]
+            _tag_blocked(record)
     return record
+
+
+def _tag_blocked(op: OperationRecord) -> None:
+    """Tag ``op`` with the budgets that blocked calls made directly in it: in the default mode
+    those calls are spans of its trace with no run of their own, so its run and its trace are
+    where a budget breach shows (nested operations carry their own calls' breaches)."""
+    keys = {
+        c.tags[BUDGET_BLOCKED_TAG] for c in op.calls if c.status == "blocked" and BUDGET_BLOCKED_TAG in c.tags
+    }
+    if keys:
+        op.tags[BUDGET_BLOCKED_TAG] = ",".join(sorted(keys))
 
 
 def _in_own_feature(call: Any, op: OperationRecord) -> bool:

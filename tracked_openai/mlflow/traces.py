@@ -218,7 +218,7 @@ def _error_event(record: Record, time_ns: int) -> SpanEvent:
 
 
 def _status(record: Record) -> tuple[Literal["ok", "error"], str]:
-    if record.status == "error":
+    if record.status != "success":  # an error, or a call a budget blocked (the caller got an exception)
         return "error", f"{record.error_type or 'Error'}: {record.error_message or ''}".rstrip(": ")[
             :_MAX_TEXT
         ]

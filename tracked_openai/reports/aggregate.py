@@ -56,6 +56,8 @@ class _Group:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     calls: int = 0
     call_errors: int = 0
+    # Calls a budget stopped before they were sent (status ``blocked``; also in call_errors).
+    blocked_calls: int = 0
     call_cost: float = 0.0
     call_cost_n: int = 0
     call_exec_sum: float = 0.0
@@ -80,9 +82,10 @@ class _Group:
     def add_cost(self, cost: float) -> None:
         self.cost += cost
 
-    def add_call(self, ok: bool, metrics: Mapping[str, float], unpriced: bool) -> None:
+    def add_call(self, ok: bool, metrics: Mapping[str, float], unpriced: bool, blocked: bool = False) -> None:
         self.calls += 1
         self.call_errors += not ok
+        self.blocked_calls += blocked
         self.unpriced_calls += unpriced
         t = metrics.get(EXECUTION_TIME)
         if t is not None:
@@ -112,6 +115,7 @@ class _Group:
             "total_cost": round(self.cost, 10),
             "total_calls": self.calls,
             "failed_calls": self.call_errors,
+            "blocked_calls": self.blocked_calls,
             "unpriced_calls": self.unpriced_calls,
             **self._tokens(),
             "p50_execution_time": _percentile(lat, 0.50),
@@ -144,6 +148,7 @@ class _Group:
             "avg_confidence": self.conf_sum / self.conf_n if self.conf_n else None,
             "total_cost": round(self.cost, 10),
             "total_calls": self.calls,
+            "blocked_calls": self.blocked_calls,
             "unpriced_calls": self.unpriced_calls,
             "prompt_tokens": int(self.tokens["prompt_tokens"]),
             "completion_tokens": int(self.tokens["completion_tokens"]),
@@ -198,6 +203,7 @@ def feature_metrics(
     Returns:
         The AIFlow fields ``total_runs``, ``avg_execution_time`` (s), ``success_rate`` (percent),
         ``avg_confidence``, ``total_cost`` (USD), plus ``total_calls``, ``failed_calls``,
+        ``blocked_calls`` (stopped by a budget before they were sent; counted as failed too),
         ``unpriced_calls``, ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``,
         ``reasoning_tokens``, ``total_tokens``, ``p50_execution_time``, ``p95_execution_time``,
         and ``by_model``, ``by_operation``, ``by_day``, ``by_feature`` (lists of rows with a
@@ -240,11 +246,12 @@ def feature_metrics(
                 group(dim, key).add_cost(hand_cost)
         if tags.get(KIND_TAG) == "call":
             unpriced = _is_unpriced(tags, metrics)
-            total.add_call(ok, metrics, unpriced)
+            blocked = tags.get(STATUS_TAG) == "blocked"
+            total.add_call(ok, metrics, unpriced, blocked)
             for dim, key in keys.items():
-                group(dim, key).add_call(ok, metrics, unpriced)
+                group(dim, key).add_call(ok, metrics, unpriced, blocked)
             model = tags.get(RESPONSE_MODEL_TAG) or tags.get(MODEL_TAG) or run.data.params.get("model")
-            group("model", model or "(unknown)").add_call(ok, metrics, unpriced)
+            group("model", model or "(unknown)").add_call(ok, metrics, unpriced, blocked)
 
     result = total.summary()
     result["feature"] = feature

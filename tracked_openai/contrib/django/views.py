@@ -87,8 +87,15 @@ def runs(request: HttpRequest) -> JsonResponse:
 
 @_guarded
 def metrics(request: HttpRequest) -> JsonResponse:
+    from ...budgets import http as budgets_http
+
     q = request.GET
-    return _json(_endpoints.metrics(_uri(), q.get("feature"), q.get("since"), q.get("until")))
+    # With budgets: each feature and operation row's budgets and blocked calls.
+    return _json(
+        budgets_http.with_budget_columns(
+            _endpoints.metrics(_uri(), q.get("feature"), q.get("since"), q.get("until"))
+        )
+    )
 
 
 @_guarded
