@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from .names import TOOL_CALLS_PREFIX, TOOL_USAGE_TAG
-from .traces import TOOL_USAGE_ATTR
+from .traces import TOOL_USAGE_ATTR, USAGE_FIELDS
 
 __all__ = [
     "REPRICED_PREFIX",
@@ -44,19 +44,6 @@ __all__ = [
 
 # Trace tags holding a repricing's figures for one call span (see the module docstring).
 REPRICED_PREFIX = "repriced/"
-# Usage fields a call span carries as ``tracked_openai.usage.<field>``, read back under the
-# run metric of the same name.
-_USAGE_FIELDS = (
-    "reasoning_tokens",
-    "audio_input_tokens",
-    "audio_output_tokens",
-    "image_input_tokens",
-    "image_output_tokens",
-    "cache_write_tokens",
-    "images",
-    "seconds",
-    "characters",
-)
 _TOOL_COUNT = "tracked_openai.usage.tool_calls."
 
 _OURS = "tracked_openai."
@@ -214,7 +201,7 @@ def span_run(span: Any, experiment_id: str, trace_tags: Mapping[str, str] | None
                 number = _num(usage.get(key))
                 if number is not None:
                     metrics[metric] = number
-        for name in _USAGE_FIELDS:
+        for name in USAGE_FIELDS:
             number = _num(attrs.get(_OURS + "usage." + name))
             if number is not None:
                 metrics[name] = number

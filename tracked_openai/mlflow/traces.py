@@ -79,6 +79,19 @@ OURS = "tracked_openai."
 # The hosted tools a call used and what each fee depended on (search context size, image size,
 # ...), as the run's ``tool_usage`` tag: a repricing from spans needs more than the counts.
 TOOL_USAGE_ATTR = OURS + "tool_usage"
+# Usage fields beyond tokens a call span carries as ``tracked_openai.usage.<field>`` (read back by
+# trace_reports under the run metric of the same name).
+USAGE_FIELDS = (
+    "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "image_input_tokens",
+    "image_output_tokens",
+    "cache_write_tokens",
+    "images",
+    "seconds",
+    "characters",
+)
 
 # Our endpoint name -> (MLflow span type, gen_ai.operation.name). Images and audio have no span
 # type of their own in MLflow: LLM (a generative model call) is the closest.
@@ -321,17 +334,7 @@ def call_span(call: CallRecord, trace_id: bytes, parent_span_id: bytes | None) -
     if usage.tool_calls:
         tool_usage = {"tool_calls": usage.tool_calls, "tool_details": usage.tool_details or {}}
         attrs[TOOL_USAGE_ATTR] = json.dumps(tool_usage, sort_keys=True, separators=(",", ":"))[:_MAX_TEXT]
-    for key in (
-        "reasoning_tokens",
-        "audio_input_tokens",
-        "audio_output_tokens",
-        "image_input_tokens",
-        "image_output_tokens",
-        "cache_write_tokens",
-        "images",
-        "seconds",
-        "characters",
-    ):
+    for key in USAGE_FIELDS:
         _put(attrs, OURS + "usage." + key, getattr(usage, key))
     for key, value in call.params.items():
         if value is not None:
