@@ -9,8 +9,6 @@ one run (the operation) plus its two-span trace, linked to the run; ``traces`` t
 
 * ``runs+traces-nolink``: ``runs+traces`` without linking each operation's trace to its run,
   to show what the link costs.
-* ``traces-parallel``: ``traces`` with each batch cut into 4 requests sent at once
-  (``TracesSink(senders=4)``; the default sends one at a time), to show what that brings.
 
     python benchmarks/exporter_modes.py --stores pg                       # all modes on PostgreSQL
     python benchmarks/exporter_modes.py --stores server --modes runs,runs+traces --calls 300
@@ -43,7 +41,7 @@ from tracked_openai.export.queue import Exporter
 from tracked_openai.sinks.modes import OperationRunsSink, mode_sinks
 from tracked_openai.sinks.traces import TracesSink
 
-MODES = ("runs", "runs+traces", "runs+traces-nolink", "traces", "traces-parallel")
+MODES = ("runs", "runs+traces", "runs+traces-nolink", "traces")
 
 
 class _NoLinkRunsSink(OperationRunsSink):
@@ -56,8 +54,6 @@ def sinks_for(mode: str, uri: str) -> list[Any]:
     if mode == "runs+traces-nolink":
         runs = _NoLinkRunsSink(uri)
         return [runs, TracesSink(runs=runs)]
-    if mode == "traces-parallel":
-        return [TracesSink(uri, senders=4)]
     return mode_sinks(mode, uri)
 
 

@@ -3,15 +3,9 @@ for the mapping and ``tracked_openai/mlflow/otlp.py`` for the transports).
 
 One ``export`` = one request per experiment (feature) and per ``max_spans`` spans: OTLP/HTTP to
 ``mlflow server`` (or to ``TRACKED_OPENAI_OTLP_ENDPOINT``), or one ``log_spans`` transaction on
-the embedded store. With ``senders`` > 1 a batch is cut into that many requests (whole traces
-each) sent at once: the server stores a request in one transaction whose time, on PostgreSQL,
-goes mostly in round trips to the database (several per trace), which parallel requests
-overlap. Off by default (one request at a time): a server on SQLite answers parallel writes
-with "database is locked" (503), and on a loaded machine parallel requests time out more.
-
-The exporter gives it the same guarantees as the runs sink (bounded queue, retry with backoff,
-spool and replay) under its own spool key, so an outage of one never holds the other's records
-back. Ids are derived from record ids, so a retried or replayed batch
+the embedded store. The exporter gives it the same guarantees as the runs sink (bounded queue,
+retry with backoff, spool and replay) under its own spool key, so an outage of one never holds
+the other's records back. Ids are derived from record ids, so a retried or replayed batch
 overwrites its spans: one trace per operation, whatever the number of attempts.
 
 A batch the receiver refuses as such (4xx: retrying the same bytes fails again) is split in
@@ -34,7 +28,6 @@ from typing import Any
 from .._config import settings
 from .._errors import logger
 from ..mlflow.otlp import EmbeddedTransport, GenericOtlpTransport, MlflowOtlpTransport, RejectedError
-from ..mlflow.pool import WriterPool
 from ..mlflow.store import spool_key_for
 from ..mlflow.traces import TraceData, traces_of
 from ..records import LATE_TAG, CallRecord, OperationRecord, Record
@@ -44,8 +37,6 @@ __all__ = ["TracesSink", "traces_spool_key"]
 # Spans per request: MLflow's server reads a request whole and stores it in one transaction;
 # ~1,000 spans keep a request around a megabyte of protobuf before gzip.
 _MAX_SPANS = 1000
-# The fewest spans worth a request of their own when a batch is cut for parallel senders.
-_MIN_SPANS_PER_SENDER = 32
 
 # Operation records carry their calls' records (``OperationRecord.calls``, filled when prepared).
 _CARRIES = "calls" in OperationRecord.__dataclass_fields__
@@ -90,7 +81,6 @@ class TracesSink:
         runs: An ``MlflowSink`` to share the experiment lookups (and its client) with.
         rejected_dir: Where refused records are set apart (default ``<spool dir>/rejected``).
         max_spans: Spans per request.
-        senders: Requests sent at once over HTTP (default 1; the embedded store always 1).
     """
 
     def __init__(
@@ -105,7 +95,6 @@ class TracesSink:
         runs: Any = None,
         rejected_dir: str | os.PathLike[str] | None = None,
         max_spans: int = _MAX_SPANS,
-        senders: int | None = None,
     ) -> None:
         if runs is None:
             from .mlflow import MlflowSink
@@ -123,11 +112,6 @@ class TracesSink:
         self.spool_key = traces_spool_key(self.tracking_uri, generic.url if generic is not None else None)
         self._rejected_dir = Path(rejected_dir) if rejected_dir is not None else None
         self.max_spans = max(1, int(max_spans))
-        http = generic is not None or self.tracking_uri.startswith(("http://", "https://"))
-        # SQLite (the embedded store) takes one writer at a time: parallel requests only wait.
-        self.senders = max(1, int(senders or 1)) if http else 1
-        self._pool: WriterPool | None = None
-        self._pool_pid = os.getpid()
         self._transport: Any = None
         self._unsupported = False
         self._lock = threading.Lock()
@@ -178,49 +162,18 @@ class TracesSink:
         for trace in traces_of(records, calls_of):
             by_feature.setdefault(trace.feature, []).append(trace)
         index = _index(records)
-        requests: list[tuple[str, list[TraceData]]] = []
-        total = sum(len(t.spans) for traces in by_feature.values() for t in traces)
-        # Spans per request: up to max_spans, fewer when that lets every sender have one.
-        per_request = min(self.max_spans, max(_MIN_SPANS_PER_SENDER, -(-total // self.senders)))
         for feature, traces in by_feature.items():
             exp_id = self._runs.experiment_id(feature)
             chunk: list[TraceData] = []
             spans = 0
             for trace in traces:
-                if chunk and spans + len(trace.spans) > per_request:
-                    requests.append((exp_id, chunk))
+                if chunk and spans + len(trace.spans) > self.max_spans:
+                    self._send(exp_id, chunk, index)
                     chunk, spans = [], 0
                 chunk.append(trace)
                 spans += len(trace.spans)
             if chunk:
-                requests.append((exp_id, chunk))
-        if len(requests) == 1 or self.senders == 1:
-            for exp_id, chunk in requests:
                 self._send(exp_id, chunk, index)
-            return
-        pool = self._get_pool()
-        futures = [pool.submit(lambda req: self._send(req[0], req[1], index), req) for req in requests]
-        errors = []
-        for future in futures:
-            try:
-                future.result()
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            # After every request has ended: the exporter retries the whole batch, and the
-            # requests that went through are written again with the same ids (one trace each).
-            raise errors[0]
-
-    def _get_pool(self) -> WriterPool:
-        pool = self._pool
-        if pool is None or self._pool_pid != os.getpid():
-            with self._lock:
-                if self._pool is None or self._pool_pid != os.getpid():
-                    # A forked child has none of the parent's threads: a pool of its own.
-                    self._pool = WriterPool(self.senders, lambda: None)
-                    self._pool_pid = os.getpid()
-                pool = self._pool
-        return pool
 
     def _send(self, exp_id: str, traces: list[TraceData], index: Mapping[str, Record]) -> None:
         try:
@@ -273,9 +226,7 @@ class TracesSink:
         return None
 
     def shutdown(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)  # daemon threads: a request hung on a dead server ends on its own
+        return None
 
     def __repr__(self) -> str:
         return f"TracesSink({self._generic.url if self._generic is not None else self.tracking_uri!r})"
