@@ -239,6 +239,13 @@ def guard(call: Any) -> None:
     :class:`BudgetExceeded` (the call recorded as blocked) when a block budget cannot take it;
     never raises anything else."""
     try:
+        manager = _current if _env_loaded else _from_env()
+        if manager is None:
+            return
+        quick = manager.reserve_plain(call)
+        if quick is not False:
+            call.budget = quick
+            return
         prepared = _prepare(call)
         if prepared is None:
             return
@@ -255,6 +262,13 @@ async def guard_async(call: Any) -> None:
     """:func:`guard` for async clients: a reservation that needs the ledger waits for it on a
     worker thread, never on the event loop."""
     try:
+        manager = _current if _env_loaded else _from_env()
+        if manager is None:
+            return
+        quick = manager.reserve_plain(call)  # never waits for the ledger
+        if quick is not False:
+            call.budget = quick
+            return
         prepared = _prepare(call)
         if prepared is None:
             return

@@ -24,7 +24,14 @@ from typing import Any
 from ..records import CallRecord, Usage
 from ._model import NANO, to_nano
 
-__all__ = ["DEFAULT_OUTPUT_LIMIT", "OUTPUT_LIMITS", "worst_case_bound", "worst_case_nano", "worst_case_usd"]
+__all__ = [
+    "DEFAULT_OUTPUT_LIMIT",
+    "OUTPUT_LIMITS",
+    "plain_chat_bound",
+    "worst_case_bound",
+    "worst_case_nano",
+    "worst_case_usd",
+]
 
 # Most output tokens a model can return (OpenAI's model pages, 2026); longest prefix wins.
 OUTPUT_LIMITS: dict[str, int] = {
@@ -156,6 +163,10 @@ def worst_case_bound(
     counted as a token a byte (a token is at least one byte, so never below the price).
     ``exact`` is False when a text was long enough for that to overstate it: the caller's path
     reserves this bound while the lease has ample room, and counts exactly only when it has not."""
+    if endpoint == "chat.completions":
+        fast = plain_chat_bound(request, model, provider)
+        if fast is not None:
+            return fast
     tally = _Tally(False)
     return _worst_case(endpoint, request, model, provider, upload, tally), not tally.bounded
 
@@ -208,6 +219,79 @@ def _worst_case(
         output_tokens=output,
     )
     return _nano(_price(_record(endpoint, model, provider, tier, usage)))
+
+
+# Chat requests of plain text messages without tools are most calls: they take a path of their
+# own that gives what the general one does (a test holds the two equal) in a third of the time,
+# since the caller's path runs it cold, between the SDK's own work, where every bytecode counts.
+_PLAIN_CHAT_KEYS = frozenset(
+    {
+        "messages", "model", "max_tokens", "max_completion_tokens", "max_output_tokens", "n",
+        "service_tier", "stream", "stream_options", "temperature", "top_p", "seed", "stop", "user",
+        "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+        "metadata", "store", "reasoning_effort", "verbosity", "prompt_cache_key", "safety_identifier",
+        "parallel_tool_calls", "modalities",
+    }
+)
+_UNPRICED = (0.0, 0.0, 0)
+_plain_chat_cache: dict[tuple[Any, ...], tuple[float, float, int]] = {}
+
+
+def plain_chat_bound(
+    request: dict[str, Any], model: str | None, provider: str
+) -> tuple[int | None, bool] | None:
+    """:func:`worst_case_bound` of a chat request whose messages are ``{"role", "content"}`` with
+    a standard role and text content, and nothing priced besides (no tools, schemas, images,
+    audio); ``None`` for any other request."""
+    if not _PLAIN_CHAT_KEYS.issuperset(request):
+        return None
+    tier = request.get("service_tier")
+    if tier is not None and type(tier) is not str:
+        return None
+    messages = request.get("messages")
+    if type(messages) is not list:
+        return None
+    prompt, bounded = 3, False
+    for message in messages:
+        if type(message) is not dict or len(message) != 2:
+            return None
+        content, role = message.get("content"), message.get("role")
+        if type(content) is not str or role not in _ROLES:
+            return None
+        size = len(content) if content.isascii() else len(content.encode())
+        if size > _BYTES_AS_TOKENS:
+            bounded = True
+        prompt += 4 + size
+    if prompt >= _LINEAR_MAX_INPUT:
+        return None
+    name = model or ""
+    key = (id(_price_book()), name, provider, tier)
+    found = _plain_chat_cache.get(key)
+    if found is None:
+        rates = _linear_rates("chat.completions", name, provider, tier)
+        found = _UNPRICED if rates is None else (rates[0], rates[1], _output_limit(name))
+        if len(_plain_chat_cache) > 10_000:  # bounded: model names come from callers
+            _plain_chat_cache.clear()
+        _plain_chat_cache[key] = found
+    if found is _UNPRICED:
+        return None, not bounded
+    cap = request.get("max_completion_tokens")
+    if cap is None:
+        cap = request.get("max_output_tokens")
+    if cap is None:
+        cap = request.get("max_tokens")
+    if cap is not None:
+        cap = _int(cap)
+        if cap is None:
+            return None  # not a count: the general path decides what it means
+    else:
+        cap = found[2]
+    n = request.get("n")
+    if n is not None:
+        n = _int(n)
+        if n is None:
+            return None
+    return math.ceil(prompt * found[0] + cap * (n or 1) * found[1]) + 1, not bounded
 
 
 def _nano(usd: Decimal | None) -> int | None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from .._errors import logger
 from ._alerts import Alert, AlertDispatcher
+from ._cost import plain_chat_bound
 from ._ledger import DEFAULT_LEDGER_TIMEOUT, Ledger, LedgerUnavailableError, Report, default_ledger_url
 from ._model import NANO, Budget, BudgetExceeded, Window, to_nano
 from ._plan import Matched, NeedsLedgerError, Plan, Reservation, State
@@ -186,6 +187,45 @@ class BudgetManager:
             self._matched.clear()
         found = self._matched.setdefault(scope, Matched(pairs))
         return found
+
+    def reserve_plain(self, call: Any) -> Reservation | bool | None:
+        """The usual call in one frame: a kind of call seen before in this window, a plain chat
+        request (``_cost.plain_chat_bound``) whose bound fits every lease (when it does not,
+        :meth:`reserve` counts the texts exactly before asking the ledger). Its reservation,
+        ``None`` when no budget applies, ``False`` to take :meth:`matching` and :meth:`reserve`.
+        The caller's path runs this cold, between the SDK's own work: each frame, dict and
+        object it touches costs a cache miss, hence the one frame."""
+        keys, tags = self._tag_keys, call.tags
+        values: tuple[Any, ...] = ()
+        if tags and keys:
+            values = (tags.get(keys[0]),) if len(keys) == 1 else tuple([tags.get(k) for k in keys])
+        op = call.op
+        matched = self._matched.get(
+            (call.feature, op.record.operation if op is not None else None, call.model, values)
+        )
+        if matched is None:
+            return False
+        if not matched:
+            return None
+        plan = matched.plan
+        if self.clock() >= plan[0] or plan[1] != self._generation or call.endpoint != "chat.completions":
+            return False
+        bound = plain_chat_bound(call.request, call.model, call.provider)
+        if bound is None or bound[0] is None:
+            return False
+        estimate: int = bound[0]
+        blocks = plan[3]
+        with self._lock:
+            for state in blocks:
+                if state.available < estimate:
+                    return False
+            used = time.monotonic()
+            for state in blocks:
+                state.available -= estimate
+                state.reserved += estimate
+                state.last_used = used
+            self.counters["reservations"] += 1
+        return Reservation(self._settle, estimate, plan[2])
 
     def _plan(self, matched: Sequence[tuple[Budget, str]], now: float) -> Plan:
         """The states ``matched`` reserves in, for the windows ``now`` falls in."""
