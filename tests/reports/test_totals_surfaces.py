@@ -227,6 +227,7 @@ class TestRestErrors:
         ("query", "detail"),
         [
             ({"method": "fast"}, "method must be one of auto, server, paging, got 'fast'"),
+            ({"method": ""}, "method must be one of auto, server, paging, got ''"),
             ({"since": "last tuesday"}, "invalid date 'last tuesday'"),
             ({"since": "2026-11-22", "until": "2026-11-20"}, "since must be before until"),
         ],
@@ -246,7 +247,7 @@ class TestRestErrors:
     def test_runs_mode_store_pages(self, seeded: Seeded) -> None:
         """The hand-made store of the report tests: calls are runs, so the records are paged, and
         the figures are report's (feature_metrics')."""
-        status, body = endpoints.totals(seeded.uri, "pid_verification", method="")
+        status, body = endpoints.totals(seeded.uri, "pid_verification")
         assert status == 200 and body["method"] == "paging"
         metrics = reports.feature_metrics("pid_verification", tracking_uri=seeded.uri)
         assert (body["total_calls"], body["total_cost"]) == (6, pytest.approx(metrics["total_cost"]))

@@ -37,9 +37,10 @@ METHODS: tuple[Method, ...] = ("auto", "server", "paging")
 
 
 def parse_method(raw: str | None) -> Method:
-    """``method`` from a query string or a command line: one of :data:`METHODS` (empty or
-    missing: ``auto``), else ``ValueError``."""
-    if raw is None or raw == "":
+    """``method`` from a query string or a command line: one of :data:`METHODS` (missing:
+    ``auto``), else ``ValueError``. An empty ``method=`` is refused too: the API documents
+    the three values, and an empty one that quietly meant ``auto`` would not be one of them."""
+    if raw is None:
         return "auto"
     for method in METHODS:
         if raw == method:
