@@ -57,7 +57,7 @@ def add_commands(sub: Any) -> None:
         "A run is an operation or a call made outside any operation; calls inside operations "
         "are counted as calls, never twice. The header names the store read. With --totals: "
         "only calls, cost and tokens by feature, model and day, which the MLflow store can add "
-        "up itself (traces mode: seconds instead of minutes over 100k calls); a line under the "
+        "up itself (traces mode: 43 s against 449 s paging over 100k call spans); a line under the "
         "header says which method was used and, when the records were paged, why.",
     )
     p.add_argument("--feature", help="feature key (default: every tracked feature); "

@@ -3,9 +3,9 @@
 A flag of ``report`` rather than a command of its own: it answers the same question (what did
 the calls cost) over the same feature and window, only with the figures MLflow can add up
 itself, so it belongs where people already look, and ``report --help`` shows it. Over 100k call
-spans that is seconds instead of minutes; when the store cannot give exactly the paged figures
-(calls written as runs, traces that are not ours, a window bound inside an operation) it pages
-and the output says why.
+spans that was 43 s against 449 s (docs/reports.md); when the store cannot give exactly the
+paged figures (calls written as runs, traces that are not ours, a window bound inside an
+operation) it pages and the output says why.
 
 The options of ``report`` that need every record (``--operation``, the budget columns) do not
 go with ``--totals``: a usage error says so rather than ignoring them.
@@ -32,7 +32,7 @@ BREAKDOWNS = ("feature", "model", "day")
 HELP = (
     "only calls, cost and tokens (by feature, model, day), added up by the MLflow store itself "
     "when that gives exactly the paged figures (traces mode, an SQL store or mlflow server: "
-    "seconds instead of minutes over 100k calls), else paged; the output says which and why"
+    "43 s against 449 s paging over 100k call spans), else paged; the output says which and why"
 )
 METHOD_HELP = (
     "with --totals: auto (default: the store's aggregation when exact, else paging), server "
