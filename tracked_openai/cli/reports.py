@@ -2,7 +2,8 @@
 
 Every handler returns an exit code (``cli.output``): 0 ok, 2 bad arguments (an unknown
 ``--feature`` too), 3 store missing or unreachable (reading never creates a store).
-Tables go to stdout through rich; errors go to stderr as one line.
+Tables go to stdout through rich; errors go to stderr as one line. ``report --totals`` is
+handed to :mod:`.totals`.
 """
 
 from __future__ import annotations
