@@ -36,6 +36,8 @@ def test_all_equals_public_names() -> None:
         "tracked_openai.reprice",
         "tracked_openai.reconcile",
         "tracked_openai.budgets",
+        "tracked_openai.reports",
+        "tracked_openai.reports.http",
     ],
 )
 def test_every_listed_name_resolves(module_name: str) -> None:

@@ -90,7 +90,7 @@ class TestEndpoints:
     def test_post_is_405(self, web: Any, store: Seeded) -> None:
         assert web.post(f"{PREFIX}/metrics/").status_code == 405
 
-    @pytest.mark.parametrize("name", ["runs", "metrics"])
+    @pytest.mark.parametrize("name", ["runs", "metrics", "totals"])
     def test_unknown_feature_is_404_with_the_known_ones(self, web: Any, store: Seeded, name: str) -> None:
         r = web.get(f"{PREFIX}/{name}/", {"feature": "nope"})
         assert r.status_code == 404
@@ -100,7 +100,7 @@ class TestEndpoints:
         expected = {"crs_analysis", "default", "pfd_conversion", "pid_verification", "visual_generation"}
         assert expected <= set(body["known_features"])
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "totals", "health"])
     def test_missing_store_is_503_and_not_created(
         self, web: Any, settings: Any, tmp_path: Path, name: str
     ) -> None:
@@ -115,7 +115,7 @@ class TestEndpoints:
             assert body["error"] == "store_not_found"
         assert list(tmp_path.iterdir()) == []
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "totals", "health"])
     def test_unreachable_store_is_503(self, web: Any, settings: Any, name: str) -> None:
         settings.TRACKED_OPENAI_TRACKING_URI = "http://127.0.0.1:9"
         r = web.get(f"{PREFIX}/{name}/")
@@ -208,7 +208,7 @@ class TestWhoMayRead:
         c.force_login(django_user_model.objects.create_user("member", password="x"))
         return c
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health", "budgets"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "totals", "health", "budgets"])
     def test_anonymous_is_401(self, anonymous: Any, store: Seeded, name: str) -> None:
         r = anonymous.get(f"{PREFIX}/{name}/")
         assert r.status_code == 401
@@ -216,7 +216,7 @@ class TestWhoMayRead:
         assert "WWW-Authenticate" in r
         assert "pid_verification" not in r.content.decode()
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health", "budgets"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "totals", "health", "budgets"])
     def test_signed_in_non_staff_is_403(self, member: Any, store: Seeded, name: str) -> None:
         r = member.get(f"{PREFIX}/{name}/")
         assert r.status_code == 403

@@ -131,5 +131,9 @@ def test_the_seeded_store_holds_what_was_made(seeded_uri: str) -> None:
     with TestClient(create_app(tracking_uri=seeded_uri)) as api:
         body = api.get(f"{PREFIX}/metrics/").json()["metrics"]
         keys = {e["key"] for e in api.get(f"{PREFIX}/experiments/").json()["experiments"]}
+        totals = api.get(f"{PREFIX}/totals/").json()
     assert {"pid_verification", "crs_analysis", "pfd_conversion"} <= keys
     assert body["total_runs"] >= 3 and body["total_calls"] >= 3
+    # totals/ is fuzzed on the same calls (runs mode: paged, with the reason).
+    assert (totals["total_calls"], totals["method"]) == (body["total_calls"], "paging")
+    assert totals["total_cost"] == body["total_cost"]

@@ -90,7 +90,12 @@ class TestEndpoints:
     def test_openapi_docs(self, api: TestClient) -> None:
         assert api.get("/api/docs/").status_code == 200
         paths = api.get("/api/openapi.json").json()["paths"]
-        assert {f"{PREFIX}/{name}/" for name in ("experiments", "runs", "metrics", "health")} <= set(paths)
+        names = ("experiments", "runs", "metrics", "totals", "health")
+        assert {f"{PREFIX}/{name}/" for name in names} <= set(paths)
+        # totals/'s method is documented with its values (checked by the handler: 400 otherwise).
+        params = {p["name"]: p for p in paths[f"{PREFIX}/totals/"]["get"]["parameters"]}
+        assert set(params) == {"feature", "since", "until", "method"}
+        assert params["method"]["schema"]["enum"] == ["auto", "server", "paging"]
 
     def test_bodies_name_the_store(self, api: TestClient, seeded: Seeded) -> None:
         assert api.get(f"{PREFIX}/metrics/").json()["tracking_uri"] == seeded.uri
@@ -133,7 +138,7 @@ class TestOfflineDocs:
         html = page.text
         assert "<script" not in html
         assert not re.search(r"https?://", html)
-        for name in ("experiments", "runs", "metrics", "health"):
+        for name in ("experiments", "runs", "metrics", "totals", "health"):
             assert f"GET {PREFIX}/{name}/" in html
         assert "<code>feature</code> feature key; all features when omitted" in html
         assert _references(html) == ["/api/openapi.json"]
@@ -156,7 +161,7 @@ class TestErrors:
             "detail": "invalid date 'last tuesday': use YYYY-MM-DD, an ISO datetime, 'today' or Nd (e.g. 7d)",
         }
 
-    @pytest.mark.parametrize("name", ["runs", "metrics"])
+    @pytest.mark.parametrize("name", ["runs", "metrics", "totals"])
     def test_unknown_feature_is_404_with_the_known_ones(self, api: TestClient, name: str) -> None:
         r = api.get(f"{PREFIX}/{name}/", params={"feature": "pid_verfication"})
         assert r.status_code == 404
@@ -171,7 +176,7 @@ class TestErrors:
             "feature": "pid_verfication",
         }
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "totals", "health"])
     def test_missing_store_is_503_and_not_created(self, tmp_path: Path, name: str) -> None:
         uri = f"sqlite:///{tmp_path}/nope/mlflow.db"
         with TestClient(create_app(tracking_uri=uri), raise_server_exceptions=False) as client:
@@ -188,7 +193,7 @@ class TestErrors:
         assert detail.startswith(f"no MLflow store at {uri}: ")
         assert list(tmp_path.iterdir()) == []
 
-    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "health"])
+    @pytest.mark.parametrize("name", ["experiments", "runs", "metrics", "totals", "health"])
     def test_unreachable_store_is_503_json(self, name: str) -> None:
         with TestClient(create_app(tracking_uri=UNREACHABLE), raise_server_exceptions=False) as client:
             r = client.get(f"{PREFIX}/{name}/")

@@ -22,7 +22,7 @@ from tests.helpers.reports import Seeded, seed_contract_store
 from tracked_openai.contrib.fastapi import PREFIX, bearer_token, create_app, create_router
 
 TOKEN = "s3cret-token-for-tests"
-ENDPOINTS = ["experiments/", "runs/", "metrics/", "health/"]
+ENDPOINTS = ["experiments/", "runs/", "metrics/", "totals/", "health/"]
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,25 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import tracked_openai
 from tests.helpers.fakeopenai import FakeOpenAI
 from tests.helpers.mlflow_server import mlflow_pg_server, mlflow_server  # noqa: F401 - fixtures
-from tests.mlflow.traces.helpers import Made, cost_of, make_records, tokens_of
+from tests.helpers.totals import (
+    figures,
+    settings_restored,  # noqa: F401 - fixture
+    unique_feature,
+    write_calls,
+)
+from tests.mlflow.traces.helpers import cost_of, tokens_of
 from tracked_openai import reports, track
 from tracked_openai.sinks.modes import mode_sinks
 from tracked_openai.testing import TrackedRecords
 
-_SAME = ("method", "fallback_reason")
-
-
-@pytest.fixture(autouse=True)
-def _settings_restored() -> Iterator[None]:
-    from tracked_openai._config import settings
-
-    saved = dict(settings.__dict__)
-    yield
-    settings.__dict__.clear()
-    settings.__dict__.update(saved)
+# write_calls configures the process: each test gets the settings back.
+pytestmark = pytest.mark.usefixtures("settings_restored")
 
 
 @pytest.fixture(params=["embedded", "server-sqlite", pytest.param("server-pg", marks=pytest.mark.postgres)])
@@ -45,41 +41,16 @@ def uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield request.getfixturevalue("mlflow_pg_server").url
 
 
-def _write(
-    mode: str, uri: str, fake: FakeOpenAI, records: TrackedRecords, tmp_path: Path, feature: str
-) -> Made:
-    # A feature of its own: the session's server holds other tests' experiments too.
-    tracked_openai.configure(
-        experiment_prefix=f"totals-{time.time_ns()}-",
-        default_feature=feature + "_default",
-        spool_dir=str(tmp_path / "spool"),
-    )
-    tracked_openai.configure(sinks=[*mode_sinks(mode, uri, timeout=120), records.sink])
-    records.sink.clear()
-    make_records(fake, records, feature=feature)
-    assert tracked_openai.flush(timeout=120)
-    assert tracked_openai.stats().get("spooled", 0) == 0
-    return Made(records.records)  # (read after the flush: the MLflow sinks come first)
-
-
-def _figures(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in _SAME}
-
-
-def _feature(prefix: str) -> str:
-    return f"{prefix}_{time.time_ns()}"
-
-
 def test_server_and_paging_agree_in_traces_mode(
     uri: str, fake: FakeOpenAI, records: TrackedRecords, tmp_path: Path
 ) -> None:
-    feature = _feature("shop")
-    made = _write("traces", uri, fake, records, tmp_path, feature)
+    feature = unique_feature("shop")
+    made = write_calls("traces", uri, fake, records, tmp_path, feature)
     calls = [c for c in made.calls if c.feature == feature]
     server = reports.call_totals(feature, tracking_uri=uri, method="server")
     paging = reports.call_totals(feature, tracking_uri=uri, method="paging")
     assert server["method"] == "server" and paging["method"] == "paging"
-    assert _figures(server) == _figures(paging)
+    assert figures(server) == figures(paging)
     assert server["total_calls"] == len(calls) == 4
     assert abs(server["total_cost"] - cost_of(calls)) < 1e-9
     assert server["prompt_tokens"] == tokens_of(calls, "input_tokens")
@@ -92,9 +63,9 @@ def test_server_and_paging_agree_in_traces_mode(
     # "auto" takes the store's path here.
     assert reports.call_totals(feature, tracking_uri=uri)["method"] == "server"
     # A window: everything (a bare date includes its day), then nothing.
-    assert _figures(
+    assert figures(
         reports.call_totals(feature, today, today, tracking_uri=uri, method="server")
-    ) == _figures(reports.call_totals(feature, today, today, tracking_uri=uri, method="paging"))
+    ) == figures(reports.call_totals(feature, today, today, tracking_uri=uri, method="paging"))
     later = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
     empty = reports.call_totals(feature, since=later, tracking_uri=uri, method="server")
     assert empty["total_calls"] == 0 and empty["by_model"] == [] and empty["total_cost"] == 0
@@ -106,10 +77,10 @@ def test_all_features_embedded_equal_feature_metrics(
     """Every feature (the operations' and the default feature of the call outside them): the
     same numbers both ways, and the same as ``feature_metrics``."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    made = _write("traces", uri, fake, records, tmp_path, "shop")
+    made = write_calls("traces", uri, fake, records, tmp_path, "shop")
     server = reports.call_totals(tracking_uri=uri)
     assert server["method"] == "server", server["fallback_reason"]
-    assert _figures(server) == _figures(reports.call_totals(tracking_uri=uri, method="paging"))
+    assert figures(server) == figures(reports.call_totals(tracking_uri=uri, method="paging"))
     assert sorted(r["key"] for r in server["by_feature"]) == ["shop", "shop_default"]
     metrics = reports.feature_metrics(tracking_uri=uri)
     for key in (
@@ -130,7 +101,7 @@ def test_runs_and_traces_pages_when_a_call_is_a_run(
     """runs+traces: the call outside any operation is a run and a span; MLflow cannot tell they
     are one record, so ``auto`` pages (each call once) and says why; ``server`` refuses."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    made = _write("runs+traces", uri, fake, records, tmp_path, "shop")
+    made = write_calls("runs+traces", uri, fake, records, tmp_path, "shop")
     result = reports.call_totals(tracking_uri=uri)
     assert result["method"] == "paging"
     assert "calls are runs" in result["fallback_reason"]
@@ -140,13 +111,13 @@ def test_runs_and_traces_pages_when_a_call_is_a_run(
     # The feature whose calls are all inside operations: spans only, the store's path.
     shop = reports.call_totals("shop", tracking_uri=uri)
     assert shop["method"] == "server", shop["fallback_reason"]
-    assert _figures(shop) == _figures(reports.call_totals("shop", tracking_uri=uri, method="paging"))
+    assert figures(shop) == figures(reports.call_totals("shop", tracking_uri=uri, method="paging"))
     assert shop["total_calls"] == 4
 
 
 def test_runs_mode_pages(fake: FakeOpenAI, records: TrackedRecords, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    made = _write("runs", uri, fake, records, tmp_path, "shop")
+    made = write_calls("runs", uri, fake, records, tmp_path, "shop")
     result = reports.call_totals(tracking_uri=uri)
     assert result["method"] == "paging" and result["total_calls"] == len(made.calls)
 
@@ -157,7 +128,7 @@ def test_traces_not_ours_make_it_page(fake: FakeOpenAI, records: TrackedRecords,
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _write("traces", uri, fake, records, tmp_path, "shop")
+    write_calls("traces", uri, fake, records, tmp_path, "shop")
     exp = reports.experiments(uri)
     exp_id = next(e["experiment_id"] for e in exp if e["key"] == "shop")
     mlflow.set_tracking_uri(uri)
@@ -203,6 +174,6 @@ def test_a_bound_inside_an_operation_makes_it_page(
     early = cut - timedelta(hours=1)
     server = reports.call_totals("slow", since=early, tracking_uri=uri)
     assert server["method"] == "server", server["fallback_reason"]
-    assert _figures(server) == _figures(
+    assert figures(server) == figures(
         reports.call_totals("slow", since=early, tracking_uri=uri, method="paging")
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .cells import usd as _usd
 from .output import (
     EXIT_OK,
     EXIT_PROBLEM,
@@ -25,7 +26,7 @@ from .output import (
     store_option,
     tracking_uri,
 )
-from .reports import _usd, _when
+from .reports import _when
 
 __all__ = ["add_commands"]
 

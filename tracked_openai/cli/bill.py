@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..pricing import PricingError
+from .cells import NO_VALUE
+from .cells import num as _num
+from .cells import usd as _usd
 from .output import (
     EXIT_OK,
     EXIT_PROBLEM,
@@ -30,7 +33,7 @@ from .output import (
     store_option,
     tracking_uri,
 )
-from .reports import NO_VALUE, _num, _usd, _when
+from .reports import _when
 
 __all__ = ["add_commands"]
 

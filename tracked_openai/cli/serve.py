@@ -23,8 +23,8 @@ def add_commands(sub: Any) -> None:
         "serve",
         parents=common,
         help="serve the REST API (needs tracked-openai[api])",
-        description="Serves the REST API (experiments, runs, metrics, health) and its docs at "
-        "/api/docs/ (work offline). Prints the address once the port accepts connections. "
+        description="Serves the REST API (experiments, runs, metrics, totals, health, budgets) and "
+        "its docs at /api/docs/ (work offline). Prints the address once the port accepts connections. "
         "Binds 127.0.0.1; another interface needs a bearer token (--token or "
         f"${TOKEN_ENV}) or --insecure.",
     )

@@ -6,7 +6,8 @@ from fastapi import FastAPI
 from tracked_openai.contrib.fastapi import create_router
 
 app = FastAPI()
-app.include_router(create_router())          # GET /api/v1/mlflow/tracking/{experiments,runs,metrics,health}/
+app.include_router(create_router())
+# GET /api/v1/mlflow/tracking/{experiments,runs,metrics,totals,health,budgets}/
 ```
 
 Cost per feature is business data: pass ``dependencies`` to guard the router with your app's own
@@ -33,6 +34,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import JSONResponse
 
+from ..reports import METHODS
 from ..reports import http as _endpoints
 
 __all__ = ["PREFIX", "bearer_token", "create_app", "create_router", "router"]
@@ -79,7 +81,7 @@ def create_router(
     prefix: str = PREFIX,
     dependencies: Sequence[DependsParam] | None = None,
 ) -> APIRouter:
-    """The four endpoints under ``prefix``, reading ``tracking_uri`` (default: the environment's
+    """The endpoints under ``prefix``, reading ``tracking_uri`` (default: the environment's
     ``MLFLOW_TRACKING_URI``, read per request, else MLflow's default store). ``dependencies``
     run before every endpoint: the place for auth."""
     api = APIRouter(prefix=prefix, tags=["tracked-openai"], dependencies=list(dependencies or ()))
@@ -109,6 +111,27 @@ def create_router(
         return _respond(
             budgets_http.with_budget_columns(_endpoints.metrics(tracking_uri, feature, since, until))
         )
+
+    @api.get(
+        "/totals/",
+        responses=_FEATURE_ERRORS,
+        summary="Calls, cost and tokens, added up by the MLflow store itself when it can",
+    )
+    def totals(
+        feature: Annotated[str | None, Query(description="feature key; all features when omitted")] = None,
+        since: Annotated[str | None, Query(description="YYYY-MM-DD, ISO datetime, today or Nd")] = None,
+        until: Annotated[str | None, Query(description="YYYY-MM-DD (inclusive) or ISO datetime")] = None,
+        # Checked by the handler, not by FastAPI: a bad method is the same 400 as in Django.
+        method: Annotated[
+            str | None,
+            Query(
+                description="auto (the store's aggregation when exact, else paging), server "
+                "(400 with the reason when the store cannot) or paging",
+                json_schema_extra={"enum": list(METHODS)},
+            ),
+        ] = None,
+    ) -> JSONResponse:
+        return _respond(_endpoints.totals(tracking_uri, feature, since, until, method))
 
     @api.get(
         "/budgets/",

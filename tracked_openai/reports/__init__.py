@@ -37,12 +37,13 @@ from ..mlflow.store import (
 )
 from .aggregate import feature_metrics, tracking_enabled
 from .query import BREAKDOWNS, UnknownFeatureError, experiments, iter_runs, parse_when, recent_runs
-from .totals import call_totals
+from .totals import METHODS, call_totals, parse_method
 
 __all__ = [
     "BREAKDOWNS",
     "DEFAULT_FEATURES",
     "FEATURE_TAG",
+    "METHODS",
     "StoreNotFoundError",
     "StoreUnavailableError",
     "UnknownFeatureError",
@@ -53,6 +54,7 @@ __all__ = [
     "experiments",
     "feature_metrics",
     "iter_runs",
+    "parse_method",
     "parse_when",
     "recent_runs",
     "resolve_tracking_uri",

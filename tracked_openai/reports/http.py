@@ -1,4 +1,4 @@
-"""The four REST endpoints, framework-free: each returns ``(http status, JSON body)``.
+"""The REST endpoints, framework-free: each returns ``(http status, JSON body)``.
 
 The FastAPI router (:mod:`tracked_openai.contrib.fastapi`) and the Django views
 (:mod:`tracked_openai.contrib.django.views`) are thin adapters over these, so both serve the
@@ -20,7 +20,7 @@ from ..export.spool import Spool
 from ..mlflow.store import StoreNotFoundError, StoreUnavailableError
 from .query import UnknownFeatureError
 
-__all__ = ["MAX_LIMIT", "experiments", "health", "metrics", "runs"]
+__all__ = ["MAX_LIMIT", "experiments", "health", "metrics", "runs", "totals"]
 
 MAX_LIMIT = 1000
 Payload = tuple[int, dict[str, Any]]
@@ -117,6 +117,34 @@ def metrics(
             feature or None, since or None, until or None, tracking_uri=reports.check_store(uri)
         )
         return {"feature": feature or None, "tracking_uri": _safe_uri(uri), "metrics": found}
+
+    return _guard(uri, body)
+
+
+def totals(
+    uri: str | None = None,
+    feature: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    method: str | None = None,
+) -> Payload:
+    """``GET totals/?feature=&since=&until=&method=``: ``call_totals`` (calls, cost, tokens;
+    ``by_feature``, ``by_model``, ``by_day``; ``method`` and ``fallback_reason``) plus
+    ``tracking_uri``: the body of ``tracked-openai report --totals --format json``."""
+
+    def body() -> dict[str, Any]:
+        # Every query value is checked before the store is read: a bad one is a 400 either way.
+        chosen = reports.parse_method(method)
+        reports.parse_when(since)
+        reports.parse_when(until, end=True)
+        found = reports.call_totals(
+            feature or None,
+            since or None,
+            until or None,
+            tracking_uri=reports.check_store(uri),
+            method=chosen,
+        )
+        return {"tracking_uri": _safe_uri(uri), **found}
 
     return _guard(uri, body)
 

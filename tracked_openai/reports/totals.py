@@ -29,10 +29,23 @@ from ..mlflow.names import FEATURE_TAG, KIND_TAG, MODEL_TAG, RESPONSE_MODEL_TAG,
 from ..mlflow.store import StoreUnavailableError, read_client, resolve_tracking_uri, short_error
 from .query import _experiment_ids, iter_records, parse_when, time_filter
 
-__all__ = ["TOKEN_FIELDS", "call_totals"]
+__all__ = ["METHODS", "TOKEN_FIELDS", "Method", "call_totals", "parse_method"]
 
 TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
 Method = Literal["auto", "server", "paging"]
+METHODS: tuple[Method, ...] = ("auto", "server", "paging")
+
+
+def parse_method(raw: str | None) -> Method:
+    """``method`` from a query string or a command line: one of :data:`METHODS` (missing:
+    ``auto``), else ``ValueError``. An empty ``method=`` is refused too: the API documents
+    the three values, and an empty one that quietly meant ``auto`` would not be one of them."""
+    if raw is None:
+        return "auto"
+    for method in METHODS:
+        if raw == method:
+            return method
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {raw!r}")
 
 
 def _empty() -> dict[str, Any]:
@@ -162,6 +175,9 @@ def call_totals(
     ``ValueError`` with the reason when the store cannot; ``paging`` always pages. The answer
     says which was used (``method``) and, when ``auto`` paged, why (``fallback_reason``).
     """
+    # Checked here too: a typo must not quietly become "auto" (anything but "paging" asked
+    # the store first).
+    method = parse_method(method)
     start = parse_when(since)
     end = parse_when(until, end=True)
     if start is not None and end is not None and start >= end:

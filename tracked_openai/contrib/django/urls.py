@@ -12,6 +12,7 @@ urlpatterns = [
     path("experiments/", views.experiments, name="experiments"),
     path("runs/", views.runs, name="runs"),
     path("metrics/", views.metrics, name="metrics"),
+    path("totals/", views.totals, name="totals"),
     path("health/", views.health, name="health"),
     path("budgets/", views.budgets, name="budgets"),
 ]

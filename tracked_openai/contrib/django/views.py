@@ -1,4 +1,4 @@
-"""The four REST endpoints as Django views (``JsonResponse``), same shapes as the FastAPI router.
+"""The REST endpoints as Django views (``JsonResponse``), same shapes as the FastAPI router.
 
 Cost per feature is business data: by default only staff users may read it
 (``TRACKED_OPENAI["api_permission"]``: ``"staff"``, ``"superuser"``, ``"authenticated"``,
@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 from ...reports import http as _endpoints
 from . import conf
 
-__all__ = ["budgets", "experiments", "health", "metrics", "runs"]
+__all__ = ["budgets", "experiments", "health", "metrics", "runs", "totals"]
 
 View = Callable[[HttpRequest], JsonResponse]
 
@@ -96,6 +96,12 @@ def metrics(request: HttpRequest) -> JsonResponse:
             _endpoints.metrics(_uri(), q.get("feature"), q.get("since"), q.get("until"))
         )
     )
+
+
+@_guarded
+def totals(request: HttpRequest) -> JsonResponse:
+    q = request.GET
+    return _json(_endpoints.totals(_uri(), q.get("feature"), q.get("since"), q.get("until"), q.get("method")))
 
 
 @_guarded
