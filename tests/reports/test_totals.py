@@ -122,10 +122,14 @@ def test_runs_mode_pages(fake: FakeOpenAI, records: TrackedRecords, tmp_path: Pa
     assert result["method"] == "paging" and result["total_calls"] == len(made.calls)
 
 
-def test_traces_not_ours_make_it_page(fake: FakeOpenAI, records: TrackedRecords, tmp_path: Path) -> None:
+def test_traces_not_ours_make_it_page(
+    fake: FakeOpenAI, records: TrackedRecords, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A trace MLflow's own tracing wrote into the feature's experiment: MLflow's span counts
     would include it, ours do not."""
     import mlflow
+
+    monkeypatch.chdir(tmp_path)  # MLflow's tracing puts its trace files under ./mlruns
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_calls("traces", uri, fake, records, tmp_path, "shop")
