@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tracked_openai import reports
+from tracked_openai.mlflow.traces import mlflow_trace_id
 
 pytest.importorskip("tracked_openai.sinks.mlflow", reason="the demo writes through the MLflow sink")
 
@@ -120,7 +121,7 @@ def test_demo_store_holds_what_the_report_says(demo: tuple[subprocess.CompletedP
     call_spans = []
     for row in ops:
         [trace] = client.search_traces(locations=[row["experiment_id"]], run_id=row["run_id"])
-        assert trace.info.tags["record_id"] == row["tags.record_id"]
+        assert trace.info.trace_id == mlflow_trace_id(row["tags.record_id"])
         call_spans += [s for s in trace.data.spans if s.parent_id is not None]
     assert len(call_spans) == 5
     exp = rows["pfd_conversion"]["experiment_id"]

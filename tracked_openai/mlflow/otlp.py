@@ -133,13 +133,20 @@ def _encode_span(span: SpanData, out: Any) -> None:
         out.status.message = span.status_message
 
 
-def encode(traces: Sequence[TraceData]) -> ExportTraceServiceRequest:
-    """One OTLP export request holding every span of ``traces`` (one resource, one scope)."""
+def encode(
+    traces: Sequence[TraceData], *, service_name: str | None = SERVICE_NAME
+) -> ExportTraceServiceRequest:
+    """One OTLP export request holding every span of ``traces`` (one resource, one scope).
+
+    ``service_name``: the resource's ``service.name`` (OpenTelemetry backends show it), or
+    ``None`` for none: MLflow's SQL store writes every resource attribute as a trace tag of each
+    trace, two round trips to its database per trace for a tag no reader of ours needs."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    _attributes({"service.name": SERVICE_NAME}, resource_spans.resource.attributes)
+    if service_name is not None:
+        _attributes({"service.name": service_name}, resource_spans.resource.attributes)
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name = SCOPE_NAME
     scope_spans.scope.version = _version()
@@ -160,10 +167,10 @@ def _version() -> str:
         return ""
 
 
-def _body(traces: Sequence[TraceData]) -> bytes:
+def _body(traces: Sequence[TraceData], service_name: str | None = SERVICE_NAME) -> bytes:
     # Level 1: the spans are repetitive JSON-ish text; it already shrinks them ~5x, and higher
     # levels cost the exporter thread far more CPU for little more.
-    return gzip.compress(encode(traces).SerializeToString(), compresslevel=1)
+    return gzip.compress(encode(traces, service_name=service_name).SerializeToString(), compresslevel=1)
 
 
 def parse_headers(raw: str | None) -> dict[str, str]:
@@ -226,7 +233,7 @@ class MlflowOtlpTransport:
                 extra_headers=headers,
                 timeout=(min(5.0, self.timeout), self.timeout),
                 raise_on_status=False,
-                data=_body(traces),
+                data=_body(traces, None),  # MLflow: no service.name (see encode)
             )
         except Exception as exc:
             raise ConnectionError(f"MLflow tracking server {self.tracking_uri} unreachable: {exc}") from exc
@@ -275,7 +282,10 @@ class GenericOtlpTransport:
             headers["x-mlflow-run-id"] = run_id
         try:
             response = self._session.post(
-                self.url, data=_body(traces), headers=headers, timeout=(min(5.0, self.timeout), self.timeout)
+                self.url,
+                data=_body(traces, SERVICE_NAME),
+                headers=headers,
+                timeout=(min(5.0, self.timeout), self.timeout),
             )
         except requests.RequestException as exc:
             raise ConnectionError(f"OTLP receiver {self.url} unreachable: {exc}") from exc
@@ -298,7 +308,7 @@ class EmbeddedTransport:
         from mlflow.entities.span import Span
         from mlflow.exceptions import MlflowException
 
-        request = encode(traces)
+        request = encode(traces, service_name=None)
         try:
             spans = [
                 Span.from_otel_proto(proto_span, resource=resource_spans.resource)

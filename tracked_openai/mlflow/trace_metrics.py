@@ -16,7 +16,7 @@ What MLflow can aggregate, and so what this gives (mlflow 3.17, ``sql_trace_metr
   or per day: a span has no token column MLflow can group.
 
 What it cannot see, so :func:`server_call_totals` gives ``None`` with the reason and the
-caller pages instead: spans that are not ours (a trace without our ``kind`` tag, e.g. MLflow's
+caller pages instead: spans that are not ours (a trace without our ``feature`` tag, e.g. MLflow's
 own autolog into the same experiment), and a window bound that cuts a trace (MLflow filters
 span counts and tokens by the trace's start, our reports by each span's own start). Calls that
 are also runs (``runs`` mode, or calls outside operations in ``runs+traces``) are the caller's
@@ -122,13 +122,15 @@ def _count(store: Any, experiment_id: str, filters: Sequence[str] = ()) -> int:
     return int(sum(_value(p) for p in points))
 
 
-def _check_all_ours(store: Any, experiment_id: str) -> None:
-    """Every trace of the experiment carries our ``kind`` tag (operation or call)."""
+def _check_all_ours(store: Any, experiment_id: str, feature: str) -> None:
+    """Every trace of the experiment carries our ``feature`` tag with the experiment's feature
+    (every trace we write does; MLflow's own autolog writes none)."""
     total = _count(store, experiment_id)
-    ours = sum(_count(store, experiment_id, [f"trace.tag.kind = '{k}'"]) for k in ("operation", "call"))
+    quoted = feature.replace("'", "\\'")
+    ours = _count(store, experiment_id, [f"trace.tag.feature = '{quoted}'"])
     if ours != total:
         raise NotServableError(
-            f"{total - ours} of {total} traces are not tracked-openai's (no kind tag): "
+            f"{total - ours} of {total} traces are not tracked-openai's (no feature tag): "
             "MLflow's span counts cannot leave them out"
         )
 
@@ -230,7 +232,7 @@ def server_call_totals(
     end_ms = int(until.timestamp() * 1000) - 1 if until is not None else None
     totals: dict[str, FeatureTotals] = {}
     for feature, experiment_id in experiments:
-        _check_all_ours(store, experiment_id)
+        _check_all_ours(store, experiment_id, feature)
         for bound in (start_ms, None if end_ms is None else end_ms + 1):
             if bound is not None:
                 _check_bound(client, store, experiment_id, bound)

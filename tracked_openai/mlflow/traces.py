@@ -16,7 +16,8 @@
   backend understands them, and ours (``tracked_openai.*``). The root span carries no usage or
   cost of its own: the trace's totals are the sum of its call spans.
 * Root-span attributes ``mlflow.traceTag.<key>`` become trace tags in MLflow's store (feature,
-  operation, function, the user's tags, the trace name ``feature/operation``).
+  operation, the user's tags, the status when not ``success``, the trace name
+  ``feature/operation``): few, as each costs the store two round trips (:func:`trace_tags`).
 * Prompts and outputs become span inputs/outputs only when the record holds them
   (``capture_content``).
 
@@ -48,6 +49,7 @@ __all__ = [
     "operation_trace",
     "span_id_for",
     "trace_id_for",
+    "trace_tags",
     "traces_of",
 ]
 
@@ -62,6 +64,8 @@ LLM_MODEL = "mlflow.llm.model"
 LLM_PROVIDER = "mlflow.llm.provider"
 TRACE_TAG_PREFIX = "mlflow.traceTag."
 TRACE_NAME_TAG = "mlflow.traceName"
+# Tags runs carry that traces leave to their spans (see trace_tags), and the late-call marker.
+_RESERVED_TAGS = frozenset({"record_id", "kind", "function", "status", LATE_TAG})
 
 # OpenTelemetry GenAI semantic conventions (gen_ai.*).
 GEN_AI_OPERATION = "gen_ai.operation.name"
@@ -245,18 +249,27 @@ def _tag_attrs(attrs: dict[str, AttributeValue], tags: Mapping[str, Any]) -> Non
         attrs[TRACE_TAG_PREFIX + str(key)[:_MAX_TAG_KEY]] = tag_value(value)[:_MAX_TAG_VALUE]
 
 
-def _trace_tags(record: Record, name: str) -> dict[str, str]:
-    """Trace tags: the user's first, ours after, so ours win on a clash (as on runs)."""
-    tags: dict[str, str] = dict(record.tags)
-    tags.pop(LATE_TAG, None)
+def trace_tags(record: Record, name: str) -> dict[str, str]:
+    """The trace tags of the trace rooted at ``record``: the user's tags, ``feature``,
+    ``operation``, ``status`` when not ``success``, and the trace name.
+
+    Few on purpose: MLflow's SQL store writes each trace tag with a merge of its own (a SELECT
+    and an INSERT, two round trips to the database per tag and trace; the trace name goes in a
+    column of the trace row instead, for free), which bounds ``traces`` mode on PostgreSQL
+    (``benchmarks/trace_statements.py``). What the other tags said is on the spans, where our
+    readers find it: the record id is the trace id and ``tracked_openai.record_id``, the kind is
+    the root span's type (``CHAIN`` for an operation), the function is the span's
+    ``mlflow.spanFunctionName``/``tracked_openai.function``, and the status is the trace's state
+    (``ERROR`` unless ``success``) and ``tracked_openai.status``; ``status`` stays a tag when it
+    is not ``success`` (an error, a budget block) so those traces can be found by tag.
+    The user's tags come first, ours after, so ours win on a clash (as on runs); a user tag with
+    the name of a tag we no longer write is dropped, so it cannot pass for ours."""
+    tags: dict[str, str] = {k: v for k, v in record.tags.items() if k not in _RESERVED_TAGS}
     tags["feature"] = record.feature
     if record.operation:
         tags["operation"] = record.operation
-    if record.function:
-        tags["function"] = record.function
-    tags["record_id"] = record.record_id
-    tags["kind"] = record.kind
-    tags["status"] = record.status
+    if record.status != "success":
+        tags["status"] = record.status
     tags[TRACE_NAME_TAG] = name
     return tags
 
@@ -392,7 +405,7 @@ def _operation_span(op: OperationRecord, trace_id: bytes, trace_name: str) -> Sp
     for key, value in op.params.items():
         if value is not None:
             attrs[OURS + "param." + key] = _plain(value)
-    _tag_attrs(attrs, _trace_tags(op, trace_name))
+    _tag_attrs(attrs, trace_tags(op, trace_name))
     start, end = _times(op)
     status, message = _status(op)
     events = [_error_event(op, end)] if status == "error" else []
@@ -435,7 +448,7 @@ def call_trace(call: CallRecord) -> TraceData:
         trace_id = trace_id_for(call.record_id)
         span = call_span(call, trace_id, None)
         name = f"{call.feature}/{call.endpoint or 'call'}"
-        _tag_attrs(span.attributes, _trace_tags(call, name))
+        _tag_attrs(span.attributes, trace_tags(call, name))
         return TraceData(trace_id, call.feature, [span], (call.record_id,))
     trace_id = trace_id_for(call.parent_id)
     span = call_span(call, trace_id, span_id_for(call.parent_id))
