@@ -48,6 +48,21 @@ def _chat(client: tracked_openai.OpenAI, **kw: object) -> object:
     )
 
 
+def test_a_zero_block_budget_is_a_kill_switch(
+    server: FakeOpenAIServer, records: TrackedRecords, sqlite_url: str
+) -> None:
+    tracked_openai.configure(budgets=[Budget(model="gpt-4o", usd=0)], ledger_url=sqlite_url)
+    client = _client(server)
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded) as info:
+            _chat(client)
+        assert info.value.key == "model=gpt-4o|day" and info.value.limit == 0
+    assert server.requests == 0
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert server.requests == 1  # another model: not in the budget's scope
+    assert [c.status for c in records.calls] == ["blocked"] * 3 + ["success"]
+
+
 def test_blocked_call_never_leaves_and_is_recorded(
     server: FakeOpenAIServer, records: TrackedRecords, sqlite_url: str
 ) -> None:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracked_openai.budgets import Budget, BudgetsFileError, parse_budgets_text
+from tracked_openai.budgets._model import to_nano
 
 from ._located import check_located_error
 from ._tally import counted, fuzz_settings, outcome
@@ -161,6 +162,7 @@ def test_budgets_text_gives_budgets_or_a_located_error(case: tuple[str, str]) ->
             outcome(PROP, f"{how}: budgets")
             for budget in parsed.budgets:
                 assert isinstance(budget, Budget)
-                assert budget.usd > 0
+                # $0 is a limit too (a block budget that stops every paid call: a kill switch).
+                assert budget.usd >= 0 and budget.limit_nano == to_nano(budget.usd)
             if how == "valid":
                 assert len(parsed.budgets) == text.count("  - usd:")
