@@ -189,12 +189,12 @@ class BudgetManager:
         return found
 
     def reserve_plain(self, call: Any) -> Reservation | bool | None:
-        """The usual call in one frame: a kind of call seen before in this window, a plain chat
+        """The usual call on the shortest path: a kind of call seen before in this window, a plain chat
         request (``_cost.plain_chat_bound``) whose bound fits every lease (when it does not,
         :meth:`reserve` counts the texts exactly before asking the ledger). Its reservation,
         ``None`` when no budget applies, ``False`` to take :meth:`matching` and :meth:`reserve`.
         The caller's path runs this cold, between the SDK's own work: each frame, dict and
-        object it touches costs a cache miss, hence the one frame."""
+        object it touches costs a cache miss, hence no matching, no general worst case."""
         keys, tags = self._tag_keys, call.tags
         values: tuple[Any, ...] = ()
         if tags and keys:
@@ -213,12 +213,17 @@ class BudgetManager:
         bound = plain_chat_bound(call.request, call.model, call.provider)
         if bound is None or bound[0] is None:
             return False
-        estimate: int = bound[0]
+        reservation = self._from_leases(plan, bound[0])
+        return False if reservation is None else reservation
+
+    def _from_leases(self, plan: Plan, estimate: int) -> Reservation | None:
+        """The usual case, under one lock: ``estimate`` out of the lease of every block budget
+        of ``plan``; ``None`` (nothing taken) when one lease is short."""
         blocks = plan[3]
         with self._lock:
             for state in blocks:
                 if state.available < estimate:
-                    return False
+                    return None
             used = time.monotonic()
             for state in blocks:
                 state.available -= estimate
@@ -254,22 +259,12 @@ class BudgetManager:
         plan = matched.plan if isinstance(matched, Matched) else None
         if plan is None or now >= plan[0] or plan[1] != self._generation:
             plan = self._plan(matched, now)
-        items, blocks = plan[2], plan[3]
+        items = plan[2]
         if estimate_usd is not None:
-            # The usual case, under one lock: every block budget's lease covers the estimate.
-            used = time.monotonic()
             for attempt in (0, 1):
-                with self._lock:
-                    for state in blocks:
-                        if state.available < estimate:
-                            break
-                    else:
-                        for state in blocks:
-                            state.available -= estimate
-                            state.reserved += estimate
-                            state.last_used = used
-                        self.counters["reservations"] += 1
-                        return Reservation(self._settle, estimate, items)
+                reservation = self._from_leases(plan, estimate)
+                if reservation is not None:
+                    return reservation
                 if attempt or exact is None:
                     break
                 tighter = exact()  # the bound did not fit: count the request exactly

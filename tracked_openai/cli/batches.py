@@ -25,8 +25,8 @@ from .output import (
     new_console,
     store_option,
     tracking_uri,
+    when_arg,
 )
-from .reports import _when
 
 __all__ = ["add_commands"]
 
@@ -49,7 +49,7 @@ def add_commands(sub: Any) -> None:
         "client or an earlier collect, are not recorded again.",
     )
     c.add_argument(
-        "--since", type=_when, help="batches created from this date: YYYY-MM-DD, ISO datetime, today, 7d"
+        "--since", type=when_arg, help="batches created from this date: YYYY-MM-DD, ISO datetime, today, 7d"
     )
     c.add_argument(
         "--base-url", default=None, help="OpenAI API base URL (default: $OPENAI_BASE_URL or OpenAI's)"

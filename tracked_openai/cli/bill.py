@@ -32,8 +32,8 @@ from .output import (
     new_console,
     store_option,
     tracking_uri,
+    when_arg,
 )
-from .reports import _when
 
 __all__ = ["add_commands"]
 
@@ -65,8 +65,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--pricing", required=True, metavar="FILE|VERSION",
                    help="a price file or folder (applied over the shipped tables), 'shipped', or "
                    "the shipped table's version")
-    p.add_argument("--since", type=_when, help="from this date: YYYY-MM-DD, ISO datetime, today, 7d")
-    p.add_argument("--until", type=_when, help="up to this date (a bare date includes the whole day)")
+    p.add_argument("--since", type=when_arg, help="from this date: YYYY-MM-DD, ISO datetime, today, 7d")
+    p.add_argument("--until", type=when_arg, help="up to this date (a bare date includes the whole day)")
     p.add_argument("--feature", help="only this feature's calls")
     p.add_argument("--model", help="only calls whose requested or served model is this name")
     p.add_argument("--as-model", metavar="MODEL",
@@ -88,8 +88,8 @@ def add_commands(sub: Any) -> None:
         "in percent. Exit code 1 when a difference is beyond --tolerance; the usual causes are "
         "listed under the table.",
     )
-    p.add_argument("--since", type=_when, help="first day (default: 7 days ago)")
-    p.add_argument("--until", type=_when, help="last day, included (default: yesterday)")
+    p.add_argument("--since", type=when_arg, help="first day (default: 7 days ago)")
+    p.add_argument("--until", type=when_arg, help="last day, included (default: yesterday)")
     p.add_argument("--project", help="only this OpenAI project (proj_...): the one your tracked app uses")
     p.add_argument("--tolerance", type=_tolerance, default=1.0,
                    help="largest difference in percent that is not a problem (default 1)")

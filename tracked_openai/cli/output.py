@@ -21,6 +21,7 @@ __all__ = [
     "new_console",
     "store_option",
     "tracking_uri",
+    "when_arg",
 ]
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_STORE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -56,3 +57,15 @@ def tracking_uri(args: argparse.Namespace) -> str | None:
     """The ``--tracking-uri`` given (before or after the command name), else ``None``."""
     value: str | None = getattr(args, "tracking_uri", None)
     return value
+
+
+def when_arg(text: str) -> str:
+    """argparse type of ``--since``/``--until``: checked at parse time, so a bad date is a usage
+    error (exit 2) like any other bad argument; the text itself is what the command reads."""
+    from ..reports.query import parse_when
+
+    try:
+        parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -23,7 +23,7 @@ from .cells import cost as _cost
 from .cells import day as _day
 from .cells import num as _num
 from .cells import usd as _usd
-from .output import EXIT_OK, EXIT_USAGE, new_console, store_option, tracking_uri
+from .output import EXIT_OK, EXIT_USAGE, new_console, store_option, tracking_uri, when_arg
 from .report_budgets import BUDGET_COLUMNS, budget_table, budgets_text, has_budgets
 
 __all__ = ["add_commands"]
@@ -37,15 +37,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def _when(text: str) -> str:
-    # Validate at parse time so a bad date is a usage error (exit 2) like any other bad argument.
-    try:
-        reports.parse_when(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def add_commands(sub: Any) -> None:
@@ -64,8 +55,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--feature", help="feature key (default: every tracked feature); "
                    "an unknown key is an error that lists the known ones")
     p.add_argument("--operation", help="only this operation (its runs and the calls made inside them)")
-    p.add_argument("--since", type=_when, help="from this date: YYYY-MM-DD, ISO datetime, today, 7d")
-    p.add_argument("--until", type=_when, help="up to this date (a bare date includes the whole day)")
+    p.add_argument("--since", type=when_arg, help="from this date: YYYY-MM-DD, ISO datetime, today, 7d")
+    p.add_argument("--until", type=when_arg, help="up to this date (a bare date includes the whole day)")
     p.add_argument("--by", choices=reports.BREAKDOWNS, default=None,
                    help="breakdown table (with --totals: feature, model or day)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", dest="fmt",
