@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from exporter import naive, open_store  # the same naive path and stores as the other benchmarks
-from exporter_traces import count_traces, one_call_operations
+from exporter_traces import count_traces, timed_export
 
 from tests.helpers.mlflow_server import MlflowServer, drop_pg_database
 from tracked_openai.export import runtime as _runtime
-from tracked_openai.export.queue import Exporter
 from tracked_openai.sinks.modes import OperationRunsSink, mode_sinks
 from tracked_openai.sinks.traces import TracesSink
 
@@ -60,29 +58,8 @@ def sinks_for(mode: str, uri: str) -> list[Any]:
 def mode_path(mode: str, uri: str, n: int, spool: Path, batch_size: int) -> tuple[float, str]:
     """(calls/s until the last record is stored, what was found afterwards) for one mode."""
     sinks = sinks_for(mode, uri)
-    exporter = Exporter(
-        sinks,
-        prepare=_runtime.prepare,
-        spool_dir=spool,
-        flush_interval=0.05,
-        batch_size=batch_size,
-        queue_size=max(10_000, 4 * n),
-    )
-    for r in one_call_operations(3, "bench-warmup"):
-        exporter.submit(r)
-    exporter.flush(300)  # experiment creation, connections, imports: not part of the rate
-    feature = f"bench-{mode.replace('+', '-')}-{time.time_ns()}"
-    records = one_call_operations(n, feature)
-    t0 = time.perf_counter()
-    for r in records:
-        exporter.submit(r)
-    ok = exporter.flush(3600)
-    elapsed = time.perf_counter() - t0
-    stats = exporter.stats()
-    exporter.shutdown(30)
-    if not ok or stats.get("spooled"):
-        print(f"    !! not everything exported: {stats}")
-    return n / elapsed, found(sinks, feature)
+    rate, feature = timed_export(sinks, n, spool, batch_size, mode.replace("+", "-"))
+    return rate, found(sinks, feature)
 
 
 def found(sinks: list[Any], feature: str) -> str:

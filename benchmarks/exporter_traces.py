@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,15 +59,16 @@ def one_call_operations(n: int, feature: str) -> list[Record]:
     return out
 
 
-def traces_path(uri: str, n: int, spool: Path, batch_size: int) -> tuple[float, int]:
-    """(calls/s until the last trace is stored, traces found) through the exporter."""
-    sink = TracesSink(uri)
-    exporter = Exporter([sink], prepare=_runtime.prepare, spool_dir=spool, flush_interval=0.05,
+def timed_export(sinks: list[Any], n: int, spool: Path, batch_size: int, name: str) -> tuple[float, str]:
+    """(calls/s from the first submit until the last record is stored, the feature written):
+    ``n`` one-call operations through an exporter feeding ``sinks``, after an untimed warm-up
+    (experiment creation, connections, imports are not part of the rate)."""
+    exporter = Exporter(sinks, prepare=_runtime.prepare, spool_dir=spool, flush_interval=0.05,
                         batch_size=batch_size, queue_size=max(10_000, 4 * n))
     for r in one_call_operations(3, "bench-warmup"):
         exporter.submit(r)
-    exporter.flush(300)  # experiment creation, connections, imports: not part of the rate
-    feature = f"bench-traces-{time.time_ns()}"
+    exporter.flush(300)
+    feature = f"bench-{name}-{time.time_ns()}"
     records = one_call_operations(n, feature)
     t0 = time.perf_counter()
     for r in records:
@@ -77,7 +79,14 @@ def traces_path(uri: str, n: int, spool: Path, batch_size: int) -> tuple[float, 
     exporter.shutdown(30)
     if not ok or stats.get("spooled"):
         print(f"    !! not everything exported: {stats}")
-    return n / elapsed, count_traces(uri, sink._runs.experiment_id(feature))
+    return n / elapsed, feature
+
+
+def traces_path(uri: str, n: int, spool: Path, batch_size: int) -> tuple[float, int]:
+    """(calls/s until the last trace is stored, traces found) through the exporter."""
+    sink = TracesSink(uri)
+    rate, feature = timed_export([sink], n, spool, batch_size, "traces")
+    return rate, count_traces(uri, sink._runs.experiment_id(feature))
 
 
 def count_traces(uri: str, experiment_id: str) -> int:
